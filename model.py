@@ -355,6 +355,14 @@ class KVCache:
     def reset(self):
         self.lengths.zero_()
 
+    def narrow(self, start: int, length: int) -> "KVCache":
+        """Rows start..start+length-1 as a KVCache sharing this one's memory (writes go through): lets a
+        sampler prefill prompts chunk by chunk and copy each chunk into its slice of one big cache."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k.narrow(1, start, length), self.v.narrow(1, start, length)
+        view.lengths = self.lengths.narrow(0, start, length)
+        return view
+
     def copy_rows_(self, src: "KVCache", rows: torch.Tensor):
         """Row i of self becomes row rows[i] of src (e.g. rows = arange(P).repeat_interleave(G) copies each
         prompt's prefill into its G sample rows). Only the filled prefix is copied."""
@@ -396,8 +404,18 @@ class Attention(nn.Module):
             vc.scatter_(2, idx, v.to(vc.dtype))
             key_pos = torch.arange(kc.shape[2], device=x.device)
             mask = key_pos[None, None, None, :] <= positions[:, None, :, None]          # (B, 1, T, S)
-            y = F.scaled_dot_product_attention(q, kc.to(q.dtype), vc.to(q.dtype), attn_mask=mask,
-                                               enable_gqa=True)
+            if T == 1 and self.n_heads != self.n_kv_heads:
+                # one-token decoding: the G query heads that share a kv head attend as G query rows of
+                # that head (head h uses kv head h // G, as in GQA). Same math; but with a mask, SDPA's
+                # fused CUDA kernels reject unequal head counts, and the math fallback of enable_gqa
+                # would copy the whole cache G times per layer and step.
+                G = self.n_heads // self.n_kv_heads
+                y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, G, self.head_dim),
+                                                   kc.to(q.dtype), vc.to(q.dtype), attn_mask=mask)
+                y = y.reshape(B, self.n_heads, 1, self.head_dim)                        # (B, H, 1, hd)
+            else:
+                y = F.scaled_dot_product_attention(q, kc.to(q.dtype), vc.to(q.dtype), attn_mask=mask,
+                                                   enable_gqa=True)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)              # (B, T, H*hd)
         return self.o_proj(y)
 

@@ -186,7 +186,8 @@ def read_samples(path: Path, repair: bool = False) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
     records, torn = [], False
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -198,7 +199,7 @@ def read_samples(path: Path, repair: bool = False) -> list[dict]:
                 torn = True
                 continue
             raise ValueError(f"{path}:{lineno}: malformed sample record") from None
-    if torn and repair:
+    if repair and (torn or (text and not text.endswith("\n"))):   # the next append starts a fresh line
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         os.replace(tmp, path)

@@ -265,8 +265,15 @@ def test_tables_only_without_matplotlib(tmp_path, monkeypatch):
     assert ev.plot_compare({"r": table}, tmp_path / "x.png") is None and not (tmp_path / "x.png").exists()
 
 
-def test_malformed_sample_line_names_file_and_line(tmp_path):
+def test_sample_file_repair_and_malformed_lines(tmp_path):
+    """A torn last line is dropped (and removed with repair=True), a complete last line without its
+    newline gets one (so the next append starts a fresh line); a bad line elsewhere names file and line."""
     f = tmp_path / "s.jsonl"
+    f.write_text('{"id": 1}\n{"id": 2')
+    assert ev.read_samples(f) == [{"id": 1}] and f.read_text().endswith("2")
+    assert ev.read_samples(f, repair=True) == [{"id": 1}] and f.read_text() == '{"id": 1}\n'
+    f.write_text('{"id": 1}\n{"id": 2}')
+    assert ev.read_samples(f, repair=True) == [{"id": 1}, {"id": 2}] and f.read_text().endswith("}\n")
     f.write_text('{"id": 1}\nnot json\n{"id": 2}\n')
     with pytest.raises(ValueError, match=r"s\.jsonl:2: malformed"):
         ev.read_samples(f)

@@ -330,13 +330,17 @@ def plot_compare(runs: dict[str, dict], path, bench: str = "average") -> Path | 
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / max(1, len(runs))
+    all_ks = set()
     for j, (label, table) in enumerate(runs.items()):
         row = table.get(bench) or next(iter(table.values()))
         ks = sorted(int(key[5:]) for key in row if key.startswith("pass@"))
+        all_ks.update(ks)
         ax1.plot(ks, [100 * row[f"pass@{k}"] for k in ks], marker="o", label=label)
         tp = row.get("topn_probs", [])
         ax2.bar([i + 1 + (j - (len(runs) - 1) / 2) * width for i in range(len(tp))], tp, width, label=label)
     ax1.set_xscale("log", base=2)
+    ax1.set_xticks(sorted(all_ks), [str(k) for k in sorted(all_ks)])
+    ax1.minorticks_off()
     ax1.set(xlabel="K", ylabel="pass@K (%)", title=f"pass@K ({bench})")
     ax2.set(xlabel="candidate rank", ylabel="mean probability", title="candidate probability by rank")
     ax2.set_xticks(range(1, 1 + max((len(t.get(bench, {}).get("topn_probs", [])) for t in runs.values()),

@@ -25,21 +25,26 @@ The data folder is $CASP_DATA, else ../shared/data next to the repository.
 Prompt (CASP.md): the model's chat template with one user turn = problem + an instruction. Math and logic
 ask for step-by-step reasoning and a final \\boxed{} answer (the Qwen2.5-Math instruction); code asks for
 the completed function in a ```python block. A problem may carry its own `instruction` (the synthetic task
-does: the tiny model gets a 17-character one). No system message is inserted.
+does: an empty one, see below). No system message is inserted.
 
 The synthetic task (the CPU demo's stand-in for MATH): an expression of 3 or 4 one-digit operands joined
-by + and *, with an integer value of at most 99, e.g. "3+4*5". A worked solution rewrites the expression
-one operation at a time, one line per step, and ends with the boxed value:
+by + (and by * too with ops="+*"), with an integer value of at most 99, e.g. "3+4+5+7". A worked solution
+rewrites the expression one operation at a time, one line per step, and ends with the boxed value:
 
-    =3+20
-    =23
-    \\boxed{23}
+    =3+9+7
+    =12+7
+    =19
+    \\boxed{19}
 
 At each step ANY legal pair may be combined: two factors of one product, or two terms of the sum once
 both are plain numbers (the result takes the left one's place). So "2+3+4" has 3 solutions
 ("=5+4", "=6+3", "=2+7", ...): a policy can be right along several paths, which is what pass@K with
 K > 1 measures and what CaSP's top-N candidates are meant to keep alive. Every intermediate value is at
-most the final value (positive operands, + and *), so all numbers stay below 100.
+most the final value (positive operands, + and *), so all numbers stay below 100. The demo uses + only:
+the tiny model (0.8M parameters) learns the 3-4 operand sums in a 2-minute warm start to pass@1 ~0.3 and
+pass@8 ~0.9, leaving room for RL; with * it must also learn a multiplication table and starts far lower.
+Its prompt is the bare expression (no instruction): the warm start teaches the answer format, and an
+instruction would add a third to the compute of every sequence.
 The held-out split is fixed by a hash of the expression (1 in 8 expressions), so train and held-out
 never share a problem, whatever the seeds.
 
@@ -219,7 +224,7 @@ def verifier_fields(problem: dict) -> dict:
 # -----------------------------------------------------------------------------
 # The synthetic arithmetic task
 
-SYNTH_INSTRUCTION = "answer in \\boxed{}"
+SYNTH_INSTRUCTION = ""        # the tiny model learns the \\boxed{} format from its warm start
 SYNTH_HELDOUT_EVERY = 8       # 1 in 8 expressions (by hash) is held out
 
 
@@ -248,7 +253,7 @@ def _value(terms) -> int:
 
 
 def synthetic_problems(n: int, seed: int = 0, split: str = "train", operands=(3, 4), max_operand: int = 9,
-                       max_value: int = 99) -> list[dict]:
+                       max_value: int = 99, ops: str = "+") -> list[dict]:
     """`n` distinct problems of one split, deterministic in (n, seed, split). Raises if the split has
     fewer than n distinct expressions under the given limits."""
     if split not in ("train", "heldout"):
@@ -261,8 +266,8 @@ def synthetic_problems(n: int, seed: int = 0, split: str = "train", operands=(3,
             raise ValueError(f"only {len(out)} distinct {split} problems found under the limits (wanted {n})")
         k = rng.choice(operands)
         nums = [rng.randint(1, max_operand) for _ in range(k)]
-        ops = [rng.choice("+*") for _ in range(k - 1)]
-        expr = str(nums[0]) + "".join(o + str(x) for o, x in zip(ops, nums[1:]))
+        signs = [rng.choice(ops) for _ in range(k - 1)]
+        expr = str(nums[0]) + "".join(o + str(x) for o, x in zip(signs, nums[1:]))
         if expr in seen or _split_of(expr) != split:
             continue
         value = _value(_parse(expr))

@@ -1,12 +1,19 @@
 """Shared test setup: the repository root on sys.path, the read-only ../shared folder, the gpu marker."""
+import copy
 import os
+import random
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import data  # noqa: E402  (the repository root must be on sys.path first)
+from model import MODEL_NAMES, Transformer, save_model  # noqa: E402
 
 # Real data and the real Qwen2.5 tokenizer live beside the checkout (never copied into the repo).
 SHARED = Path(os.environ.get("CASP_SHARED", ROOT.parent / "shared"))
@@ -15,7 +22,6 @@ QWEN_TOKENIZER = SHARED / "tokenizers" / "qwen2.5"
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -36,3 +42,39 @@ def qwen_tokenizer_dir():
     if not (QWEN_TOKENIZER / "tokenizer.json").is_file():
         pytest.skip(f"Qwen2.5 tokenizer not found at {QWEN_TOKENIZER} (set CASP_SHARED)")
     return QWEN_TOKENIZER
+
+
+# -----------------------------------------------------------------------------
+# A tiny model that is sometimes right (shared by the eval and train tests)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny model (2 layers) fitted for 150 steps to worked solutions of 4 held-out problems, saved with
+    its character tokenizer: sometimes right, sometimes wrong, along several solution paths."""
+    path = tmp_path_factory.mktemp("tiny")
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    tok = data.make_tiny_tokenizer(path)
+    cfg = copy.deepcopy(MODEL_NAMES["tiny"][1])
+    cfg.vocab_size, cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = tok.vocab_size, 2, 64, 128
+    model = Transformer(cfg)
+    model.init_weights(generator=torch.Generator().manual_seed(0))
+    probs = data.load_dataset("synthetic", limit=4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    rng, end = random.Random(0), tok.stop_ids[0]
+    for _ in range(150):
+        rows = [(data.build_prompt(p, tok), tok.encode(data.synthetic_solution(p, rng)) + [end]) for p in probs * 4]
+        S = max(len(a) + len(b) for a, b in rows)
+        seq = torch.tensor([a + b + [0] * (S - len(a) - len(b)) for a, b in rows])            # (B, S)
+        mask = torch.tensor([[False] * len(a) + [True] * len(b) + [False] * (S - len(a) - len(b))
+                             for a, b in rows])                                               # (B, S)
+        logits = model(seq[:, :-1])                                                           # (B, S-1, V)
+        loss = F.cross_entropy(logits[mask[:, 1:]], seq[:, 1:][mask[:, 1:]])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_model(model, path)
+    torch.set_num_threads(n_threads)
+    return path

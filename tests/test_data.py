@@ -149,7 +149,8 @@ def test_tiny_tokenizer_fits_and_round_trips(tmp_path):
     for p in data.synthetic_problems(100, seed=0):
         ids = data.build_prompt(p, tok)
         text = tok.decode(ids, skip_special_tokens=False)
-        assert text == f"<|im_start|>user\n{p['problem']}\n{data.SYNTH_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n"
+        user = f"{p['problem']}\n{data.SYNTH_INSTRUCTION}" if data.SYNTH_INSTRUCTION else p["problem"]
+        assert text == f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
         assert len(ids) == len(text) - 2 * (len("<|im_start|>") - 1) - (len("<|im_end|>") - 1)
         sol = data.synthetic_solution(p, rng)
         assert tok.decode(tok.encode(sol)) == sol and len(tok.encode(sol)) == len(sol)

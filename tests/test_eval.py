@@ -152,38 +152,6 @@ def test_monte_carlo_through_the_sampler_agrees_with_exact_model_probabilities()
 # End to end on the tiny model
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny model (2 layers) fitted for 150 steps to worked solutions of 4 held-out problems, saved with
-    its character tokenizer: sometimes right, sometimes wrong, along several solution paths."""
-    path = tmp_path_factory.mktemp("tiny")
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    tok = data.make_tiny_tokenizer(path)
-    cfg = copy.deepcopy(MODEL_NAMES["tiny"][1])
-    cfg.vocab_size, cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = tok.vocab_size, 2, 64, 128
-    model = Transformer(cfg)
-    model.init_weights(generator=torch.Generator().manual_seed(0))
-    probs = data.load_dataset("synthetic", limit=4)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    rng, end = random.Random(0), tok.stop_ids[0]
-    for _ in range(150):
-        rows = [(data.build_prompt(p, tok), tok.encode(data.synthetic_solution(p, rng)) + [end]) for p in probs * 4]
-        S = max(len(a) + len(b) for a, b in rows)
-        seq = torch.tensor([a + b + [0] * (S - len(a) - len(b)) for a, b in rows])            # (B, S)
-        mask = torch.tensor([[False] * len(a) + [True] * len(b) + [False] * (S - len(a) - len(b))
-                             for a, b in rows])                                               # (B, S)
-        logits = model(seq[:, :-1])                                                           # (B, S-1, V)
-        loss = F.cross_entropy(logits[mask[:, 1:]], seq[:, 1:][mask[:, 1:]])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    save_model(model, path)
-    torch.set_num_threads(n_threads)
-    return path
-
-
 def eval_args(tiny_dir, out, *extra):
     return ["--model", str(tiny_dir), "--data", "synthetic", "--limit", "4", "--n", "8", "--k", "1", "2", "4", "8",
             "--max-new-tokens", "40", "--out", str(out), "--workers", "1", "--no-progress", "--no-plot",

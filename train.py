@@ -86,7 +86,6 @@ def get_args(argv=None):
     g.add_argument("--neg-scale", type=float, default=1.1, help="lambda: push on top-1 of wrong answers")
     g.add_argument("--clip-eps", type=float, default=0.2)
     g.add_argument("--clip-eps-high", type=float, default=None, help="DAPO clip-higher (default: clip-eps)")
-    g.add_argument("--kl-coef", type=float, default=0.0, help="KL to the initial policy (paper: none)")
     g.add_argument("--no-std-norm", action="store_true", help="Dr. GRPO advantages (no std division)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=1e-6, help="constant learning rate")
@@ -102,7 +101,7 @@ def get_args(argv=None):
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--max-prompt-len", type=int, default=1024, help="longer prompts are skipped and counted")
     g.add_argument("--max-response-len", type=int, default=3072)
-    g.add_argument("--rollout-batch", type=int, default=512, help="sequences per generate call (memory)")
+    g.add_argument("--rollout-batch", type=int, default=256, help="sequences per generate call (memory)")
     g = p.add_argument_group("system")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--dtype", default=None, choices=["bfloat16", "float32"],
@@ -149,10 +148,16 @@ class Dist:
 
     def all_sum(self, x: float) -> float:
         """Sum a number over ranks (a collective: every rank must call it)."""
+        return self._reduce(x, "SUM")
+
+    def all_max(self, x: float) -> float:
+        return self._reduce(x, "MAX")
+
+    def _reduce(self, x: float, op: str) -> float:
         if self.world == 1:
             return x
         t = torch.tensor([float(x)], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
+        torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
         return t.item()
 
 
@@ -360,6 +365,23 @@ def micro_batches(batch: Batch, rows: torch.Tensor, max_tokens: int):
     return [(torch.tensor(c), int(length[c[0]])) for c in out]
 
 
+def synced_micro_batches(batch: Batch, rows: torch.Tensor, max_tokens: int, dist: Dist):
+    """micro_batches(), padded with None to the same count on every rank: under FSDP each forward and
+    backward is a collective (it all-gathers parameters), so every rank must run as many as the busiest
+    one. A None stands for a pass that contributes exactly zero (see `zero_pass`)."""
+    mbs = micro_batches(batch, rows, max_tokens)
+    return mbs + [None] * (int(dist.all_max(len(mbs))) - len(mbs))
+
+
+def zero_pass(model, batch: Batch, args, device, backward: bool):
+    """A forward (and backward) whose loss and gradients are exactly 0: keeps the FSDP collectives of a
+    rank with fewer micro-batches in step with the others."""
+    head = lambda h, w: h.sum() * 0.0 + w.sum() * 0.0
+    loss = run_head(model, batch.seq[:1, :2], head, args, device)
+    if backward:
+        loss.backward()
+
+
 # -----------------------------------------------------------------------------
 # The update: old log-probs, then mini-batches of micro-batches
 
@@ -378,11 +400,16 @@ def run_head(model, seq, head, args, device):
 
 
 @torch.no_grad()
-def recompute_old_logprobs(model, batch: Batch, rows, args, device) -> torch.Tensor:
+def recompute_old_logprobs(model, batch: Batch, rows, args, dist: Dist) -> torch.Tensor:
     """pi_old(y_t) under the training forward pass (the sampler's numbers differ by kernel rounding and,
     in bf16, by the weight copy): (R, S) float32, 0 outside responses."""
+    device = dist.device
     old = torch.zeros(batch.seq.shape, dtype=torch.float32)
-    for idx, S in micro_batches(batch, rows, args.micro_batch_tokens):
+    for mb in synced_micro_batches(batch, rows, args.micro_batch_tokens, dist):
+        if mb is None:
+            zero_pass(model, batch, args, device, backward=False)
+            continue
+        idx, S = mb
         seq, mask = batch.seq[idx, :S], batch.resp_mask[idx, 1:S]
         head = lambda h, w: candidate_stats_from_hidden(h, w, seq[:, 1:].to(device), mask.to(device),
                                                         top_n=args.top_n, temperature=args.temperature)
@@ -392,13 +419,12 @@ def recompute_old_logprobs(model, batch: Batch, rows, args, device) -> torch.Ten
     return old
 
 
-def policy_loss(model, batch: Batch, idx, S, old, ref, args, device, loss_denom):
+def policy_loss(model, batch: Batch, idx, S, old, args, device, loss_denom):
     """(loss, metrics) of micro-batch `idx` (rows trimmed to S tokens): CaSP or the GRPO reference."""
     seq = batch.seq[idx, :S]
     inputs = dict(tokens=seq[:, 1:].to(device), old_logprobs=old[idx, 1:S].to(device),
                   advantages=batch.adv[idx].to(device), mask=batch.resp_mask[idx, 1:S].to(device),
                   temperature=args.temperature, clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high,
-                  kl_coef=args.kl_coef, ref_logprobs=None if ref is None else ref[idx, 1:S].to(device),
                   loss_denom=loss_denom, top_n=args.top_n)
     if args.loss == "grpo":
         head = lambda h, w: grpo_loss_from_hidden(h, w, **inputs)
@@ -409,7 +435,7 @@ def policy_loss(model, batch: Batch, idx, S, old, ref, args, device, loss_denom)
     return run_head(model, seq, head, args, device)
 
 
-def update(model, opt, batch: Batch, old, ref, args, dist: Dist):
+def update(model, opt, batch: Batch, old, args, dist: Dist):
     """`mini_batches` AdamW steps over the batch (one pass). Returns metrics averaged over tokens."""
     device = dist.device
     P = int(batch.group.max()) + 1
@@ -425,12 +451,16 @@ def update(model, opt, batch: Batch, old, ref, args, dist: Dist):
         active = rows[batch.adv[rows] != 0]  # A = 0 rows: zero loss and gradient, tokens still counted
         opt.zero_grad(set_to_none=True)
         finite = True
-        for idx, S in micro_batches(batch, active, args.micro_batch_tokens):
-            loss, m = policy_loss(model, batch, idx, S, old, ref, args, device, loss_denom)
-            if not torch.isfinite(loss):
+        for mb in synced_micro_batches(batch, active, args.micro_batch_tokens, dist):
+            if mb is None:
+                zero_pass(model, batch, args, device, backward=True)
+                continue
+            idx, S = mb
+            loss, m = policy_loss(model, batch, idx, S, old, args, device, loss_denom)
+            loss.backward()  # even when NaN: under FSDP every rank must run the same passes
+            if not torch.isfinite(loss):  # a host sync per micro-batch; the mini-batch is dropped below
                 finite = False
-                break
-            loss.backward()
+                continue
             n = float(batch.resp_mask[idx, 1:S].sum())
             for k, v in m.items():
                 if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1):
@@ -603,9 +633,6 @@ def main(argv=None):
             raise SystemExit(f"error: --resume but {out} has no checkpoint ('latest' pointer)")
         model = load_model(ckpt / "model", device=device, dtype=torch.float32)
         model.gradient_checkpointing = args.grad_checkpoint
-    ref = None
-    if args.kl_coef > 0:
-        raise SystemExit("error: --kl-coef > 0 needs a reference model, which this loop does not keep yet")
     if args.fsdp:
         model = shard_model(model, compute_dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
@@ -634,7 +661,7 @@ def main(argv=None):
                 if args.resume and json.loads(l)["step"] <= start]
         metrics_file.write_text("".join(l + "\n" for l in keep))
     for step in range(start, args.steps):
-        m = train_step(step, model, policy, opt, tokenizer, train_set, stream, ref, args, dist)
+        m = train_step(step, model, policy, opt, tokenizer, train_set, stream, args, dist)
         m["prompts_skipped_too_long"] = n_skipped
         if args.eval_every and (step + 1) % args.eval_every == 0:
             m.update({f"heldout_{k}": v for k, v in
@@ -663,7 +690,7 @@ def _model_dir(name):
         raise SystemExit(f"error: no tokenizer for {name!r}: pass --tokenizer PATH") from None
 
 
-def train_step(step, model, policy, opt, tokenizer, train_set, stream, ref, args, dist: Dist) -> dict:
+def train_step(step, model, policy, opt, tokenizer, train_set, stream, args, dist: Dist) -> dict:
     """One RL step (see the module docstring). Returns its metrics."""
     device = dist.device
     if device.type == "cuda":
@@ -684,9 +711,9 @@ def train_step(step, model, policy, opt, tokenizer, train_set, stream, ref, args
     t1 = time.time()
     model.train()
     all_rows = torch.nonzero(batch.adv != 0).flatten()
-    old = recompute_old_logprobs(model, batch, all_rows, args, device)
+    old = recompute_old_logprobs(model, batch, all_rows, args, dist)
     # 6. mini-batch updates
-    m = update(model, opt, batch, old, ref, args, dist)
+    m = update(model, opt, batch, old, args, dist)
     refresh_sampling_copy(policy, model, dist)
     t_update = time.time() - t1
 

@@ -163,9 +163,9 @@ def rollout_batch(tiny_dir, problems_file, **overrides):
 def one_update(model, batch, args, opt_cls=torch.optim.SGD, lr=1.0):
     dist = train.Dist()
     rows = torch.arange(batch.seq.shape[0])
-    old = train.recompute_old_logprobs(model, batch, rows, args, dist.device)
+    old = train.recompute_old_logprobs(model, batch, rows, args, dist)
     opt = opt_cls(model.parameters(), lr=lr)
-    m = train.update(model, opt, batch, old, None, args, dist)
+    m = train.update(model, opt, batch, old, args, dist)
     return m, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -252,7 +252,7 @@ def _fsdp_worker(rank, world, port, tiny_dir, batch_file, out_file):
     dist = train.Dist(rank, world, torch.device("cpu"))
     old = saved["old"][mine]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    train.update(model, opt, local, old, None, args, dist)
+    train.update(model, opt, local, old, args, dist)
     full = train.full_state_model(model, dist)
     if rank == 0:
         torch.save({k: v.clone() for k, v in full.state_dict().items()}, out_file)
@@ -262,11 +262,16 @@ def _fsdp_worker(rank, world, port, tiny_dir, batch_file, out_file):
 def test_fsdp_two_processes_equal_one(tiny_dir, problems_file, tmp_path):
     """One update (2 mini-batches, SGD) sharded over 2 CPU processes with FSDP2 (gloo): each rank holds
     half of the prompt groups, the token-mean denominator is summed over ranks, gradients are averaged
-    by FSDP. The updated weights equal those of one process on the whole batch (max diff < 1e-5)."""
+    by FSDP, and the ranks run different numbers of micro-batches. The updated weights equal those of
+    one process on the whole batch (max diff < 1e-5)."""
     import torch.multiprocessing as mp
     model, batch, args = rollout_batch(tiny_dir, problems_file)
+    # one row per micro-batch, and group 2 (rank 0's) without signal: rank 0 runs fewer micro-batches
+    # than rank 1 and must keep its FSDP collectives in step with zero passes
+    args.micro_batch_tokens = 1
+    batch.adv[batch.group == 2] = 0.0
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    old = train.recompute_old_logprobs(model, batch, torch.arange(batch.seq.shape[0]), args, torch.device("cpu"))
+    old = train.recompute_old_logprobs(model, batch, torch.arange(batch.seq.shape[0]), args, train.Dist())
     _, single = one_update(model, batch, args)
     torch.save({"batch": batch, "args": args, "old": old}, tmp_path / "batch.pt")
     mp.start_processes(_fsdp_worker, args=(2, _free_port(), tiny_dir, tmp_path / "batch.pt", tmp_path / "w.pt"),
@@ -306,3 +311,16 @@ def test_too_long_prompts_are_skipped_and_counted(tiny_dir, problems_file, tmp_p
     assert metrics(tmp_path / "m")[0]["prompts_skipped_too_long"] == 1
     with pytest.raises(SystemExit, match="no training prompt fits --max-prompt-len 5"):
         train.main(run_args(tiny_dir, problems_file, tmp_path / "n", "--steps", "1", "--max-prompt-len", "5"))
+
+
+@pytest.mark.gpu
+def test_one_bf16_step_on_the_gpu(tiny_dir, problems_file, tmp_path):
+    """On CUDA: bf16 autocast, the bf16 sampling copy with the CUDA-graph sampler, activation
+    checkpointing; one step runs, logs peak memory, and the sampler's log-probs agree with the training
+    forward's to bf16 accuracy."""
+    out = tmp_path / "gpu"
+    run = run_args(tiny_dir, problems_file, out, "--steps", "1", "--grad-checkpoint")
+    run[run.index("--device") + 1], run[run.index("--dtype") + 1] = "cuda", "bfloat16"
+    train.main(run)
+    m = metrics(out)[0]
+    assert m["peak_mem_gb"] > 0 and m["logprob_mismatch"] < 0.05

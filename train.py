@@ -660,7 +660,9 @@ def main(argv=None):
         keep = [l for l in metrics_file.read_text().splitlines()  # of steps after its checkpoint
                 if args.resume and json.loads(l)["step"] <= start]
         metrics_file.write_text("".join(l + "\n" for l in keep))
-    for step in range(start, args.steps):
+    bar = tqdm(range(start, args.steps), desc=f"RL ({args.loss})", initial=start, total=args.steps,
+               disable=not dist.main, dynamic_ncols=True)
+    for step in bar:
         m = train_step(step, model, policy, opt, tokenizer, train_set, stream, args, dist)
         m["prompts_skipped_too_long"] = n_skipped
         if args.eval_every and (step + 1) % args.eval_every == 0:
@@ -669,7 +671,7 @@ def main(argv=None):
         if dist.main:
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(m) + "\n")
-            print(log_line(m), flush=True)
+            bar.write(log_line(m))
         last = step + 1 == args.steps
         if (args.save_every and (step + 1) % args.save_every == 0) or last:
             save_checkpoint(out, step + 1, model, opt, stream, args, dist, Path(tokenizer.source).parent)

@@ -37,8 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch

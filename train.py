@@ -38,7 +38,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ from tqdm import tqdm
 
 import data
 from casp import casp_loss_from_hidden, candidate_stats_from_hidden, grpo_loss_from_hidden, group_advantages
-from model import MODEL_NAMES, ModelConfig, Transformer, casp_home, load_model, load_tokenizer, save_model
+from model import MODEL_NAMES, Transformer, casp_home, load_model, load_tokenizer, save_model
 from sampler import generate
 from verifier import batch_reward, reward as verify_reward
 

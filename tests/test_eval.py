@@ -2,11 +2,9 @@
 (exact vs Monte Carlo, on a tree and on a model through the sampler), and an end-to-end evaluation of a
 tiny model on the synthetic task: rescoring without the model reproduces the table, an interrupted run
 resumes without resampling, plots render."""
-import copy
 import itertools
 import json
 import math
-import random
 import shutil
 import sys
 from fractions import Fraction
@@ -18,7 +16,7 @@ import torch.nn.functional as F
 import data
 import eval as ev
 from eval import pass_at_k
-from model import MODEL_NAMES, ModelConfig, Transformer, save_model
+from model import ModelConfig, Transformer
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ sometimes right) on those 4 problems, so that groups have mixed rewards and the 
 import json
 import os
 import socket
-from argparse import Namespace
 from pathlib import Path
 
 import pytest

@@ -309,14 +309,18 @@ def score(responses: list[str], problems: list[dict]) -> torch.Tensor:
 
 
 def sample_and_score(policy, tokenizer, problems, args, seed, n_samples):
-    """Sample n_samples responses per problem in chunks of --rollout-batch rows; verify them."""
+    """Sample n_samples responses per problem in chunks of --rollout-batch rows; verify them.
+
+    Every chunk gets the same seed: the sampler keys each row by (seed, prompt ids, occurrence of that
+    prompt in the call, sample index), so the samples do not depend on --rollout-batch. (A prompt that
+    occurs twice in one step, in two different chunks, would draw the same samples twice.)"""
     per_call = max(1, args.rollout_batch // n_samples)
     rollouts, texts = [], []
     for i in range(0, len(problems), per_call):
         chunk = problems[i:i + per_call]
         ro = generate(policy, [p["prompt_ids"] for p in chunk], n_samples=n_samples,
                       max_new_tokens=args.max_response_len, temperature=args.temperature, top_p=args.top_p,
-                      stop_ids=tokenizer.stop_ids, top_n=args.top_n, seed=seed + i,
+                      stop_ids=tokenizer.stop_ids, top_n=args.top_n, seed=seed,
                       vocab_size=tokenizer.vocab_size)
         rollouts.append(ro)
         texts += [tokenizer.decode(t[m].tolist()) for t, m in zip(ro.tokens, ro.mask)]

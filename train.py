@@ -638,8 +638,9 @@ def main(argv=None):
         model.gradient_checkpointing = args.grad_checkpoint
     if args.fsdp:
         model = shard_model(model, compute_dtype)
+    # fused AdamW (one kernel, no full-size temporaries) on a single GPU; FSDP's DTensors take the default
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                            betas=(0.9, 0.999), eps=1e-8)
+                            betas=(0.9, 0.999), eps=1e-8, fused=device.type == "cuda" and not args.fsdp)
     if args.resume:
         start = load_checkpoint(ckpt, opt, stream, dist)
         if dist.main:

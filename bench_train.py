@@ -72,7 +72,7 @@ def hf_step_fn(config, state, batch, device):
     hf_cfg = transformers.Qwen2Config(**{k: v for k, v in config.to_hf_dict().items()
                                          if k not in ("architectures", "model_type")})
     model = transformers.Qwen2ForCausalLM(hf_cfg).to(device=device, dtype=torch.bfloat16)
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=True)  # the same weights as ours, key for key
     getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     model.config.use_cache = False
     model.train()

@@ -348,6 +348,10 @@ def plot_compare(runs: dict[str, dict], path, bench: str = "average") -> Path | 
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -394,12 +398,7 @@ def plot_metrics(files, path) -> Path | None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # -----------------------------------------------------------------------------

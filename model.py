@@ -341,18 +341,8 @@ class KVCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
 
     @property
-    def batch_size(self):
-        return self.k.shape[1]
-
-    @property
     def max_len(self):
         return self.k.shape[3]
-
-    def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
-
-    def reset(self):
-        self.lengths.zero_()
 
     def narrow(self, start: int, length: int) -> "KVCache":
         """Rows start..start+length-1 as a KVCache sharing this one's memory (writes go through): lets a

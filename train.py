@@ -487,13 +487,13 @@ def update(model, opt, batch: Batch, old, args, dist: Dist):
 # Sampling copy of the weights, checkpoints, evaluation
 
 
-def refresh_sampling_copy(policy: Transformer | None, model: Transformer, dist: Dist):
+def refresh_sampling_copy(policy: Transformer, model: Transformer):
     """Copy the (float32, possibly sharded) training weights into the bf16 sampling model. Under FSDP
     every parameter is all-gathered ONCE here, for the whole rollout, not per decode step."""
-    if policy is None or policy is model:
+    if policy is model:
         return
     with torch.no_grad():
-        for (name, p_s), p in zip(policy.named_parameters(), model.parameters()):
+        for p_s, p in zip(policy.parameters(), model.parameters()):
             full = p.full_tensor() if hasattr(p, "full_tensor") else p
             p_s.copy_(full)
 
@@ -508,7 +508,7 @@ def make_sampling_copy(model: Transformer, args, dist: Dist):
     policy.eval()
     for p in policy.parameters():
         p.requires_grad_(False)
-    refresh_sampling_copy(policy, model, dist)
+    refresh_sampling_copy(policy, model)
     return policy
 
 
@@ -720,7 +720,7 @@ def train_step(step, model, policy, opt, tokenizer, train_set, stream, args, dis
     old = recompute_old_logprobs(model, batch, all_rows, args, dist)
     # 6. mini-batch updates
     m = update(model, opt, batch, old, args, dist)
-    refresh_sampling_copy(policy, model, dist)
+    refresh_sampling_copy(policy, model)
     t_update = time.time() - t1
 
     mask = torch.cat([ro.mask.flatten() for ro in rollouts])

@@ -101,7 +101,8 @@ def test_grpo_runs_on_the_same_seed(tiny_dir, problems_file, tmp_path):
 
 
 def test_resume_is_exact(tiny_dir, problems_file, tmp_path):
-    """4 steps straight give bit-identical weights and metrics to 2 steps + --resume + 2 steps."""
+    """4 steps straight give bit-identical weights and metrics to 2 steps + --resume + 2 steps; the
+    checkpoint (with its tokenizer) loads in transformers."""
     train.main(run_args(tiny_dir, problems_file, tmp_path / "a", "--steps", "4"))
     train.main(run_args(tiny_dir, problems_file, tmp_path / "b", "--steps", "2"))
     train.main(run_args(tiny_dir, problems_file, tmp_path / "b", "--steps", "4", "--resume"))
@@ -112,6 +113,14 @@ def test_resume_is_exact(tiny_dir, problems_file, tmp_path):
     mb = [{k: v for k, v in m.items() if k not in drop} for m in metrics(tmp_path / "b")]
     assert ma == mb
     assert (tmp_path / "b" / "latest").read_text() == "ckpt-000004"
+    # the checkpoint is a plain Hugging Face folder: transformers loads it, with the same logits
+    transformers = pytest.importorskip("transformers")
+    ckpt = tmp_path / "b" / "ckpt-000004" / "model"
+    assert (ckpt / "tokenizer.json").is_file()
+    tokens = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        ref = transformers.AutoModelForCausalLM.from_pretrained(ckpt).eval()(tokens).logits
+        assert (ref - load_model(ckpt)(tokens)).abs().max().item() < 1e-4
 
 
 def test_killed_save_leaves_previous_checkpoint(tiny_dir, problems_file, tmp_path, monkeypatch):

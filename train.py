@@ -465,9 +465,9 @@ def update(model, opt, batch: Batch, old, args, dist: Dist):
                 finite = False
                 continue
             n = float(batch.resp_mask[idx, 1:S].sum())
-            for k, v in m.items():
+            for k, v in m.items():  # kept on the device: converted once per step, not per micro-batch
                 if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1):
-                    sums[k] = sums.get(k, 0.0) + float(v) * n
+                    sums[k] = sums.get(k, 0.0) + v * n
             n_tok_total += n
         if not dist.all_sum(0.0 if finite else 1.0) == 0:  # every rank skips together
             opt.zero_grad(set_to_none=True)
@@ -477,7 +477,7 @@ def update(model, opt, batch: Batch, old, args, dist: Dist):
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         grad_norms.append(float(norm))
         opt.step()
-    out = {k: v / max(n_tok_total, 1.0) for k, v in sums.items()}
+    out = {k: float(v) / max(n_tok_total, 1.0) for k, v in sums.items()}
     out["grad_norm"] = float(np.mean(grad_norms)) if grad_norms else float("nan")
     out["nan_skipped"] = nan_skipped
     return out

@@ -1,5 +1,5 @@
 """
-data.py: problems in, prompt token ids out; plus the built-in synthetic task of the CPU demo.
+data.py: problems in, prompt token ids out.
 
 A problem is a dict with at least
     problem   the question text shown to the model
@@ -27,41 +27,15 @@ ask for step-by-step reasoning and a final \\boxed{} answer (the Qwen2.5-Math in
 the completed function in a ```python block. A problem may carry its own `instruction` (the synthetic task
 does: an empty one, see below). No system message is inserted.
 
-The synthetic task (the CPU demo's stand-in for MATH): an expression of 3 or 4 one-digit operands joined
-by + (and by * too with ops="+*"), with an integer value of at most 99, e.g. "3+4+5+7". A worked solution
-rewrites the expression one operation at a time, one line per step, and ends with the boxed value:
-
-    =3+9+7
-    =12+7
-    =19
-    \\boxed{19}
-
-At each step ANY legal pair may be combined: two factors of one product, or two terms of the sum once
-both are plain numbers (the result takes the left one's place). So "2+3+4" has 3 solutions
-("=5+4", "=6+3", "=2+7", ...): a policy can be right along several paths, which is what pass@K with
-K > 1 measures and what CaSP's top-N candidates are meant to keep alive. Every intermediate value is at
-most the final value (positive operands, + and *), so all numbers stay below 100. The demo uses + only:
-the tiny model (0.8M parameters) learns the 3-4 operand sums in a 2-minute warm start to held-out
-pass@1 0.35 and pass@8 0.98 (measured, seed 0), leaving room for RL; with * it must also learn a
-multiplication table and starts far lower.
-Its prompt is the bare expression (no instruction): the warm start teaches the answer format, and an
-instruction would add a third to the compute of every sequence.
-The held-out split is fixed by a hash of the expression (1 in 8 expressions), so train and held-out
-never share a problem, whatever the seeds.
-
-The tiny model's tokenizer is character-level (tokenizers' WordLevel over single characters): 60
-characters (digits, lowercase letters, 24 symbols incl. space and newline) + <|unk|> + the ChatML specials
-<|im_start|>, <|im_end|>, <|endoftext|> = 64 ids, exactly the tiny config's vocab_size. Any text made of those characters round-trips exactly.
+The synthetic task of the CPU demo (name `synthetic`) lives in tiny.py with the tiny model.
 
 Departures: MATH500's file wraps each problem as "Question:\\n...\\nAnswer:\\nLet's think step by
 step.\\n"; that wrapper is removed (no other benchmark has it, and it would precede our own instruction).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 import re
 from pathlib import Path
 
@@ -151,8 +125,9 @@ def load_dataset(name_or_path, data_dir=None, limit: int | None = None) -> list[
     """
     name = str(name_or_path)
     if name in ("synthetic", "synthetic_train"):
-        probs = synthetic_problems(500 if name == "synthetic" else 5000, seed=0,
-                                   split="heldout" if name == "synthetic" else "train")
+        import tiny  # the task lives with the tiny model that learns it
+        probs = tiny.synthetic_problems(500 if name == "synthetic" else 5000, seed=0,
+                                        split="heldout" if name == "synthetic" else "train")
         return probs[:limit] if limit else probs
     p = Path(os.path.expanduser(name))
     if p.suffix == ".jsonl" or p.is_file() or os.sep in name:
@@ -220,147 +195,3 @@ def verifier_fields(problem: dict) -> dict:
     """The keyword fields verifier.verify(response, answer, task, **fields) gets for this problem."""
     drop = ("answer", "task", "prompt_ids", "instruction", "id", "split")
     return {k: v for k, v in problem.items() if k not in drop}
-
-
-# -----------------------------------------------------------------------------
-# The synthetic arithmetic task
-
-SYNTH_INSTRUCTION = ""        # the tiny model learns the \\boxed{} format from its warm start
-SYNTH_HELDOUT_EVERY = 8       # 1 in 8 expressions (by hash) is held out
-
-
-def _split_of(expr: str) -> str:
-    h = int.from_bytes(hashlib.blake2b(expr.encode(), digest_size=8).digest(), "little")
-    return "heldout" if h % SYNTH_HELDOUT_EVERY == 0 else "train"
-
-
-def _parse(expr: str) -> list[list[int]]:
-    """'3+4*5' -> [[3], [4, 5]]: a sum of products."""
-    return [[int(f) for f in term.split("*")] for term in expr.split("+")]
-
-
-def _render(terms: list[list[int]]) -> str:
-    return "+".join("*".join(map(str, t)) for t in terms)
-
-
-def _value(terms) -> int:
-    total = 0
-    for t in terms:
-        prod = 1
-        for f in t:
-            prod *= f
-        total += prod
-    return total
-
-
-def synthetic_problems(n: int, seed: int = 0, split: str = "train", operands=(3, 4), max_operand: int = 9,
-                       max_value: int = 99, ops: str = "+") -> list[dict]:
-    """`n` distinct problems of one split, deterministic in (n, seed, split). Raises if the split has
-    fewer than n distinct expressions under the given limits."""
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split={split!r}: expected 'train' or 'heldout'")
-    rng = random.Random(f"casp-synthetic/{seed}/{split}")
-    seen, out, tries = set(), [], 0
-    while len(out) < n:
-        tries += 1
-        if tries > 200 * n + 100_000:
-            raise ValueError(f"only {len(out)} distinct {split} problems found under the limits (wanted {n})")
-        k = rng.choice(operands)
-        nums = [rng.randint(1, max_operand) for _ in range(k)]
-        signs = [rng.choice(ops) for _ in range(k - 1)]
-        expr = str(nums[0]) + "".join(o + str(x) for o, x in zip(signs, nums[1:]))
-        if expr in seen or _split_of(expr) != split:
-            continue
-        value = _value(_parse(expr))
-        if value > max_value:
-            continue
-        seen.add(expr)
-        out.append({"id": f"synthetic/{expr}", "problem": expr, "answer": str(value), "task": "math",
-                    "instruction": SYNTH_INSTRUCTION, "split": split})
-    return out
-
-
-def _legal_steps(terms: list[list[int]]) -> list[tuple]:
-    """Every legal single operation: ('*', term, i, j) multiplies factors i<j of one product,
-    ('+', i, j) adds terms i<j that are both plain numbers."""
-    steps = [("*", t, i, j) for t, fs in enumerate(terms) for i in range(len(fs)) for j in range(i + 1, len(fs))]
-    plain = [t for t, fs in enumerate(terms) if len(fs) == 1]
-    steps += [("+", a, b) for x, a in enumerate(plain) for b in plain[x + 1:]]
-    return steps
-
-
-def _apply(terms, step):
-    terms = [list(t) for t in terms]
-    if step[0] == "*":
-        _, t, i, j = step
-        terms[t][i] *= terms[t][j]
-        del terms[t][j]
-    else:
-        _, a, b = step
-        terms[a][0] += terms[b][0]
-        del terms[b]
-    return terms
-
-
-def synthetic_solution(problem: dict, rng: random.Random) -> str:
-    """A random valid worked solution: one legal operation per line, then \\boxed{value}."""
-    terms = _parse(problem["problem"])
-    lines = []
-    while True:
-        steps = _legal_steps(terms)
-        if not steps:
-            break
-        terms = _apply(terms, rng.choice(steps))
-        lines.append("=" + _render(terms))
-    value = _value(terms)
-    lines.append(f"\\boxed{{{value}}}")
-    return "\n".join(lines)
-
-
-def synthetic_solutions(problem: dict) -> list[str]:
-    """All distinct valid worked solutions of a problem (for tests and the theory check)."""
-    out = []
-
-    def walk(terms, lines):
-        steps = _legal_steps(terms)
-        if not steps:
-            out.append("\n".join(lines + [f"\\boxed{{{_value(terms)}}}"]))
-        for s in steps:
-            nxt = _apply(terms, s)
-            walk(nxt, lines + ["=" + _render(nxt)])
-
-    walk(_parse(problem["problem"]), [])
-    return sorted(set(out))
-
-
-# -----------------------------------------------------------------------------
-# The tiny model's character-level tokenizer
-
-TINY_CHARS = ("0123456789abcdefghijklmnopqrstuvwxyz" + " \n\\{}()[]+-*/^=<>.,:?$_'")
-TINY_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
-TINY_UNK = "<|unk|>"
-
-
-def make_tiny_tokenizer(path):
-    """Write a character-level tokenizer.json to the folder `path` and return it loaded with
-    model.load_tokenizer (chat format chatml, stop ids <|im_end|> and <|endoftext|>).
-
-    ids: 0..59 the characters of TINY_CHARS, 60 <|unk|>, 61..63 the ChatML specials; 64 ids in all.
-    """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    from model import load_tokenizer
-
-    vocab = {c: i for i, c in enumerate(TINY_CHARS)}
-    vocab[TINY_UNK] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=TINY_UNK))
-    # every character is its own piece (newlines included); Fuse joins them back without separators
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(TINY_SPECIALS)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "tokenizer.json.tmp"
-    tok.save(str(tmp))
-    os.replace(tmp, path / "tokenizer.json")
-    return load_tokenizer(path)

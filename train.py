@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import math
 import os
@@ -44,10 +43,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import tiny
 from casp import casp_loss_from_hidden, candidate_stats_from_hidden, grpo_loss_from_hidden, group_advantages
 from model import MODEL_NAMES, Transformer, casp_home, load_model, load_tokenizer, save_model
 from sampler import generate
@@ -220,8 +219,8 @@ class PromptStream:
 def load_problems(args, tokenizer):
     """(train problems, held-out problems), each a list of dicts with prompt_ids."""
     if args.model == "tiny" and args.data is None:
-        train = data.synthetic_problems(5000, seed=args.seed, split="train")
-        held = data.synthetic_problems(args.eval_prompts, seed=args.seed, split="heldout")
+        train = tiny.synthetic_problems(5000, seed=args.seed, split="train")
+        held = tiny.synthetic_problems(args.eval_prompts, seed=args.seed, split="heldout")
     else:
         train = data.load_dataset(args.data or "math_train", args.data_dir)
         held = data.load_dataset(args.heldout or "math500", args.data_dir)[:args.eval_prompts]
@@ -231,50 +230,6 @@ def load_problems(args, tokenizer):
         raise SystemExit(f"error: no training prompt fits --max-prompt-len {args.max_prompt_len} "
                          f"({skipped} skipped)")
     return train, held, skipped
-
-
-# -----------------------------------------------------------------------------
-# The tiny demo model: a short supervised warm start so that it solves some problems
-
-
-def warm_start_tiny(path: Path, steps: int, seed: int, device) -> None:
-    """Train the tiny model on worked solutions of the synthetic task (next-token cross-entropy on the
-    response), then save it with its tokenizer to `path`. RL needs a policy that is sometimes right."""
-    torch.manual_seed(seed)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = data.make_tiny_tokenizer(tmp)
-    config = copy.deepcopy(MODEL_NAMES["tiny"][1])
-    config.vocab_size = tokenizer.vocab_size
-    model = Transformer(config).to(device)
-    model.init_weights(generator=torch.Generator(device=device).manual_seed(seed))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    rng = random.Random(seed)
-    problems = data.synthetic_problems(5000, seed=seed, split="train")
-    end = tokenizer.stop_ids[0]
-    bar = tqdm(range(steps), desc="warm start (supervised)", leave=False)
-    for it in bar:
-        rows, masks = [], []
-        for prob in rng.sample(problems, 64):
-            prompt = data.build_prompt(prob, tokenizer)
-            answer = tokenizer.encode(data.synthetic_solution(prob, rng)) + [end]
-            rows.append(prompt + answer)
-            masks.append([False] * len(prompt) + [True] * len(answer))
-        S = max(map(len, rows))
-        seq = torch.tensor([r + [0] * (S - len(r)) for r in rows], device=device)            # (B, S)
-        m = torch.tensor([k + [False] * (S - len(k)) for k in masks], device=device)         # (B, S)
-        logits = model(seq[:, :-1])                                                           # (B, S-1, V)
-        loss = F.cross_entropy(logits[m[:, 1:]], seq[:, 1:][m[:, 1:]])
-        for group in opt.param_groups:  # cosine decay to 0: the last steps settle the weights
-            group["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * it / steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    save_model(model, tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
 
 
 # -----------------------------------------------------------------------------
@@ -623,7 +578,7 @@ def main(argv=None):
     # --- model, tokenizer, data
     if args.model == "tiny" and not (casp_home() / "tiny" / "config.json").is_file() and dist.main:
         print(f"[warm start] training the tiny model on the built-in task -> {casp_home() / 'tiny'}")
-        warm_start_tiny(casp_home() / "tiny", args.warm_start_steps, args.seed, device)
+        tiny.warm_start_tiny(casp_home() / "tiny", args.warm_start_steps, args.seed, device)
     model = load_model(args.model, device=device, dtype=torch.float32, init=args.init, seed=args.seed)
     tokenizer = load_tokenizer(args.tokenizer or _model_dir(args.model))
     model.gradient_checkpointing = args.grad_checkpoint

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402  (the repository root must be on sys.path first)
+import tiny  # noqa: E402
 from model import MODEL_NAMES, Transformer, save_model  # noqa: E402
 
 # Real data and the real Qwen2.5 tokenizer live beside the checkout (never copied into the repo).
@@ -56,7 +57,7 @@ def tiny_dir(tmp_path_factory):
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    tok = data.make_tiny_tokenizer(path)
+    tok = tiny.make_tiny_tokenizer(path)
     cfg = copy.deepcopy(MODEL_NAMES["tiny"][1])
     cfg.vocab_size, cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = tok.vocab_size, 2, 64, 128
     model = Transformer(cfg)
@@ -65,7 +66,7 @@ def tiny_dir(tmp_path_factory):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     rng, end = random.Random(0), tok.stop_ids[0]
     for _ in range(150):
-        rows = [(data.build_prompt(p, tok), tok.encode(data.synthetic_solution(p, rng)) + [end]) for p in probs * 4]
+        rows = [(data.build_prompt(p, tok), tok.encode(tiny.synthetic_solution(p, rng)) + [end]) for p in probs * 4]
         S = max(len(a) + len(b) for a, b in rows)
         seq = torch.tensor([a + b + [0] * (S - len(a) - len(b)) for a, b in rows])            # (B, S)
         mask = torch.tensor([[False] * len(a) + [True] * len(b) + [False] * (S - len(a) - len(b))

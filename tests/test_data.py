@@ -1,12 +1,10 @@
 """data.py: loading errors that name file and line, prompts in the chat format, the synthetic task
 (its solutions verify with the real verifier, its splits never overlap) and the tiny tokenizer."""
-import json
-import random
 
 import pytest
 
 import data
-from model import MODEL_NAMES, load_tokenizer
+from model import load_tokenizer
 
 
 def write(path, lines):
@@ -93,66 +91,3 @@ def test_prompt_is_qwen_chatml_with_the_boxed_instruction(qwen_tokenizer_dir):
     long = dict(prob, problem="x " * 2000)
     kept, skipped = data.encode_prompts([prob, long, prob], tok, max_prompt_tokens=1024)
     assert skipped == 1 and [k["prompt_ids"] for k in kept] == [ids, ids]
-
-
-# -----------------------------------------------------------------------------
-# The synthetic task and the tiny tokenizer
-
-
-def test_synthetic_is_deterministic_and_splits_never_overlap():
-    """Same seed -> same problems; different seeds -> different draws; no expression is in both splits,
-    whatever the seeds; values respect the limit."""
-    a = data.synthetic_problems(300, seed=1)
-    assert a == data.synthetic_problems(300, seed=1)
-    assert a != data.synthetic_problems(300, seed=2)
-    train = {p["problem"] for s in (0, 1) for p in data.synthetic_problems(3000, seed=s, split="train")}
-    held = {p["problem"] for s in (0, 1) for p in data.synthetic_problems(500, seed=s, split="heldout")}
-    assert not train & held and len(held) > 500
-    assert all(0 < int(p["answer"]) <= 99 and eval(p["problem"]) == int(p["answer"]) for p in a)
-    assert {p["id"] for p in data.load_dataset("synthetic")} <= {"synthetic/" + e for e in held} | {
-        "synthetic/" + p["problem"] for p in data.synthetic_problems(500, 0, "heldout")}
-    with pytest.raises(ValueError, match="split"):
-        data.synthetic_problems(3, split="test")
-
-
-def test_synthetic_solutions_verify_with_the_real_verifier():
-    """Every worked solution of every problem (all paths, enumerated) gets reward 1 from the real math
-    verifier, a wrong box gets 0, random solutions are among the enumerated ones, and problems have
-    several paths (3 for a+b+c)."""
-    from verifier import reward
-
-    probs = data.synthetic_problems(200, seed=7, split="heldout")
-    rng = random.Random(0)
-    n_paths = []
-    for p in probs:
-        sols = data.synthetic_solutions(p)
-        n_paths.append(len(sols))
-        for s in sols:
-            assert s.endswith(f"\\boxed{{{p['answer']}}}")
-            assert reward(s, p["answer"], **data.verifier_fields(p)) == 1.0, (p, s)
-        assert data.synthetic_solution(p, rng) in sols
-        wrong = sols[0].replace(f"\\boxed{{{p['answer']}}}", f"\\boxed{{{int(p['answer']) + 1}}}")
-        assert reward(wrong, p["answer"], **data.verifier_fields(p)) == 0.0
-    assert len(data.synthetic_solutions({"problem": "2+3+4"})) == 3
-    assert sum(n > 1 for n in n_paths) > len(probs) / 2
-
-
-def test_tiny_tokenizer_fits_and_round_trips(tmp_path):
-    """The character tokenizer fits the tiny model's vocab (64), is detected as ChatML with <|im_end|> as a
-    stop id, encodes specials as one id each, and decodes prompts and solutions losslessly."""
-    tok = data.make_tiny_tokenizer(tmp_path / "tiny")
-    assert tok.vocab_size <= MODEL_NAMES["tiny"][1].vocab_size
-    again = load_tokenizer(tmp_path / "tiny")
-    assert again.chat_format == "chatml" and tok.token_to_id("<|im_end|>") in again.stop_ids
-    assert len(json.loads((tmp_path / "tiny" / "tokenizer.json").read_text())["added_tokens"]) == 3
-    rng = random.Random(0)
-    for p in data.synthetic_problems(100, seed=0):
-        ids = data.build_prompt(p, tok)
-        text = tok.decode(ids, skip_special_tokens=False)
-        user = f"{p['problem']}\n{data.SYNTH_INSTRUCTION}" if data.SYNTH_INSTRUCTION else p["problem"]
-        assert text == f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-        assert len(ids) == len(text) - 2 * (len("<|im_start|>") - 1) - (len("<|im_end|>") - 1)
-        sol = data.synthetic_solution(p, rng)
-        assert tok.decode(tok.encode(sol)) == sol and len(tok.encode(sol)) == len(sol)
-    assert tok.token_to_id("<|unk|>") not in tok.encode(data.TINY_CHARS)
-    assert tok.decode(tok.encode(data.TINY_CHARS)) == data.TINY_CHARS

@@ -9,50 +9,61 @@ A problem is a dict with at least
 and whatever extra fields the verifier needs, passed through unchanged (HumanEval: prompt, test,
 entry_point; knights-and-knaves: names, solution, terms; OlympiadBench: unit, multiple_answers).
 
-Files are JSONL, one problem per line, in the format of the project's data layout (../shared/data):
+Files are JSONL, one problem per line, one file per dataset: <data folder>/<name>.jsonl. The data folder
+is $CASP_DATA if set, else ~/.cache/casp/data ($CASP_HOME/data); train.py and eval.py take --data-dir,
+and a --data value that is a path is read as it is. Nothing else is searched.
 
-    name            file                 task    where a user gets it (convert to JSONL: problem, answer)
-    math500         math500.jsonl        math    HuggingFaceH4/MATH-500
-    math_train      math_train.jsonl     math    MATH train split (hendrycks/competition_math), answer = last \\boxed{}
-    aime2024 ...    aime2024.jsonl       math    ... see DATA_SOURCES below
-    humaneval       humaneval.jsonl      code    openai/openai_humaneval (problem = prompt)
-    knights_knaves  knights_knaves.jsonl logic   reasoning-gym (knights_knaves), 3 people
-    zebra_puzzles   zebra_puzzles.jsonl  logic   reasoning-gym (zebra_puzzles)
-    synthetic       (built in)           math    the arithmetic task below; nothing to download
+`python data.py prepare [NAMES...] [--out DIR] [--from DIR] [--force]` writes the files from their
+public sources (SOURCES below; `python data.py sources` lists them with the download commands):
 
-The data folder is $CASP_DATA, else ../shared/data next to the repository.
+    name            task    source
+    math_train      math    EleutherAI/hendrycks_math, 7 subjects, train (MATH train, 7,500: the paper's)
+    math500         math    HuggingFaceH4/MATH-500
+    aime2024        math    AI-MO/aimo-validation-aime, the 2024 rows (AIME 2024 I and II)
+    aime2025        math    opencompass/AIME2025 (AIME 2025 I and II)
+    amc23           math    AI-MO/aimo-validation-amc, the 2023 rows
+    minerva_math    math    math-ai/minervamath (Minerva OCWCourses)
+    olympiadbench   math    Hothan/OlympiadBench, OE_TO_maths_en_COMP (fields unit, multiple_answers)
+    gsm8k_train/test math   openai/gsm8k (main); answer = the number after ####
+    humaneval       code    openai/openai_humaneval (fields prompt, test, entry_point; problem = prompt)
+    knights_knaves  logic   reasoning-gym 0.1.25 knights_knaves, seed 2026, 300 puzzles of 3 people
+    zebra_puzzles   logic   reasoning-gym 0.1.25 zebra_puzzles, seed 2026, 200 puzzles (answer: one name)
+    synthetic       math    built in (tiny.py): the CPU demo's task; nothing to download
 
 Prompt (CASP.md): the model's chat template with one user turn = problem + an instruction. Math and logic
 ask for step-by-step reasoning and a final \\boxed{} answer (the Qwen2.5-Math instruction); code asks for
 the completed function in a ```python block. A problem may carry its own `instruction` (the synthetic task
 does: an empty one, see below). No system message is inserted.
 
-The synthetic task of the CPU demo (name `synthetic`) lives in tiny.py with the tiny model.
-
 Departures: MATH500's file wraps each problem as "Question:\\n...\\nAnswer:\\nLet's think step by
 step.\\n"; that wrapper is removed (no other benchmark has it, and it would precede our own instruction).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # -----------------------------------------------------------------------------
 # Datasets by name
 
-# name -> (task, where to get it). The file is always <data_dir>/<name>.jsonl.
+# name -> (task, its public source). The file is always <data_dir>/<name>.jsonl; SOURCES (below) says how
+# `python data.py prepare` makes it.
 DATA_SOURCES: dict[str, tuple[str, str]] = {
-    "math500": ("math", "HuggingFaceH4/MATH-500 (fields problem, answer)"),
-    "math_train": ("math", "MATH train split, hendrycks/competition_math; answer = last \\boxed{} of the solution"),
-    "aime2024": ("math", "AI-MO/aimo-validation-aime or Maxwell-Jia/AIME_2024 (AIME 2024 I and II)"),
+    "math_train": ("math", "MATH train (EleutherAI/hendrycks_math); answer = last \\boxed{} of the solution"),
+    "math500": ("math", "HuggingFaceH4/MATH-500"),
+    "aime2024": ("math", "AI-MO/aimo-validation-aime, 2024 rows (AIME 2024 I and II)"),
     "aime2025": ("math", "opencompass/AIME2025 (AIME 2025 I and II)"),
-    "amc23": ("math", "AI-MO/aimo-validation-amc (AMC 12 2023)"),
-    "minerva_math": ("math", "Minerva OCWCourses (e.g. math-ai/minervamath); answer = last \\boxed{}"),
+    "amc23": ("math", "AI-MO/aimo-validation-amc, 2023 rows (AMC 12 2023)"),
+    "minerva_math": ("math", "math-ai/minervamath (Minerva OCWCourses)"),
     "olympiadbench": ("math", "Hothan/OlympiadBench, OE_TO_maths_en_COMP (fields unit, multiple_answers)"),
-    "gsm8k_test": ("math", "openai/gsm8k test; answer = the number after ####"),
     "gsm8k_train": ("math", "openai/gsm8k train; answer = the number after ####"),
+    "gsm8k_test": ("math", "openai/gsm8k test; answer = the number after ####"),
     "humaneval": ("code", "openai/openai_humaneval (fields prompt, test, entry_point; problem = prompt)"),
     "knights_knaves": ("logic", "reasoning-gym knights_knaves (fields names, solution, terms)"),
     "zebra_puzzles": ("logic", "reasoning-gym zebra_puzzles (answer = one name)"),
@@ -66,18 +77,32 @@ CODE_INSTRUCTION = ("Complete the following Python function. Reply with the comp
 INSTRUCTIONS = {"math": MATH_INSTRUCTION, "logic": MATH_INSTRUCTION, "code": CODE_INSTRUCTION}
 
 
+class UserError(Exception):
+    """A mistake in what the user gave (a path, a line of a file, a flag, a name): the command-line tools
+    print `error: <message>` and exit with status 2, without a traceback. Unexpected errors keep theirs."""
+
+
+class DataError(UserError, ValueError):
+    """A data file or dataset name that cannot be used; the message names the file and line."""
+
+
+class DataNotFound(UserError, FileNotFoundError):
+    """A data file that is not there; the message says where it was looked for and how to get it."""
+
+
 def default_data_dir() -> Path:
-    """$CASP_DATA, else the ../shared/data layout next to the repository."""
+    """Where datasets are read from and `python data.py prepare` writes them: $CASP_DATA if set, else
+    ~/.cache/casp/data ($CASP_HOME/data when $CASP_HOME is set). There is no other fallback."""
     if os.environ.get("CASP_DATA"):
-        return Path(os.environ["CASP_DATA"])
-    return Path(__file__).resolve().parent.parent / "shared" / "data"
+        return Path(os.environ["CASP_DATA"]).expanduser()
+    return Path(os.environ.get("CASP_HOME", Path.home() / ".cache" / "casp")).expanduser() / "data"
 
 
 def load_jsonl(path, required=("problem", "answer")) -> list[dict]:
     """One dict per non-blank line. Errors name the file and the 1-based line number."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: data file not found")
+        raise DataNotFound(f"{path}: data file not found")
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -86,24 +111,24 @@ def load_jsonl(path, required=("problem", "answer")) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             missing = [k for k in required if k not in row]
             if missing:
-                raise ValueError(f"{path}:{lineno}: missing field(s) {', '.join(map(repr, missing))} "
+                raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(map(repr, missing))} "
                                  f"(has: {', '.join(row)})")
             for k in ("problem", "answer"):
                 if k in required and not isinstance(row[k], str):
                     if k == "answer" and isinstance(row[k], (int, float)) and not isinstance(row[k], bool):
                         row[k] = str(row[k])   # a numeric gold answer is common in hand-made files
                     else:
-                        raise ValueError(f"{path}:{lineno}: field {k!r} must be a string, "
+                        raise DataError(f"{path}:{lineno}: field {k!r} must be a string, "
                                          f"got {type(row[k]).__name__}")
             row["_line"] = lineno
             rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: empty dataset (no problems)")
+        raise DataError(f"{path}: empty dataset (no problems)")
     return rows
 
 
@@ -134,25 +159,24 @@ def load_dataset(name_or_path, data_dir=None, limit: int | None = None) -> list[
         path, stem = p, p.stem
     else:
         if name not in DATA_SOURCES:
-            raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATA_SOURCES)}, "
+            raise DataError(f"unknown dataset {name!r}: use one of {', '.join(DATA_SOURCES)}, "
                              "'synthetic', or a path to a .jsonl file")
         folder = Path(data_dir) if data_dir else default_data_dir()
         path, stem = folder / f"{name}.jsonl", name
         if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: dataset {name!r} not found. Put the data folder there, set $CASP_DATA or pass "
-                f"--data-dir. Source: {DATA_SOURCES[name][1]}; format: JSONL, one object per line with "
-                f"'problem' and 'answer' (strings) plus the verifier's fields.")
+            raise DataNotFound(
+                f"{path}: dataset {name!r} not found. Write it with `python data.py prepare {name}`, or "
+                f"point $CASP_DATA or --data-dir at a folder that has it. Source: {DATA_SOURCES[name][1]}")
     default_task = DATA_SOURCES.get(stem, ("math", ""))[0]
     rows = load_jsonl(path)
     out = []
     for row in rows:
         task = row.get("task", default_task)
         if task not in TASK_FIELDS:
-            raise ValueError(f"{path}:{row['_line']}: unknown task {task!r} (expected math, code or logic)")
+            raise DataError(f"{path}:{row['_line']}: unknown task {task!r} (expected math, code or logic)")
         missing = [k for k in TASK_FIELDS[task] if k not in row]
         if missing:
-            raise ValueError(f"{path}:{row['_line']}: a {task} problem needs field(s) "
+            raise DataError(f"{path}:{row['_line']}: a {task} problem needs field(s) "
                              f"{', '.join(map(repr, missing))}")
         prob = {k: v for k, v in row.items() if k != "_line"}
         prob["problem"] = clean_problem(prob["problem"])
@@ -161,6 +185,343 @@ def load_dataset(name_or_path, data_dir=None, limit: int | None = None) -> list[
         prob["id"] = str(prob["id"])
         out.append(prob)
     return out[:limit] if limit else out
+
+
+# -----------------------------------------------------------------------------
+# `python data.py prepare`: every dataset file, written from its public source
+#
+# Each source row becomes one JSONL row through a small pure function (convert_*), so what a file holds
+# can be checked against its source row by row. A converter returns the row, or a string: the reason the
+# row is dropped. The rows come from the `datasets` library (network), or with --from DIR from files the
+# user downloaded into DIR/<name>/ (parquet, JSON or JSONL; no network):
+#     hf download --repo-type dataset <repo> --local-dir DIR/<name>
+# The two logic sets are generated by reasoning-gym (a pip package), seed and settings fixed below, so
+# every user gets the same puzzles. Optional dependencies: requirements-data.txt.
+
+LOGIC_SEED = 2026                   # reasoning-gym seed of both logic sets
+REASONING_GYM_VERSION = "0.1.25"    # the generator version the files were made with (pinned in requirements-data)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one dataset file comes from: a Hugging Face dataset (repo, configs, split) or reasoning-gym."""
+    repo: str                        # HF dataset repo, or "reasoning-gym:<generator>"
+    split: str = "train"
+    configs: tuple = (None,)         # HF configs read one after the other (None: the default config)
+    convert: Callable | None = None  # source row -> JSONL row (dict) or the reason it is dropped (str)
+    size: int = 0                    # reasoning-gym: how many puzzles
+    settings: tuple = ()             # reasoning-gym: generator settings, (name, value) pairs
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}) with nested braces; None without a closed one."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start)
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j].strip()
+    return None
+
+
+def _field(row: dict, *names):
+    """The first of `names` the source row has (sources spell their columns differently)."""
+    for n in names:
+        if row.get(n) is not None:
+            return row[n]
+    raise KeyError(f"none of the fields {', '.join(names)} (row has: {', '.join(row)})")
+
+
+def _integer_string(x) -> str:
+    """AIME/AMC answers are integers; sources store them as int, float (27.0) or a digit string, kept as it
+    is ("045": AIME writes three digits; the verifier reads leading zeros as the same number)."""
+    s = str(x).strip()
+    return s if s.isdigit() else str(int(float(s)))
+
+
+def convert_math(row: dict) -> dict | str:
+    """MATH (train split and MATH-500): answer = the source's `answer`, else the last \\boxed{} of the
+    solution (Hendrycks et al.'s last_boxed_only_string)."""
+    answer = row.get("answer") or last_boxed(row["solution"])
+    if not answer:
+        return "no answer (empty, or no \\boxed{} in the solution)"
+    out = {"problem": row["problem"], "answer": answer, "solution": row["solution"],
+           "subject": _field(row, "subject", "type"), "level": row.get("level")}
+    if row.get("unique_id"):
+        out["id"] = row["unique_id"]          # MATH-500 names its problems ("test/algebra/1.json")
+    return out
+
+
+def convert_minerva(row: dict) -> dict | str:
+    """Minerva OCWCourses: answer = the source's `answer`, else the last \\boxed{} of the solution."""
+    solution = row.get("solution") or ""
+    answer = row.get("answer") or last_boxed(solution)
+    if not answer:
+        return "no answer (empty, or no \\boxed{} in the solution)"
+    out = {"problem": _field(row, "problem", "question"), "answer": str(answer)}
+    if solution:
+        out["solution"] = solution
+    if row.get("type") or row.get("subject"):
+        out["subject"] = _field(row, "subject", "type")
+    return out
+
+
+def convert_competition(year: str):
+    """AIME/AMC rows of one year (the AI-MO validation sets hold several years; the year is in the url).
+    Rows without a url (opencompass/AIME2025 holds one year only) are kept. Answer: an integer string."""
+    def convert(row: dict) -> dict | str:
+        url = row.get("url") or ""
+        if url and year not in url:
+            return f"not from {year}"
+        out = {"problem": _field(row, "problem", "question", "Problem"),
+               "answer": _integer_string(_field(row, "answer", "Answer"))}
+        if row.get("id") is not None:
+            out["source_id"] = row["id"]
+        for k in ("solution", "url"):
+            if row.get(k):
+                out[k] = row[k]
+        return out
+    return convert
+
+
+def convert_olympiadbench(row: dict) -> dict | str:
+    """OlympiadBench (OE_TO_maths_en_COMP): `final_answer` is a list (several answers joined by ", ");
+    `unit`, `answer_type` and `is_multiple_answer` are what its judger needs."""
+    final = row["final_answer"]
+    answers = [str(a) for a in (final if isinstance(final, (list, tuple)) else [final]) if str(a).strip()]
+    if not answers:
+        return "no final answer"
+    return {"problem": row["question"], "answer": ", ".join(answers), "unit": row.get("unit") or None,
+            "answer_type": row.get("answer_type"), "multiple_answers": bool(row.get("is_multiple_answer")),
+            "subject": row.get("subfield") or row.get("subject"), "source_id": row.get("id")}
+
+
+_GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*\Z", re.S)
+
+
+def convert_gsm8k(row: dict) -> dict | str:
+    """GSM8K: answer = the number after '####' with thousands separators removed ("1,000" -> "1000")."""
+    m = _GSM8K_FINAL.search(row["answer"])
+    if not m:
+        return "no '####' answer line"
+    answer = re.sub(r"(?<=\d),(?=\d{3}\b)", "", m.group(1)).replace("$", "").strip()
+    return {"problem": row["question"], "answer": answer, "solution": row["answer"]}
+
+
+def convert_humaneval(row: dict) -> dict | str:
+    """HumanEval: the verifier runs `prompt + completion` against `test` (check(entry_point)); the gold
+    answer is the canonical solution, the problem shown is the prompt."""
+    return {"id": row["task_id"], "problem": row["prompt"], "answer": row["canonical_solution"],
+            "prompt": row["prompt"], "canonical_solution": row["canonical_solution"], "test": row["test"],
+            "entry_point": row["entry_point"]}
+
+
+def convert_knights_knaves(item: dict) -> dict | str:
+    """reasoning-gym knights_knaves item -> the verifier's fields: names, solution (True = truth-teller),
+    terms (the puzzle's own words for knight and knave)."""
+    meta = item["metadata"]
+    return {"problem": item["question"], "answer": item["answer"], "names": meta["names"],
+            "solution": meta["solution"], "terms": meta["knight_knave_terms"]}
+
+
+def convert_zebra(item: dict) -> dict | str:
+    """reasoning-gym zebra_puzzles item: the answer is one name."""
+    return {"problem": item["question"], "answer": item["answer"]}
+
+
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus")
+
+SOURCES: dict[str, Source] = {
+    # the training set of the paper's math runs: MATH train, 7,500 problems (Hendrycks et al.)
+    "math_train": Source("EleutherAI/hendrycks_math", "train", MATH_SUBJECTS, convert_math),
+    # the paper's six math benchmarks
+    "math500": Source("HuggingFaceH4/MATH-500", "test", convert=convert_math),
+    "aime2024": Source("AI-MO/aimo-validation-aime", "train", convert=convert_competition("2024")),
+    "aime2025": Source("opencompass/AIME2025", "test", ("AIME2025-I", "AIME2025-II"), convert_competition("2025")),
+    "amc23": Source("AI-MO/aimo-validation-amc", "train", convert=convert_competition("2023")),
+    "minerva_math": Source("math-ai/minervamath", "test", convert=convert_minerva),
+    "olympiadbench": Source("Hothan/OlympiadBench", "train", ("OE_TO_maths_en_COMP",), convert_olympiadbench),
+    # GSM8K (the paper's Llama runs), code and logic
+    "gsm8k_train": Source("openai/gsm8k", "train", ("main",), convert_gsm8k),
+    "gsm8k_test": Source("openai/gsm8k", "test", ("main",), convert_gsm8k),
+    "humaneval": Source("openai/openai_humaneval", "test", convert=convert_humaneval),
+    "knights_knaves": Source("reasoning-gym:knights_knaves", convert=convert_knights_knaves, size=300,
+                             settings=(("n_people", 3), ("depth_constraint", 2), ("width_constraint", 2))),
+    "zebra_puzzles": Source("reasoning-gym:zebra_puzzles", convert=convert_zebra, size=200,
+                            settings=(("num_people", 4), ("num_characteristics", 4))),
+}
+assert SOURCES.keys() == DATA_SOURCES.keys()
+
+_DATA_FILES = (".parquet", ".jsonl", ".json")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """Rows of one downloaded file: parquet (needs pyarrow, which `datasets` installs), JSONL, or JSON
+    (a list of rows, or {"data"|"rows": [...]})."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError(f"{path}: reading parquet needs pyarrow: pip install -r requirements-data.txt") from None
+        return pq.read_table(path).to_pylist()
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        return rows
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    rows = obj if isinstance(obj, list) else obj.get("data") or obj.get("rows") if isinstance(obj, dict) else None
+    if not isinstance(rows, list):
+        raise UserError(f"{path}: expected a JSON list of rows")
+    return rows
+
+
+def local_files(folder: Path, src: Source) -> list[Path]:
+    """The data files of `src` in a folder the user downloaded the repo into, in sorted order: every
+    .parquet/.jsonl/.json file below it, narrowed to those whose path names one of the source's configs
+    (if any does), then to those whose path names the split (if any does)."""
+    if folder.is_file():
+        return [folder]
+    files = sorted(f for f in folder.rglob("*") if f.suffix in _DATA_FILES and f.is_file()
+                   and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+    for keys in ([c for c in src.configs if c], [src.split]):
+        narrowed = [f for f in files if any(k in str(f.relative_to(folder)) for k in keys)]
+        files = narrowed or files
+    return files
+
+
+def source_rows(name: str, src: Source, from_dir: Path | None):
+    """The source rows of dataset `name`: from files under from_dir/<name>, else fetched."""
+    if from_dir is not None:
+        folder = from_dir / name
+        if not folder.exists() and (from_dir / f"{name}.jsonl").is_file():
+            folder = from_dir / f"{name}.jsonl"
+        if not folder.exists():
+            raise UserError(f"{folder}: not found (--from expects DIR/{name}/, downloaded with "
+                            f"`hf download --repo-type dataset {src.repo} --local-dir {folder}`)"
+                            if not src.repo.startswith("reasoning-gym") else
+                            f"{folder}: not found (--from expects reasoning-gym items in DIR/{name}.jsonl)")
+        files = local_files(folder, src)
+        if not files:
+            raise UserError(f"{folder}: no .parquet, .jsonl or .json file in it")
+        return [row for f in files for row in _read_rows(f)]
+    if src.repo.startswith("reasoning-gym:"):
+        try:
+            import reasoning_gym
+        except ImportError:
+            raise UserError("the logic sets are generated by reasoning-gym: pip install -r requirements-data.txt") from None
+        ds = reasoning_gym.create_dataset(src.repo.split(":", 1)[1], seed=LOGIC_SEED, size=src.size,
+                                          **dict(src.settings))
+        return [ds[i] for i in range(src.size)]
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("`python data.py prepare` downloads with the `datasets` library: "
+                        "pip install -r requirements-data.txt (or pass --from DIR with files you downloaded)") from None
+    return [row for config in src.configs for row in datasets.load_dataset(src.repo, config, split=src.split)]
+
+
+def convert_rows(name: str, rows) -> tuple[list[dict], dict[str, int]]:
+    """(JSONL rows with ids, {reason: count} of the dropped rows)."""
+    kept, dropped = [], {}
+    for row in rows:
+        out = SOURCES[name].convert(dict(row))
+        if isinstance(out, str):
+            dropped[out] = dropped.get(out, 0) + 1
+            continue
+        out = {k: v for k, v in out.items() if v is not None or k == "unit"}
+        out["id"] = f"{name}/{out.pop('source_id', len(kept))}" if "id" not in out else out["id"]
+        kept.append({"id": out.pop("id"), **out})
+    return kept, dropped
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]):
+    """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def prepare(names, out_dir: Path, from_dir: Path | None = None, force: bool = False) -> list[dict]:
+    """Write <out_dir>/<name>.jsonl for each name; an existing file is kept unless force. Returns one
+    report row per dataset: name, status, rows written, rows dropped (with reasons), path."""
+    report = []
+    for name in names:
+        path = out_dir / f"{name}.jsonl"
+        if path.is_file() and not force:
+            report.append(dict(name=name, status="exists", written=None, dropped={}, path=path))
+            continue
+        kept, dropped = convert_rows(name, source_rows(name, SOURCES[name], from_dir))
+        if not kept:
+            raise UserError(f"{name}: no row converted ({dropped or 'the source is empty'})")
+        write_jsonl_atomic(path, kept)
+        report.append(dict(name=name, status="written", written=len(kept), dropped=dropped, path=path))
+    return report
+
+
+def format_report(report: list[dict]) -> str:
+    lines = [f"{'dataset':<15} {'rows':>6} {'dropped':>8}  {'why dropped':<40} path"]
+    for r in report:
+        why = "; ".join(f"{n} {k}" for k, n in r["dropped"].items()) or "-"
+        rows = r["written"] if r["status"] == "written" else "kept"
+        lines.append(f"{r['name']:<15} {rows!s:>6} {sum(r['dropped'].values()):>8}  {why:<40} {r['path']}")
+    if any(r["status"] == "exists" for r in report):
+        lines.append("kept: the file was already there (--force rewrites it)")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="data.py", description="Dataset files for train.py and eval.py.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="write the dataset files from their public sources",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"datasets (default: all): {', '.join(SOURCES)}")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: $CASP_DATA, else ~/.cache/casp/data)")
+    p.add_argument("--from", dest="from_dir", type=Path, default=None, metavar="DIR",
+                   help="convert files already downloaded into DIR/<name>/ (no network)")
+    p.add_argument("--force", action="store_true", help="rewrite files that already exist")
+    sub.add_parser("sources", help="where each dataset comes from (and the download command for --from)")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "sources":
+            for name, src in SOURCES.items():
+                how = (f"hf download --repo-type dataset {src.repo} --local-dir DIR/{name}"
+                       if not src.repo.startswith("reasoning-gym") else
+                       f"reasoning-gym {REASONING_GYM_VERSION}, seed {LOGIC_SEED}, {src.size} puzzles, "
+                       + ", ".join(f"{k}={v}" for k, v in src.settings))
+                print(f"{name:<15} {how}")
+            return None
+        unknown = [n for n in args.names if n not in SOURCES]
+        if unknown:
+            raise UserError(f"unknown dataset(s) {', '.join(unknown)}: use {', '.join(SOURCES)}")
+        if args.from_dir is not None and not args.from_dir.is_dir():
+            raise UserError(f"--from {args.from_dir}: no such folder")
+        out = args.out or default_data_dir()
+        report = prepare(args.names or list(SOURCES), out, args.from_dir, args.force)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(format_report(report))
+    print(f"data folder: {out}  (train.py and eval.py read it by default"
+          + ("" if args.out is None or args.out == default_data_dir() else "; pass --data-dir to use it") + ")")
+    return report
+
+
 
 
 # -----------------------------------------------------------------------------
@@ -195,3 +556,7 @@ def verifier_fields(problem: dict) -> dict:
     """The keyword fields verifier.verify(response, answer, task, **fields) gets for this problem."""
     drop = ("answer", "task", "prompt_ids", "instruction", "id", "split")
     return {k: v for k, v in problem.items() if k not in drop}
+
+
+if __name__ == "__main__":
+    main()

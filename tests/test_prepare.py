@@ -1,0 +1,194 @@
+"""`python data.py prepare`: each source row converts to the project's JSONL row by a pure function, the
+files written from downloaded source files (`--from`, no network) load with data.load_dataset, their
+reference solutions verify, the rows equal ../shared/data's rows of the same problems, writes are atomic
+and a second run is a no-op.
+
+The fixtures (tests/fixtures/prepare_sources.json) are a few rows of each source in its real schema,
+keyed by the path the file has in the downloaded repository; the test writes them as parquet or JSONL as
+the path says, plus rows of the other split / config / year that must be left out or dropped.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import data
+import verifier
+
+FIXTURES = Path(__file__).parent / "fixtures" / "prepare_sources.json"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_sources(root: Path) -> Path:
+    """The fixture rows as files under root/<name>/<path in the repo> (parquet, JSONL or JSON)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    for name, files in json.loads(FIXTURES.read_text()).items():
+        for rel, rows in files.items():
+            path = root / name / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.suffix == ".parquet":
+                pq.write_table(pa.Table.from_pylist(rows), path)
+            else:
+                path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """(source folder, output folder, report) of one `prepare --from` over every dataset."""
+    src = write_sources(tmp_path_factory.mktemp("downloads"))
+    out = tmp_path_factory.mktemp("data")
+    report = data.main(["prepare", "--from", str(src), "--out", str(out)])
+    return src, out, {r["name"]: r for r in report}
+
+
+# -----------------------------------------------------------------------------
+# The converters, row by row
+
+
+def test_math_answer_is_the_last_boxed_of_the_solution():
+    """MATH: the answer is the last \\boxed{} (nested braces kept); a solution without one is dropped."""
+    row = {"problem": "p", "level": "Level 2", "type": "Algebra",
+           "solution": "First $\\boxed{1}$, then $x = \\boxed{\\frac{1}{2}}$."}
+    assert data.convert_math(row) == {"problem": "p", "answer": "\\frac{1}{2}", "solution": row["solution"],
+                                      "subject": "Algebra", "level": "Level 2"}
+    assert data.convert_math(dict(row, solution="no box")).startswith("no answer")
+    assert data.last_boxed("\\boxed{a{b}c} and \\fbox{d}") == "d"
+    assert data.last_boxed("\\boxed{unclosed") is None
+
+
+def test_gsm8k_answer_after_hashes_without_thousands_separators():
+    row = {"question": "q", "answer": "He pays $1,000 + $234.\n#### 1,234"}
+    assert data.convert_gsm8k(row) == {"problem": "q", "answer": "1234", "solution": row["answer"]}
+    assert data.convert_gsm8k({"question": "q", "answer": "#### -3.5"})["answer"] == "-3.5"
+    assert data.convert_gsm8k({"question": "q", "answer": "no final line"}) == "no '####' answer line"
+
+
+def test_competition_answers_are_integer_strings_of_one_year():
+    """AIME/AMC: 27.0 becomes "27", a digit string stays as it is; rows of another year (by url) are dropped with the reason."""
+    conv = data.convert_competition("2023")
+    url = "https://artofproblemsolving.com/wiki/index.php/2023_AMC_12A_Problems/Problem_1"
+    assert conv({"id": 5, "problem": "p", "answer": 27.0, "url": url}) == {
+        "problem": "p", "answer": "27", "source_id": 5, "url": url}
+    assert conv({"question": "p", "answer": "027"}) == {"problem": "p", "answer": "027"}
+    assert conv({"id": 1, "problem": "p", "answer": 3.0, "url": url.replace("2023", "2022")}) == "not from 2023"
+
+
+def test_olympiadbench_multiple_answers_and_units():
+    row = {"id": 7, "question": "q", "final_answer": ["$69$", "$84$"], "unit": None, "answer_type": "Numerical",
+           "is_multiple_answer": True, "subfield": "Algebra"}
+    assert data.convert_olympiadbench(row) == {
+        "problem": "q", "answer": "$69$, $84$", "unit": None, "answer_type": "Numerical",
+        "multiple_answers": True, "subject": "Algebra", "source_id": 7}
+    assert data.convert_olympiadbench(dict(row, final_answer=["5"], unit="cm"))["unit"] == "cm"
+    assert data.convert_olympiadbench(dict(row, final_answer=[])) == "no final answer"
+
+
+def test_humaneval_fields():
+    row = {"task_id": "HumanEval/3", "prompt": "def f():\n", "canonical_solution": "    return 1\n",
+           "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}
+    out = data.convert_humaneval(row)
+    assert out["id"] == "HumanEval/3" and out["problem"] == row["prompt"] and out["answer"] == row["canonical_solution"]
+    assert {k: out[k] for k in ("prompt", "test", "entry_point")} == {k: row[k] for k in ("prompt", "test", "entry_point")}
+
+
+# -----------------------------------------------------------------------------
+# prepare --from, end to end
+
+
+def test_prepare_writes_every_dataset_with_counts_and_reasons(prepared):
+    """Every dataset file is written; other splits/configs are left out; dropped rows are counted with why."""
+    _, out, report = prepared
+    assert set(report) == set(data.SOURCES)
+    expect = {"math_train": 3, "math500": 2, "aime2024": 2, "aime2025": 2, "amc23": 2, "minerva_math": 2,
+              "olympiadbench": 3, "gsm8k_train": 3, "gsm8k_test": 1, "humaneval": 2, "knights_knaves": 2,
+              "zebra_puzzles": 1}
+    assert {n: r["written"] for n, r in report.items()} == expect
+    assert report["math_train"]["dropped"] == {"no answer (empty, or no \\boxed{} in the solution)": 1}
+    assert report["aime2024"]["dropped"] == {"not from 2024": 1}
+    assert report["amc23"]["dropped"] == {"not from 2023": 1}
+    text = " ".join(p["problem"] for n in expect for p in data.load_dataset(n, out))
+    assert "TEST SPLIT ROW" not in text and "TRAIN SPLIT ROW" not in text and "PHYSICS ROW" not in text
+    assert not [f for f in out.iterdir() if f.name.startswith(".")]  # no temporary file left behind
+
+
+def test_prepared_rows_equal_the_shared_layout(prepared, data_dir):
+    """The rows written from the sources' own schema equal ../shared/data's rows of the same problems
+    (the project's layout), field by field, for the fields the shared files have."""
+    _, out, _ = prepared
+    for name in ("math_train", "aime2024", "amc23", "aime2025", "gsm8k_train", "gsm8k_test", "humaneval",
+                 "knights_knaves", "zebra_puzzles", "olympiadbench"):
+        shared = {(p["problem"]): p for p in map(json.loads, open(data_dir / f"{name}.jsonl"))}
+        for row in map(json.loads, open(out / f"{name}.jsonl")):
+            if row["problem"] not in shared:
+                continue  # fixture rows made up for the test (a dropped year, big numbers)
+            ref = shared[row["problem"]]
+            keys = set(ref) - {"id", "url"} if name != "humaneval" else set(ref)
+            assert {k: row.get(k) for k in keys} == {k: ref[k] for k in keys}, name
+    big = [r for r in map(json.loads, open(out / "gsm8k_train.jsonl")) if r["problem"] == "Big numbers?"]
+    assert big[0]["answer"] == "1234"
+
+
+def test_prepared_files_load_and_their_references_verify(prepared):
+    """Each prepared file loads with data.load_dataset, and each reference solution (or, without one, the
+    gold answer itself) earns reward 1 from verifier.py: a file the verifier cannot grade is caught here."""
+    _, out, _ = prepared
+    for name in data.SOURCES:
+        for p in data.load_dataset(name, out):
+            task = p["task"]
+            if task == "code":
+                response = f"```python\n{p['prompt']}{p['answer']}```"
+            elif task == "logic":
+                response = p["answer"]
+            elif name.startswith("gsm8k"):
+                response = f"The answer is \\boxed{{{p['answer']}}}."
+            else:
+                response = p.get("solution") if "\\boxed" in p.get("solution", "") else f"\\boxed{{{p['answer']}}}"
+            v = verifier.verify(response, p["answer"], task, **data.verifier_fields(p))
+            assert v.reward == 1.0, (name, p["id"], v)
+
+
+def test_second_run_is_a_noop_and_force_rewrites(prepared):
+    src, out, _ = prepared
+    f = out / "gsm8k_test.jsonl"
+    before, mtime = f.read_bytes(), f.stat().st_mtime_ns
+    report = data.main(["prepare", "gsm8k_test", "--from", str(src), "--out", str(out)])
+    assert report[0]["status"] == "exists" and f.stat().st_mtime_ns == mtime
+    os.utime(f, ns=(0, 0))
+    report = data.main(["prepare", "gsm8k_test", "--from", str(src), "--out", str(out), "--force"])
+    assert report[0]["status"] == "written" and f.read_bytes() == before and f.stat().st_mtime_ns != 0
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "data.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_user_errors_are_one_line_with_status_2(tmp_path):
+    """Unknown names, a missing --from folder, a missing source folder and a malformed JSONL line each give
+    one `error:` line naming the thing, exit status 2, and no traceback."""
+    (tmp_path / "src" / "gsm8k_test").mkdir(parents=True)
+    (tmp_path / "src" / "gsm8k_test" / "test.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n{oops\n')
+    cases = [(["prepare", "math9000"], "unknown dataset(s) math9000"),
+             (["prepare", "--from", str(tmp_path / "nowhere")], "nowhere: no such folder"),
+             (["prepare", "math500", "--from", str(tmp_path / "src"), "--out", str(tmp_path / "o")],
+              "hf download --repo-type dataset HuggingFaceH4/MATH-500"),
+             (["prepare", "gsm8k_test", "--from", str(tmp_path / "src"), "--out", str(tmp_path / "o")],
+              "test.jsonl:2: malformed JSON")]
+    for args, needle in cases:
+        r = run_cli(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert r.stderr.startswith("error: ") and needle in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "o" / "gsm8k_test.jsonl").exists()  # nothing half-written
+
+
+def test_missing_optional_dependency_says_what_to_install(tmp_path, monkeypatch, capsys):
+    """Without `datasets` (and without --from) prepare names requirements-data.txt instead of failing."""
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(SystemExit) as e:
+        data.main(["prepare", "gsm8k_test", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "requirements-data.txt" in capsys.readouterr().err

@@ -3,16 +3,21 @@ Support in RLVR"; v1-v2 titled "SimKO"), written so that each term can be matche
 
 One training step, as this file sees it: the sampler produced G responses per prompt, a verifier
 gave each a reward r_i; `group_advantages` turns rewards into A_i; the model scores the responses
-again (logits, or hidden states + output weight for the memory-efficient path); `casp_loss` (or the
-`grpo_loss` reference beside it) returns one scalar to call .backward() on.
+again, and the V-sized next-token distributions are reduced to a few numbers per token, the
+`CandidateStats` (from logits: `candidate_stats`; chunk by chunk from hidden states and the output
+weight: `candidate_stats_from_hidden`); `policy_loss` turns them into one scalar to call .backward()
+on, with the hyperparameters of one `LossConfig`: `casp_loss_from_stats`, or the `grpo_loss_from_stats`
+reference beside it. `casp_loss`, `grpo_loss` (on logits) and `casp_loss_from_hidden`,
+`grpo_loss_from_hidden` are the same two steps in one call.
 
-GRPO (the baseline, `grpo_loss`)
+GRPO (the baseline, `grpo_loss_from_stats`)
     A_i   = (r_i - mean_j r_j) / (std_j r_j + 1e-6)            std with Bessel's correction
     rho_t = pi_theta(y_t | s_t) / pi_old(y_t | s_t)
     l_t   = max( -A_i * rho_t , -A_i * clip(rho_t, 1 - eps, 1 + eps_high) )     eps_high = eps unless DAPO
     L     = sum_{valid t} l_t / n_valid                          "token-mean" over the mini-batch
+    No KL penalty to a reference model and no entropy bonus: the paper uses neither.
 
-CaSP (`casp_loss`), per valid token t of response i, with p = pi_theta(. | s_t),
+CaSP (`casp_loss_from_stats`), per valid token t of response i, with p = pi_theta(. | s_t),
 c_1..c_N = top-N ids of the current (detached) p, H_t = entropy of p (detached):
     w_t       = 1[ H_t > quantile_tau( {H_s : s valid token of response i} ) ]    (1 everywhere if gate off)
     A_i > 0:  rho~_t = (1 - a w_t) rho_t + (a w_t / N) sum_k sg(rho_t / rho_t,k) rho_t,k
@@ -26,6 +31,7 @@ c_1..c_N = top-N ids of the current (detached) p, H_t = entropy of p (detached):
 Paper symbol -> name here
     r_i, A_i              rewards, adv (advantages: one per response, (B,))
     y_t, s_t              tokens[b, t], the prefix that logits[b, t] scores
+    T                     temperature (the sampler's): p is softmax(logits / T)
     pi_theta(y_t|s_t)     logp_y = log p(y_t), from logits in float32 (float64 if given float64)
     pi_old(y_t|s_t)       old_logprobs (from the policy that sampled)
     rho_t, rho~_t         rho, rho_mix
@@ -57,29 +63,59 @@ Where this departs from the paper or from the authors' released code (CLR-Lab/Si
        micro-batches more.
     5. `entropy_quantile=None` switches the gate off (w = 1): the v3 abstract does not mention it.
     6. The logged approx_kl is the k3 estimator of KL(pi_old || pi_theta) (verl logs k1).
-    7. Optional `kl_coef` (default 0, as in the paper): + kl_coef * k3(pi_theta || pi_ref) per token,
-       the DeepSeekMath GRPO penalty. No entropy bonus is offered (the paper uses none, and the
-       chunked path would need the entropy's gradient too).
-    8. Entropy, argmax and top-N come from the same temperature-scaled logits as the ratio (the
+    7. Entropy, argmax and top-N come from the same temperature-scaled logits as the ratio (the
        logits the sampler used), as in verl.
 
-Memory-efficient path (`casp_loss_from_hidden`, `grpo_loss_from_hidden`): the same losses from the
-final hidden states and the output weight, the float32 logits computed only for `chunk_size` valid
-tokens at a time (padding costs nothing). See `ChunkedCandidateLogprobs` for its cost. GRPO on this
-path is `grpo_loss_from_hidden` (equal to `casp_loss_from_hidden(..., alpha=0, neg_scale=1)`).
+Logged metrics: each is defined once, in `loss_metrics`, as a sum over a set of tokens divided by
+that set's count (`count_of`); `add_metrics` and `mean_metrics` combine micro-batches and ranks by
+summing both, so a step's value is the mean over all its tokens, not a mean of means.
 
 Use in a training step, one optimizer mini-batch split by rows into micro-batches:
+    cfg = LossConfig(loss="casp", temperature=T_sample)    # once, from the command line
     n_tok = sum(mb.mask.sum() for mb in micro_batches)     # the one denominator, fixed per mini-batch
+    sums = {}
     for mb in micro_batches:
         hidden = ...                                       # (b, T, D) final hidden states, aligned so
                                                            # hidden[i, t] predicts mb.tokens[i, t]
-        loss, metrics = casp_loss_from_hidden(hidden, lm_head_weight, mb.tokens, mb.old_logprobs,
-                                              mb.adv, mb.mask, temperature=T_sample, loss_denom=n_tok)
+        stats = candidate_stats_from_hidden(hidden, lm_head_weight, mb.tokens, mb.mask,
+                                            top_n=cfg.top_n, temperature=cfg.temperature)
+        loss, metrics = policy_loss(stats, mb.old_logprobs, mb.adv, mb.mask, cfg, loss_denom=n_tok)
         loss.backward()                                    # no further division by the micro-batch count
+        add_metrics(sums, metrics)
+    logged = mean_metrics(sums)                            # after an all-reduce of `sums` across ranks
 """
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+
+# ----------------------------------------------------------------------------------------------------
+# Hyperparameters
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The loss's hyperparameters (the paper's defaults), built once from the command line and passed
+    whole. GRPO reads only top_n (for the logged candidates), clip_eps, clip_eps_high and temperature."""
+    loss: str = "casp"                    # "casp", or "grpo" (the reference)
+    top_n: int = 3                        # N
+    alpha: float = 0.01                   # a
+    entropy_quantile: float | None = 0.8  # tau; None switches the gate off (w = 1)
+    neg_scale: float = 1.1                # lambda
+    clip_eps: float = 0.2                 # eps
+    clip_eps_high: float | None = None    # eps_high, DAPO's clip-higher (None: eps)
+    temperature: float = 1.0              # T, the sampler's: p = softmax(logits / T)
+
+    def __post_init__(self):
+        if self.loss not in ("casp", "grpo"):
+            raise ValueError(f"loss must be 'casp' or 'grpo', got {self.loss!r}")
+        if self.top_n < 1:
+            raise ValueError(f"top_n must be >= 1, got {self.top_n}")
+        if self.entropy_quantile is not None and not 0.0 <= self.entropy_quantile <= 1.0:
+            raise ValueError(f"entropy_quantile must be in [0, 1] or None, got {self.entropy_quantile}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
 
 # ----------------------------------------------------------------------------------------------------
 # Advantages
@@ -134,17 +170,17 @@ def stats_from_logp(logp, y, top_n):
     return CandidateStats(logp_y, logp_topn, entropy, topn_ids, y == topn_ids[:, 0])
 
 
-def candidate_stats(logits, tokens, mask, top_n=3):
-    """The reference path: logits (B, T, V) -> CandidateStats of the valid tokens.
+def candidate_stats(logits, tokens, mask, *, top_n=3, temperature=1.0):
+    """The reference path: logits (B, T, V) -> CandidateStats of the valid tokens under
+    softmax(logits / temperature).
 
     Selecting the valid tokens first means padded positions never enter log-softmax or a gather (their
     token ids may be anything, e.g. -100). The boolean selection is a CPU-GPU sync point
     (data-dependent shape) and copies (M, V); the chunked path avoids the copy.
     """
     valid = mask.bool()  # (B, T)
-    z = logits[valid]  # (M, V)
-    logp = torch.log_softmax(z.to(float_dtype(logits.dtype)), dim=-1)  # (M, V)
-    return stats_from_logp(logp, tokens[valid], top_n)
+    z = logits[valid].to(float_dtype(logits.dtype)) / temperature  # (M, V)
+    return stats_from_logp(torch.log_softmax(z, dim=-1), tokens[valid], top_n)
 
 
 def entropy_gate(entropy, mask, entropy_quantile=0.8):
@@ -206,11 +242,12 @@ def candidate_ratio(rho, logp_topn, alpha_w):
     return (1.0 - alpha_w) * rho + (alpha_w / n) * rho_k_terms.sum(-1)  # (M,)
 
 
-def k3_kl(logp_sample, logp_other):
-    """Schulman's k3 estimate of KL(pi_sample || pi_other) at tokens drawn from pi_sample:
-    r - 1 - log r with r = pi_other / pi_sample. Non-negative, unbiased, low variance."""
-    log_r = logp_other - logp_sample
-    return torch.exp(log_r) - 1.0 - log_r
+def ratio_and_advantage(stats, old_logprobs, advantages, mask):
+    """rho_t and A at the valid tokens, (M,) each; old_logprobs (B, T) and advantages (B,) are read
+    only at valid tokens, so padding may hold anything (NaN, garbage)."""
+    valid = mask.bool()  # (B, T)
+    old_logp = per_token(old_logprobs, valid, stats.logp_y.dtype)  # (M,)
+    return torch.exp(stats.logp_y - old_logp), per_token(advantages, valid, stats.logp_y.dtype)
 
 
 def aggregate(l, loss_denom):
@@ -221,122 +258,135 @@ def aggregate(l, loss_denom):
     return l.sum() / loss_denom
 
 
-def metrics_of(stats, rho, clipped, old_logp, extra):
-    """Logged diagnostics, detached 0-dim tensors (no .item(): that would be a CPU-GPU sync per
-    micro-batch; the caller converts once per step). Means over valid tokens; n_tokens lets the
-    caller weight micro-batches."""
-    with torch.no_grad():
-        n = max(rho.shape[0], 1)
-        topn_probs = stats.logp_topn.detach().exp().sum(0) / n  # (N,) mean p of ranks 1..N
-        out = {
-            "clip_frac": clipped.to(rho.dtype).sum() / n,
-            "entropy": stats.entropy.sum() / n,
-            "top1_prob": topn_probs[0],
-            "topn_probs": list(topn_probs.unbind(0)),
-            "approx_kl": k3_kl(old_logp, stats.logp_y.detach()).sum() / n,
-            "n_tokens": float(rho.shape[0]),
-        }
-        out.update({k: v.detach() if torch.is_tensor(v) else v for k, v in extra.items()})
-        return out
+# ----------------------------------------------------------------------------------------------------
+# Logged metrics
 
-
-def kl_penalty(stats, ref_logprobs, valid, kl_coef):
-    """kl_coef * k3(pi_theta || pi_ref) per valid token (M,), or None when off."""
-    if not kl_coef:
+def count_of(name):
+    """The count a logged mean is a mean over (None for a count itself). Counts add up over micro-batches
+    and ranks, so a whole step's value is sum(mean * count) / sum(count): add_metrics, mean_metrics."""
+    if name.startswith("n_"):
         return None
-    if ref_logprobs is None:
-        raise ValueError("kl_coef > 0 needs ref_logprobs")
-    ref = per_token(ref_logprobs, valid, stats.logp_y.dtype)  # (M,)
-    return kl_coef * k3_kl(stats.logp_y, ref)  # (M,)
+    if name.startswith("gated_"):
+        return "n_gated"     # the tokens the entropy gate selects (w_t = 1)
+    if name == "neg_scaled_frac":
+        return "n_negative"  # the tokens with A < 0
+    return "n_tokens"        # all valid tokens
+
+
+def divide_by_counts(sums):
+    """Sums over tokens -> means (per count_of); counts pass through. A mean over no token is 0."""
+    clamp = lambda c: c.clamp(min=1) if torch.is_tensor(c) else max(c, 1.0)
+    return {k: v if count_of(k) is None else v / clamp(sums[count_of(k)]) for k, v in sums.items()}
+
+
+def loss_metrics(stats, rho, clipped, w_gate=None, negative=None, neg_scaled=None):
+    """The logged diagnostics of one loss call, each defined here once: a sum over the valid tokens
+    of this call (or the subset count_of names) divided by their count. All of pi_theta, the policy
+    being trained, at temperature T. Detached 0-dim tensors (n_tokens: a float; topn_probs: a list of
+    N, kept for the public API), never .item(): that would be a CPU-GPU sync per micro-batch.
+    The gate's entries exist only for CaSP (w_gate given)."""
+    with torch.no_grad():
+        rho = rho.detach()  # (M,)
+        dtype = rho.dtype
+        p_topn = stats.logp_topn.detach().exp()  # (M, N) p(c_1) >= ... >= p(c_N)
+        sums = {
+            "n_tokens": float(rho.shape[0]),           # valid (response) tokens
+            "entropy": stats.entropy.sum(),            # H_t = -sum_v p_v log p_v, nats
+            "topn_probs": p_topn.sum(0),               # (N,) p(k), the k-th largest probability
+            "top1_prob": p_topn[:, 0].sum(),           # p(1) again (topn_probs[0]), under its own name
+            "clip_frac": clipped.to(dtype).sum(),      # clipped branch strictly active: zero gradient
+            "approx_kl": (rho - 1 - rho.log()).sum(),  # k3 estimate of KL(pi_old || pi_theta)
+        }
+        if w_gate is not None:
+            w = w_gate.to(dtype)  # (M,)
+            gated = (p_topn * w[:, None]).sum(0)  # (N,)
+            sums.update(
+                n_gated=w.sum(),                              # tokens with w_t = 1
+                gate_frac=w.sum(),                            # n_gated / n_tokens
+                n_negative=negative.to(dtype).sum(),          # tokens with A < 0
+                neg_scaled_frac=neg_scaled.to(dtype).sum(),   # of those, the ones lambda scales
+                **{f"gated_top{k + 1}_prob": g for k, g in enumerate(gated.unbind())},  # p(k) where CaSP acts
+            )
+        means = divide_by_counts(sums)
+        means["topn_probs"] = list(means["topn_probs"].unbind())
+        return means
+
+
+def add_metrics(sums, metrics):
+    """Add one loss call's metrics to running sums (a dict, empty at first; also returned): each mean
+    times its count, counts as they are. Summed over micro-batches (and all-reduced over ranks), then
+    mean_metrics gives the step's means over all its tokens."""
+    for k, v in metrics.items():
+        v = torch.stack(v) if isinstance(v, list) else v  # (N,) for topn_probs
+        if count_of(k) is not None:
+            v = v * metrics[count_of(k)]
+        sums[k] = sums[k] + v if k in sums else v
+    return sums
+
+
+def mean_metrics(sums):
+    """add_metrics' sums -> the step's metrics as Python numbers (lists for p(1..N)). One CPU-GPU sync
+    per entry, once per step."""
+    return {k: v.tolist() if torch.is_tensor(v) else v for k, v in divide_by_counts(sums).items()}
 
 
 # ----------------------------------------------------------------------------------------------------
 # GRPO (the reference) and CaSP, from per-token statistics
 
 
-def grpo_loss_from_stats(stats, old_logprobs, advantages, mask, clip_eps=0.2, clip_eps_high=None,
-                         kl_coef=0.0, ref_logprobs=None, loss_denom=None):
-    """GRPO's token-level PPO-clip loss from CandidateStats; see grpo_loss."""
-    valid = mask.bool()  # (B, T)
-    dtype = stats.logp_y.dtype
-    old_logp = per_token(old_logprobs, valid, dtype)  # (M,)
-    adv = per_token(advantages, valid, dtype)  # (M,)
-    rho = torch.exp(stats.logp_y - old_logp)  # (M,)
+def grpo_loss_from_stats(stats, old_logprobs, advantages, mask, *, clip_eps=0.2, clip_eps_high=None,
+                         loss_denom=None):
+    """GRPO's token-level PPO-clip loss, token-mean over the valid tokens. Returns (loss, metrics).
+
+    stats: CandidateStats of the valid tokens of mask (B, T); old_logprobs (B, T); advantages (B,);
+    padding may hold anything. clip_eps_high: DAPO's clip-higher. loss_denom: see the module docstring.
+    """
+    rho, adv = ratio_and_advantage(stats, old_logprobs, advantages, mask)  # (M,), (M,)
     l, clipped = ppo_clip(rho, adv, clip_eps, clip_eps_high)  # (M,)
-    kl = kl_penalty(stats, ref_logprobs, valid, kl_coef)
-    extra = {}
-    if kl is not None:
-        l = l + kl
-        extra["ref_kl"] = kl.detach().sum() / max(l.shape[0], 1) / kl_coef
-    return aggregate(l, loss_denom), metrics_of(stats, rho, clipped, old_logp, extra)
+    return aggregate(l, loss_denom), loss_metrics(stats, rho, clipped)
 
 
-def casp_loss_from_stats(stats, old_logprobs, advantages, mask, alpha=0.01, entropy_quantile=0.8,
-                         neg_scale=1.1, clip_eps=0.2, clip_eps_high=None, kl_coef=0.0,
-                         ref_logprobs=None, loss_denom=None):
-    """CaSP's loss from CandidateStats; see casp_loss."""
-    valid = mask.bool()  # (B, T)
-    dtype = stats.logp_y.dtype
-    old_logp = per_token(old_logprobs, valid, dtype)  # (M,)
-    adv = per_token(advantages, valid, dtype)  # (M,)
-    w_gate = gate_of_valid_tokens(stats, valid, entropy_quantile)  # (M,) bool
-    rho = torch.exp(stats.logp_y - old_logp)  # (M,)
+def casp_loss_from_stats(stats, old_logprobs, advantages, mask, *, alpha=0.01, entropy_quantile=0.8,
+                         neg_scale=1.1, clip_eps=0.2, clip_eps_high=None, loss_denom=None):
+    """CaSP: GRPO with the top-N mixture ratio on positive responses and lambda-scaled advantages at
+    gated argmax tokens of negative responses. Same inputs and outputs as grpo_loss_from_stats.
+
+    alpha = a, neg_scale = lambda, entropy_quantile = tau (None: gate off, w = 1). With neg_scale = 1
+    the loss value equals GRPO's; with also alpha = 0 the gradients are identical.
+    """
+    rho, adv = ratio_and_advantage(stats, old_logprobs, advantages, mask)  # (M,), (M,)
+    w_gate = gate_of_valid_tokens(stats, mask.bool(), entropy_quantile)  # (M,) bool
 
     # 1. correct responses: spread a*w of the positive push over the current top-N candidates.
-    alpha_w = alpha * (w_gate & (adv > 0)).to(dtype)  # (M,)
+    alpha_w = alpha * (w_gate & (adv > 0)).to(rho.dtype)  # (M,)
     rho_mix = candidate_ratio(rho, stats.logp_topn, alpha_w)  # (M,) == rho in value
 
     # 2. incorrect responses: push the top-1 candidate down harder at gated tokens.
     neg_scaled = (adv < 0) & stats.is_argmax & w_gate  # (M,)
-    adv = torch.where(neg_scaled, neg_scale * adv, adv)  # (M,)
+    adv_scaled = torch.where(neg_scaled, neg_scale * adv, adv)  # (M,)
 
-    l, clipped = ppo_clip(rho_mix, adv, clip_eps, clip_eps_high)  # (M,)
-    kl = kl_penalty(stats, ref_logprobs, valid, kl_coef)
-    n = max(l.shape[0], 1)
-    extra = {
-        "gate_frac": w_gate.to(dtype).sum() / n,
-        "neg_scaled_frac": neg_scaled.to(dtype).sum() / (adv < 0).sum().clamp(min=1),  # of negative tokens
-    }
-    if kl is not None:
-        l = l + kl
-        extra["ref_kl"] = kl.detach().sum() / n / kl_coef
-    return aggregate(l, loss_denom), metrics_of(stats, rho, clipped, old_logp, extra)
+    l, clipped = ppo_clip(rho_mix, adv_scaled, clip_eps, clip_eps_high)  # (M,)
+    metrics = loss_metrics(stats, rho, clipped, w_gate=w_gate, negative=adv < 0, neg_scaled=neg_scaled)
+    return aggregate(l, loss_denom), metrics
 
 
-# ----------------------------------------------------------------------------------------------------
-# Public losses on logits
-
-
-def grpo_loss(logits, tokens, old_logprobs, advantages, mask, clip_eps=0.2, clip_eps_high=None,
-              kl_coef=0.0, ref_logprobs=None, loss_denom=None, top_n=3):
-    """GRPO: token-level PPO-clip surrogate, token-mean over the valid tokens. Returns (loss, metrics).
-
-    logits (B, T, V) aligned so logits[b, t] scores tokens[b, t], at the sampling temperature;
-    tokens, old_logprobs, mask (B, T); advantages (B,). clip_eps_high: DAPO's clip-higher.
-    kl_coef > 0 adds the k3 penalty against ref_logprobs (B, T). loss_denom: see the module docstring.
-    top_n only sets how many candidate probabilities (ranks 1..N) are logged in metrics["topn_probs"].
-    """
-    stats = candidate_stats(logits, tokens, mask, top_n)
-    return grpo_loss_from_stats(stats, old_logprobs, advantages, mask, clip_eps, clip_eps_high,
-                                kl_coef, ref_logprobs, loss_denom)
-
-
-def casp_loss(logits, tokens, old_logprobs, advantages, mask, top_n=3, alpha=0.01, entropy_quantile=0.8,
-              neg_scale=1.1, clip_eps=0.2, clip_eps_high=None, kl_coef=0.0, ref_logprobs=None,
-              loss_denom=None):
-    """CaSP: GRPO with the top-N mixture ratio on positive responses and lambda-scaled advantages at
-    gated argmax tokens of negative responses. Same inputs and outputs as grpo_loss.
-
-    alpha = a, neg_scale = lambda, entropy_quantile = tau (None: gate off, w = 1). With neg_scale = 1
-    the loss value equals grpo_loss's; with also alpha = 0 the gradients are identical.
-    """
-    stats = candidate_stats(logits, tokens, mask, top_n)
-    return casp_loss_from_stats(stats, old_logprobs, advantages, mask, alpha, entropy_quantile,
-                                neg_scale, clip_eps, clip_eps_high, kl_coef, ref_logprobs, loss_denom)
+def policy_loss(stats, old_logprobs, advantages, mask, cfg: LossConfig, *, loss_denom=None):
+    """The training step's loss: cfg.loss's loss over the statistics, with cfg's hyperparameters.
+    stats must have been computed with cfg.top_n and cfg.temperature."""
+    clip = dict(clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, loss_denom=loss_denom)
+    if cfg.loss == "grpo":
+        return grpo_loss_from_stats(stats, old_logprobs, advantages, mask, **clip)
+    return casp_loss_from_stats(stats, old_logprobs, advantages, mask, alpha=cfg.alpha,
+                                entropy_quantile=cfg.entropy_quantile, neg_scale=cfg.neg_scale, **clip)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Memory-efficient path: the same statistics from hidden states, chunk by chunk
+
+
+def chunk_logits(h, out_weight, temperature):
+    """(m, D) hidden states -> (m, V) logits / T in float32 (float64 if given float64)."""
+    return (h @ out_weight.T).to(float_dtype(h.dtype)) / temperature
 
 
 class ChunkedCandidateLogprobs(torch.autograd.Function):
@@ -355,22 +405,11 @@ class ChunkedCandidateLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, out_weight, tokens, top_n, temperature, chunk_size):
-        if top_n < 1:
-            raise ValueError(f"top_n must be >= 1, got {top_n}")
-        m, v = hidden.shape[0], out_weight.shape[0]
-        n = min(top_n, v)
-        dtype = float_dtype(hidden.dtype)
-        logp_y = torch.empty(m, dtype=dtype, device=hidden.device)  # (M,)
-        logp_topn = torch.empty(m, n, dtype=dtype, device=hidden.device)  # (M, N)
-        entropy = torch.empty(m, dtype=dtype, device=hidden.device)  # (M,)
-        topn_ids = torch.empty(m, n, dtype=torch.long, device=hidden.device)  # (M, N)
-        for s in range(0, m, chunk_size):
-            z = (hidden[s:s + chunk_size] @ out_weight.T).to(dtype) / temperature  # (m, V)
-            st = stats_from_logp(torch.log_softmax(z, dim=-1), tokens[s:s + chunk_size], n)
-            logp_y[s:s + chunk_size] = st.logp_y
-            logp_topn[s:s + chunk_size] = st.logp_topn
-            entropy[s:s + chunk_size] = st.entropy
-            topn_ids[s:s + chunk_size] = st.topn_ids
+        c = chunk_size
+        # max(M, 1): with no valid token, one empty chunk, so that torch.cat below has a part to join
+        parts = [stats_from_logp(torch.log_softmax(chunk_logits(hidden[s:s + c], out_weight, temperature), dim=-1),
+                                 tokens[s:s + c], top_n) for s in range(0, max(hidden.shape[0], 1), c)]
+        logp_y, logp_topn, entropy, topn_ids, _ = (torch.cat(field) for field in zip(*parts))
         ctx.save_for_backward(hidden, out_weight, torch.cat([tokens[:, None], topn_ids], dim=1))
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         ctx.mark_non_differentiable(entropy, topn_ids)
@@ -381,13 +420,12 @@ class ChunkedCandidateLogprobs(torch.autograd.Function):
         hidden, out_weight, ids = ctx.saved_tensors  # (M, D), (V, D), (M, 1+N)
         t, c = ctx.temperature, ctx.chunk_size
         g = torch.cat([g_y[:, None], g_topn], dim=1)  # (M, 1+N) dL/dlog p(id)
-        dtype = float_dtype(hidden.dtype)
         d_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None  # (M, D)
         d_weight = (torch.zeros(out_weight.shape, dtype=torch.promote_types(out_weight.dtype, torch.float32),
                                 device=out_weight.device) if ctx.needs_input_grad[1] else None)  # (V, D)
         for s in range(0, hidden.shape[0], c):
             h = hidden[s:s + c]  # (m, D)
-            p = torch.softmax((h @ out_weight.T).to(dtype) / t, dim=-1)  # (m, V) recomputed, never stored
+            p = torch.softmax(chunk_logits(h, out_weight, t), dim=-1)  # (m, V) recomputed, never stored
             gs = g[s:s + c]  # (m, 1+N)
             dz = (-gs.sum(-1, keepdim=True) * p).scatter_add_(1, ids[s:s + c], gs) / t  # (m, V)
             dz = dz.to(hidden.dtype)  # matmuls in the input dtype, as autograd would do on the plain path
@@ -400,36 +438,65 @@ class ChunkedCandidateLogprobs(torch.autograd.Function):
         return d_hidden, d_weight, None, None, None, None
 
 
-def candidate_stats_from_hidden(hidden, out_weight, tokens, mask, top_n=3, temperature=1.0, chunk_size=1024):
+def candidate_stats_from_hidden(hidden, out_weight, tokens, mask, *, top_n=3, temperature=1.0, chunk_size=1024):
     """CandidateStats of the valid tokens from hidden (B, T, D) and out_weight (V, D) (lm_head has no
-    bias), equal to candidate_stats(hidden @ out_weight.T / temperature, ...) without the (B, T, V)
-    logits. Only valid tokens are chunked, so padding costs no matmul."""
+    bias), equal to candidate_stats(hidden @ out_weight.T, ..., temperature=temperature) without the
+    (B, T, V) logits. Only valid tokens are chunked, so padding costs no matmul. hidden may be bf16:
+    each chunk's logits are cast to float32 before log-softmax."""
     valid = mask.bool()  # (B, T)
     h = hidden[valid]  # (M, D); its backward scatters into a (B, T, D) zero tensor, cheap next to V
-    logp_y, logp_topn, entropy, topn_ids = ChunkedCandidateLogprobs.apply(
-        h, out_weight, tokens[valid], top_n, temperature, chunk_size)
     y = tokens[valid]  # (M,)
+    logp_y, logp_topn, entropy, topn_ids = ChunkedCandidateLogprobs.apply(
+        h, out_weight, y, top_n, temperature, chunk_size)
     return CandidateStats(logp_y, logp_topn, entropy, topn_ids, y == topn_ids[:, 0])
 
 
-def casp_loss_from_hidden(hidden, out_weight, tokens, old_logprobs, advantages, mask, temperature=1.0,
-                          chunk_size=1024, top_n=3, alpha=0.01, entropy_quantile=0.8, neg_scale=1.1,
-                          clip_eps=0.2, clip_eps_high=None, kl_coef=0.0, ref_logprobs=None, loss_denom=None):
-    """casp_loss(hidden @ out_weight.T / temperature, ...) with the same loss, gradients (w.r.t. hidden
-    and out_weight) and metrics, without materializing the (B, T, V) float32 logits.
-
-    hidden (B, T, D) may be bf16: each chunk's logits are cast to float32 before log-softmax.
-    GRPO from this path: grpo_loss_from_hidden (identical to alpha=0, neg_scale=1 here).
-    """
-    stats = candidate_stats_from_hidden(hidden, out_weight, tokens, mask, top_n, temperature, chunk_size)
-    return casp_loss_from_stats(stats, old_logprobs, advantages, mask, alpha, entropy_quantile,
-                                neg_scale, clip_eps, clip_eps_high, kl_coef, ref_logprobs, loss_denom)
+# ----------------------------------------------------------------------------------------------------
+# The public one-call losses: statistics (from logits, or chunked from hidden states), then the loss.
+# Hyperparameters are LossConfig's fields by keyword (defaults: the paper's).
 
 
-def grpo_loss_from_hidden(hidden, out_weight, tokens, old_logprobs, advantages, mask, temperature=1.0,
-                          chunk_size=1024, clip_eps=0.2, clip_eps_high=None, kl_coef=0.0, ref_logprobs=None,
-                          loss_denom=None, top_n=3):
-    """grpo_loss(hidden @ out_weight.T / temperature, ...) on the memory-efficient path."""
-    stats = candidate_stats_from_hidden(hidden, out_weight, tokens, mask, top_n, temperature, chunk_size)
-    return grpo_loss_from_stats(stats, old_logprobs, advantages, mask, clip_eps, clip_eps_high,
-                                kl_coef, ref_logprobs, loss_denom)
+def config_for(loss, hyper):
+    """The LossConfig of a one-call loss; GRPO has no a, tau or lambda to set (a TypeError, like any
+    keyword a function does not take, rather than a silently ignored setting)."""
+    casp_only = sorted(hyper.keys() & {"alpha", "entropy_quantile", "neg_scale"}) if loss == "grpo" else []
+    if casp_only:
+        raise TypeError(f"GRPO takes no {casp_only}: those are CaSP's hyperparameters")
+    return LossConfig(loss=loss, **hyper)
+
+
+def grpo_loss(logits, tokens, old_logprobs, advantages, mask, *, loss_denom=None, **hyper):
+    """GRPO from logits (B, T, V), aligned so logits[b, t] scores tokens[b, t] and divided by
+    `temperature` (the sampler's); tokens, old_logprobs, mask (B, T); advantages (B,). hyper: clip_eps,
+    clip_eps_high, temperature, top_n (only how many candidate probabilities are logged). Returns
+    (loss, metrics); loss_denom: see the module docstring."""
+    cfg = config_for("grpo", hyper)
+    stats = candidate_stats(logits, tokens, mask, top_n=cfg.top_n, temperature=cfg.temperature)
+    return policy_loss(stats, old_logprobs, advantages, mask, cfg, loss_denom=loss_denom)
+
+
+def casp_loss(logits, tokens, old_logprobs, advantages, mask, *, loss_denom=None, **hyper):
+    """CaSP from logits; inputs and outputs as grpo_loss. hyper: top_n, alpha, entropy_quantile,
+    neg_scale, clip_eps, clip_eps_high, temperature (LossConfig's fields)."""
+    cfg = config_for("casp", hyper)
+    stats = candidate_stats(logits, tokens, mask, top_n=cfg.top_n, temperature=cfg.temperature)
+    return policy_loss(stats, old_logprobs, advantages, mask, cfg, loss_denom=loss_denom)
+
+
+def grpo_loss_from_hidden(hidden, out_weight, tokens, old_logprobs, advantages, mask, *, chunk_size=1024,
+                          loss_denom=None, **hyper):
+    """grpo_loss(hidden @ out_weight.T, ...): same loss, gradients (w.r.t. hidden and out_weight) and
+    metrics, without materializing the (B, T, V) float32 logits."""
+    cfg = config_for("grpo", hyper)
+    stats = candidate_stats_from_hidden(hidden, out_weight, tokens, mask, top_n=cfg.top_n,
+                                        temperature=cfg.temperature, chunk_size=chunk_size)
+    return policy_loss(stats, old_logprobs, advantages, mask, cfg, loss_denom=loss_denom)
+
+
+def casp_loss_from_hidden(hidden, out_weight, tokens, old_logprobs, advantages, mask, *, chunk_size=1024,
+                          loss_denom=None, **hyper):
+    """casp_loss(hidden @ out_weight.T, ...) on the memory-efficient path, as grpo_loss_from_hidden."""
+    cfg = config_for("casp", hyper)
+    stats = candidate_stats_from_hidden(hidden, out_weight, tokens, mask, top_n=cfg.top_n,
+                                        temperature=cfg.temperature, chunk_size=chunk_size)
+    return policy_loss(stats, old_logprobs, advantages, mask, cfg, loss_denom=loss_denom)

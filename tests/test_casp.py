@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
-from casp import (casp_loss, casp_loss_from_hidden, entropy_gate, group_advantages, grpo_loss,
-                  grpo_loss_from_hidden)
+from casp import (LossConfig, add_metrics, candidate_stats, candidate_stats_from_hidden, casp_loss,
+                  casp_loss_from_hidden, entropy_gate, group_advantages, grpo_loss, grpo_loss_from_hidden,
+                  mean_metrics, policy_loss)
 
 F64 = torch.float64
 
@@ -261,25 +262,6 @@ def test_clip_higher_dapo():
         assert grad[0].abs().sum() > 0 and torch.all(grad[1] == 0) and m["clip_frac"].item() == 0.5
 
 
-def test_kl_penalty_closed_form():
-    """kl_coef * k3(pi_theta || pi_ref): zero advantages leave only d/dz = kl_coef (1 - pi_ref/pi_theta)
-    (e_y - p) / n; when ref == current policy the penalty and its gradient vanish."""
-    logits, tokens, old, adv, mask = make_batch(seed=5)
-    zero_adv = torch.zeros_like(adv)
-    logp = logits.log_softmax(-1)
-    logp_y = logp.gather(-1, tokens.clamp(min=0)[..., None]).squeeze(-1)
-    ref = logp_y + torch.randn(logp_y.shape, dtype=F64, generator=torch.Generator().manual_seed(0)) * 0.3
-    for fn in (grpo_loss, casp_loss):
-        _, grad, m = loss_and_grad(fn, logits, tokens, old, zero_adv, mask, kl_coef=0.1, ref_logprobs=ref)
-        coef = 0.1 * (1 - (ref - logp_y).exp()) / mask.sum()  # (B, T)
-        e_y = torch.nn.functional.one_hot(tokens.clamp(min=0), logits.shape[-1]).to(F64)
-        want = (coef[..., None] * (e_y - logp.exp())) * mask[..., None]
-        assert (grad - want).abs().max().item() < 1e-12 and want.abs().max() > 1e-4
-        assert m["ref_kl"].item() > 0
-        loss, grad, _ = loss_and_grad(fn, logits, tokens, old, zero_adv, mask, kl_coef=0.1, ref_logprobs=logp_y)
-        assert abs(loss.item()) < 1e-15 and grad.abs().max().item() < 1e-15
-
-
 # ----------------------------------------------------------------------------------------------------
 # Edge cases
 
@@ -361,26 +343,126 @@ def test_top_n_larger_than_vocabulary_is_clamped():
 def test_inputs_are_not_mutated():
     """No caller tensor is modified in place (the known logprob-masking bug of minimal GRPO scripts)."""
     logits, tokens, old, adv, mask = make_batch(seed=6)
-    ref = torch.randn(old.shape, dtype=F64)
     args = (logits, tokens, old, adv, mask)
-    copies = [x.clone() for x in args] + [ref.clone()]
+    copies = [x.clone() for x in args]
     for fn in (grpo_loss, casp_loss):
-        fn(*args, kl_coef=0.1, ref_logprobs=ref)
-    for x, c in zip(list(args) + [ref], copies):
+        fn(*args)
+    for x, c in zip(args, copies):
         assert torch.equal(x, c) or torch.allclose(x, c, rtol=0, atol=0, equal_nan=True)  # NaN padding
 
 
-def test_metrics():
-    """Logged metrics: the mean top-1 probability and entropy over valid tokens, the token count."""
+def direct_metrics(logits, tokens, old, adv, mask, temperature, q, top_n=3, clip_eps=0.2):
+    """Every logged metric from its definition, token by token, without the code under test."""
+    p = (logits / temperature).softmax(-1)  # (B, T, V)
+    H = -(p * p.log()).sum(-1)  # (B, T)
+    thr = ref_row_quantile(H, mask, q)
+    tok = dict(H=[], topn=[], clipped=[], k3=[], gated=[], neg=[], neg_scaled=[])
+    for b, t in mask.nonzero().tolist():
+        y, A = tokens[b, t].item(), adv[b].item()
+        probs, ids = p[b, t].topk(top_n)
+        rho = p[b, t, y].item() / math.exp(old[b, t].item())
+        gated = H[b, t].item() > thr[b]
+        tok["H"].append(H[b, t].item())
+        tok["topn"].append(probs.tolist())
+        tok["clipped"].append((A > 0 and rho > 1 + clip_eps) or (A < 0 and rho < 1 - clip_eps))
+        tok["k3"].append(rho - 1 - math.log(rho))
+        tok["gated"].append(gated)
+        tok["neg"].append(A < 0)
+        tok["neg_scaled"].append(A < 0 and gated and y == ids[0].item())
+    n = len(tok["H"])
+    gated_topn = [r for r, g in zip(tok["topn"], tok["gated"]) if g]
+    want = dict(n_tokens=n, entropy=sum(tok["H"]) / n, topn_probs=[sum(c) / n for c in zip(*tok["topn"])],
+                clip_frac=sum(tok["clipped"]) / n, approx_kl=sum(tok["k3"]) / n,
+                n_gated=len(gated_topn), gate_frac=len(gated_topn) / n, n_negative=sum(tok["neg"]),
+                neg_scaled_frac=sum(tok["neg_scaled"]) / sum(tok["neg"]))
+    want["top1_prob"] = want["topn_probs"][0]
+    for k, c in enumerate(zip(*gated_topn)):
+        want[f"gated_top{k + 1}_prob"] = sum(c) / len(gated_topn)
+    return want
+
+
+def assert_metrics_equal(got, want, tol=1e-12):
+    assert set(got) == set(want), set(got) ^ set(want)
+    for k, v in want.items():
+        g = [float(x) for x in got[k]] if isinstance(v, list) else float(got[k])
+        assert g == pytest.approx(v, abs=tol, rel=0), k
+
+
+def test_metrics_against_direct_computation():
+    """Each logged metric equals its definition computed here token by token (at a temperature, so the
+    metrics are of the scaled distribution): entropy of pi_theta at the response tokens; p(1..N) over
+    all response tokens and over the tokens the entropy gate selects; the token counts; clip, gate and
+    lambda-scaled fractions; the k3 KL(pi_old || pi_theta). GRPO logs the same without the gate's
+    entries. Every fraction is strictly between 0 and 1 here, so no count can be trivially right."""
     logits, tokens, old, adv, mask = make_batch(seed=8)
-    _, m = casp_loss(logits, tokens, old, adv, mask)
-    p = logits.softmax(-1)[mask]  # (M, V)
+    want = direct_metrics(logits, tokens, old, adv, mask, temperature=0.8, q=0.8)
+    for k in ("clip_frac", "gate_frac", "neg_scaled_frac"):
+        assert 0 < want[k] < 1, k
+    _, m = casp_loss(logits, tokens, old, adv, mask, temperature=0.8)
+    assert_metrics_equal(m, want)
     assert m["n_tokens"] == mask.sum().item()
-    assert m["top1_prob"].item() == pytest.approx(p.max(-1).values.mean().item(), abs=1e-12)
-    assert m["entropy"].item() == pytest.approx((-(p * p.log()).sum(-1)).mean().item(), abs=1e-12)
-    assert [x.item() for x in m["topn_probs"]] == pytest.approx(p.topk(3).values.mean(0).tolist(), abs=1e-12)
-    assert m["approx_kl"].item() > 0 and 0 < m["gate_frac"].item() < 1
     assert all(not (torch.is_tensor(v) and v.requires_grad) for v in m.values())
+    assert all(torch.is_tensor(v) and v.dim() == 0 for k, v in m.items() if k not in ("n_tokens", "topn_probs"))
+    _, g = grpo_loss(logits, tokens, old, adv, mask, temperature=0.8)
+    assert_metrics_equal(g, {k: v for k, v in want.items()
+                             if not k.startswith("gated_") and k not in ("n_gated", "gate_frac", "n_negative",
+                                                                         "neg_scaled_frac")})
+
+
+@pytest.mark.parametrize("loss", ["casp", "grpo"])
+def test_step_metrics_over_micro_batches_are_means_over_all_tokens(loss):
+    """add_metrics over micro-batches of rows with very different token counts (one with no negative
+    token, one fully masked) then mean_metrics give exactly the one-call metrics of the whole batch:
+    each a mean over all the tokens of its kind, and the token counts are counts (a per-token weighting
+    of n_tokens would log sum(M^2) / sum(M))."""
+    logits, tokens, old, adv, mask = make_batch(seed=8)
+    cfg = LossConfig(loss=loss, alpha=0.3, neg_scale=1.5, temperature=0.8)
+    stats_of = lambda rows, m: candidate_stats(logits[rows], tokens[rows], m, top_n=cfg.top_n,
+                                               temperature=cfg.temperature)
+    _, whole = policy_loss(stats_of(slice(None), mask), old, adv, mask, cfg)
+    sums = {}
+    for rows, m in ((slice(0, 2), mask[0:2]), (slice(2, 5), mask[2:5]), (slice(5, 6), mask[5:6]),
+                    (slice(2, 4), torch.zeros_like(mask[2:4]))):
+        add_metrics(sums, policy_loss(stats_of(rows, m), old[rows], adv[rows], m, cfg)[1])
+    step = mean_metrics(sums)
+    assert_metrics_equal(step, {k: [float(x) for x in v] if isinstance(v, list) else float(v)
+                                for k, v in whole.items()})
+    assert step["n_tokens"] == mask.sum().item() == 44
+    if loss == "casp":
+        assert 0 < step["n_negative"] < step["n_tokens"] and 0 < step["n_gated"] < step["n_tokens"]
+
+
+def test_temperature_divides_the_logits():
+    """casp_loss(z, temperature=T) is casp_loss(z / T): same loss, metrics and gradient w.r.t. z."""
+    logits, tokens, old, adv, mask = make_batch(seed=9)
+    l1, g1, m1 = loss_and_grad(casp_loss, logits, tokens, old, adv, mask, temperature=0.6)
+    l2, g2, m2 = loss_and_grad(lambda z, *a: casp_loss(z / 0.6, *a), logits, tokens, old, adv, mask)
+    assert l1.item() == l2.item() and torch.equal(g1, g2) and g1.abs().max() > 1e-3
+    assert all(torch.equal(torch.as_tensor(m1[k]), torch.as_tensor(m2[k])) for k in m1 if k != "topn_probs")
+    assert abs(l1.item() - casp_loss(logits, tokens, old, adv, mask)[0].item()) > 1e-3  # T matters here
+
+
+def test_loss_config():
+    """LossConfig holds the paper's defaults, is frozen, rejects impossible values; policy_loss
+    dispatches on its `loss`; the GRPO one-call losses refuse CaSP's hyperparameters instead of
+    ignoring them."""
+    cfg = LossConfig()
+    assert (cfg.loss, cfg.top_n, cfg.alpha, cfg.entropy_quantile, cfg.neg_scale, cfg.clip_eps) == \
+        ("casp", 3, 0.01, 0.8, 1.1, 0.2)
+    with pytest.raises(AttributeError):
+        cfg.alpha = 0.5
+    for bad in (dict(loss="ppo"), dict(top_n=0), dict(entropy_quantile=1.5), dict(temperature=0.0)):
+        with pytest.raises(ValueError):
+            LossConfig(**bad)
+    logits, tokens, old, adv, mask = make_batch(seed=3)
+    stats = candidate_stats(logits, tokens, mask)
+    lg, mg = policy_loss(stats, old, adv, mask, LossConfig(loss="grpo", neg_scale=2.0))
+    lc, mc = policy_loss(stats, old, adv, mask, LossConfig(neg_scale=2.0))
+    assert lg.item() == grpo_loss(logits, tokens, old, adv, mask)[0].item() != lc.item()
+    assert "gate_frac" in mc and "gate_frac" not in mg
+    for fn, args in ((grpo_loss, (logits,)), (grpo_loss_from_hidden, (logits[..., :4], torch.ones(12, 4, dtype=F64)))):
+        with pytest.raises(TypeError):
+            fn(*args, tokens, old, adv, mask, alpha=0.3)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -419,7 +501,7 @@ def plain_grpo(h, w, *args, temperature=1.0, **kw):
 
 @pytest.mark.parametrize("kw", [
     dict(),
-    dict(alpha=0.3, neg_scale=1.5, entropy_quantile=0.5, kl_coef=0.05, top_n=4),
+    dict(alpha=0.3, neg_scale=1.5, entropy_quantile=0.5, top_n=4),
     dict(entropy_quantile=None, top_n=60, clip_eps_high=0.28),  # top_n > V
 ])
 def test_chunked_path_matches_plain_path(kw):
@@ -427,8 +509,6 @@ def test_chunked_path_matches_plain_path(kw):
     w.r.t. hidden and W (< 1e-10 in float64), with chunks of 4 tokens (several chunks plus a
     remainder), an empty row, and a temperature."""
     hidden, weight, tokens, old, adv, mask = hidden_batch()
-    if "kl_coef" in kw:
-        kw = dict(kw, ref_logprobs=old + 0.1)
     lp, hp, wp, mp = grads_of(plain_casp, hidden, weight, tokens, old, adv, mask, temperature=0.7, **kw)
     lc, hc, wc, mc = grads_of(casp_loss_from_hidden, hidden, weight, tokens, old, adv, mask,
                               temperature=0.7, chunk_size=4, **kw)
@@ -480,18 +560,17 @@ def test_loss_denom_makes_micro_batches_sum_to_the_mini_batch(path):
     Without loss_denom they would not (sanity: the micro-batches have different token counts)."""
     hidden, weight, tokens, old, adv, mask = hidden_batch(seed=3)
     fn = plain_casp if path == "plain" else casp_loss_from_hidden
-    kw = dict(alpha=0.3, neg_scale=1.5, kl_coef=0.05, ref_logprobs=old + 0.2)
+    kw = dict(alpha=0.3, neg_scale=1.5)
     full, hf, wf, _ = grads_of(fn, hidden, weight, tokens, old, adv, mask, **kw)
     denom = mask.sum()
     h = hidden.clone().requires_grad_(True)
     w = weight.clone().requires_grad_(True)
     total, naive = 0.0, 0.0
     for rows in (slice(0, 2), slice(2, 4), slice(4, 6)):
-        sub = dict(kw, ref_logprobs=kw["ref_logprobs"][rows])
-        loss, _ = fn(h[rows], w, tokens[rows], old[rows], adv[rows], mask[rows], loss_denom=denom, **sub)
+        loss, _ = fn(h[rows], w, tokens[rows], old[rows], adv[rows], mask[rows], loss_denom=denom, **kw)
         loss.backward()
         total += loss.item()
-        naive += fn(h[rows], w, tokens[rows], old[rows], adv[rows], mask[rows], **sub)[0].item() / 3
+        naive += fn(h[rows], w, tokens[rows], old[rows], adv[rows], mask[rows], **kw)[0].item() / 3
     # Exact up to the order of float64 summation.
     assert abs(total - full.item()) < 1e-13
     assert (h.grad - hf).abs().max().item() < 1e-13 and (w.grad - wf).abs().max().item() < 1e-13

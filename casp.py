@@ -3,12 +3,12 @@ Support in RLVR"; v1-v2 titled "SimKO"), written so that each term can be matche
 
 One training step, as this file sees it: the sampler produced G responses per prompt, a verifier
 gave each a reward r_i; `group_advantages` turns rewards into A_i; the model scores the responses
-again, and the V-sized next-token distributions are reduced to a few numbers per token, the
-`CandidateStats` (from logits: `candidate_stats`; chunk by chunk from hidden states and the output
-weight: `candidate_stats_from_hidden`); `policy_loss` turns them into one scalar to call .backward()
-on, with the hyperparameters of one `LossConfig`: `casp_loss_from_stats`, or the `grpo_loss_from_stats`
-reference beside it. `casp_loss`, `grpo_loss` (on logits) and `casp_loss_from_hidden`,
-`grpo_loss_from_hidden` are the same two steps in one call.
+again and each token's V-sized distribution is reduced to its `CandidateStats` (`candidate_stats`
+from logits, or `candidate_stats_from_hidden` from hidden states and the output weight, chunk by
+chunk, never building the float32 logits whole: see `ChunkedCandidateLogprobs` for its cost);
+`policy_loss`, with the hyperparameters of one `LossConfig`, returns the scalar to call .backward() on:
+`casp_loss_from_stats`, or the `grpo_loss_from_stats` reference beside it. The public `casp_loss` and
+`grpo_loss` (on logits) and `casp_loss_from_hidden`, `grpo_loss_from_hidden` do both steps in one call.
 
 GRPO (the baseline, `grpo_loss_from_stats`)
     A_i   = (r_i - mean_j r_j) / (std_j r_j + 1e-6)            std with Bessel's correction
@@ -106,15 +106,12 @@ class LossConfig:
     clip_eps_high: float | None = None    # eps_high, DAPO's clip-higher (None: eps)
     temperature: float = 1.0              # T, the sampler's: p = softmax(logits / T)
 
-    def __post_init__(self):
-        if self.loss not in ("casp", "grpo"):
-            raise ValueError(f"loss must be 'casp' or 'grpo', got {self.loss!r}")
-        if self.top_n < 1:
-            raise ValueError(f"top_n must be >= 1, got {self.top_n}")
-        if self.entropy_quantile is not None and not 0.0 <= self.entropy_quantile <= 1.0:
-            raise ValueError(f"entropy_quantile must be in [0, 1] or None, got {self.entropy_quantile}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    def __post_init__(self):  # fail at start-up, not at the first loss after minutes of sampling
+        q = self.entropy_quantile
+        if (self.loss not in ("casp", "grpo") or self.top_n < 1 or self.temperature <= 0
+                or not (q is None or 0 <= q <= 1)):
+            raise ValueError(f"invalid {self} (loss: casp or grpo; top_n >= 1; temperature > 0; "
+                             "entropy_quantile in [0, 1] or None)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -259,7 +256,58 @@ def aggregate(l, loss_denom):
 
 
 # ----------------------------------------------------------------------------------------------------
+# GRPO (the reference) and CaSP, from per-token statistics
+
+
+def grpo_loss_from_stats(stats, old_logprobs, advantages, mask, *, clip_eps=0.2, clip_eps_high=None,
+                         loss_denom=None):
+    """GRPO's token-level PPO-clip loss, token-mean over the valid tokens. Returns (loss, metrics).
+
+    stats: CandidateStats of the valid tokens of mask (B, T); old_logprobs (B, T); advantages (B,);
+    padding may hold anything. clip_eps_high: DAPO's clip-higher. loss_denom: see the module docstring.
+    """
+    rho, adv = ratio_and_advantage(stats, old_logprobs, advantages, mask)  # (M,), (M,)
+    l, clipped = ppo_clip(rho, adv, clip_eps, clip_eps_high)  # (M,)
+    return aggregate(l, loss_denom), loss_metrics(stats, rho, clipped)
+
+
+def casp_loss_from_stats(stats, old_logprobs, advantages, mask, *, alpha=0.01, entropy_quantile=0.8,
+                         neg_scale=1.1, clip_eps=0.2, clip_eps_high=None, loss_denom=None):
+    """CaSP: GRPO with the top-N mixture ratio on positive responses and lambda-scaled advantages at
+    gated argmax tokens of negative responses. Same inputs and outputs as grpo_loss_from_stats.
+
+    alpha = a, neg_scale = lambda, entropy_quantile = tau (None: gate off, w = 1). With neg_scale = 1
+    the loss value equals GRPO's; with also alpha = 0 the gradients are identical.
+    """
+    rho, adv = ratio_and_advantage(stats, old_logprobs, advantages, mask)  # (M,), (M,)
+    w_gate = gate_of_valid_tokens(stats, mask.bool(), entropy_quantile)  # (M,) bool
+
+    # 1. correct responses: spread a*w of the positive push over the current top-N candidates.
+    alpha_w = alpha * (w_gate & (adv > 0)).to(rho.dtype)  # (M,)
+    rho_mix = candidate_ratio(rho, stats.logp_topn, alpha_w)  # (M,) == rho in value
+
+    # 2. incorrect responses: push the top-1 candidate down harder at gated tokens.
+    neg_scaled = (adv < 0) & stats.is_argmax & w_gate  # (M,)
+    adv_scaled = torch.where(neg_scaled, neg_scale * adv, adv)  # (M,)
+
+    l, clipped = ppo_clip(rho_mix, adv_scaled, clip_eps, clip_eps_high)  # (M,)
+    metrics = loss_metrics(stats, rho, clipped, w_gate=w_gate, negative=adv < 0, neg_scaled=neg_scaled)
+    return aggregate(l, loss_denom), metrics
+
+
+def policy_loss(stats, old_logprobs, advantages, mask, cfg: LossConfig, *, loss_denom=None):
+    """The training step's loss: cfg.loss's loss over the statistics, with cfg's hyperparameters.
+    stats must have been computed with cfg.top_n and cfg.temperature."""
+    clip = dict(clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, loss_denom=loss_denom)
+    if cfg.loss == "grpo":
+        return grpo_loss_from_stats(stats, old_logprobs, advantages, mask, **clip)
+    return casp_loss_from_stats(stats, old_logprobs, advantages, mask, alpha=cfg.alpha,
+                                entropy_quantile=cfg.entropy_quantile, neg_scale=cfg.neg_scale, **clip)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Logged metrics
+
 
 def count_of(name):
     """The count a logged mean is a mean over (None for a count itself). Counts add up over micro-batches
@@ -331,56 +379,6 @@ def mean_metrics(sums):
 
 
 # ----------------------------------------------------------------------------------------------------
-# GRPO (the reference) and CaSP, from per-token statistics
-
-
-def grpo_loss_from_stats(stats, old_logprobs, advantages, mask, *, clip_eps=0.2, clip_eps_high=None,
-                         loss_denom=None):
-    """GRPO's token-level PPO-clip loss, token-mean over the valid tokens. Returns (loss, metrics).
-
-    stats: CandidateStats of the valid tokens of mask (B, T); old_logprobs (B, T); advantages (B,);
-    padding may hold anything. clip_eps_high: DAPO's clip-higher. loss_denom: see the module docstring.
-    """
-    rho, adv = ratio_and_advantage(stats, old_logprobs, advantages, mask)  # (M,), (M,)
-    l, clipped = ppo_clip(rho, adv, clip_eps, clip_eps_high)  # (M,)
-    return aggregate(l, loss_denom), loss_metrics(stats, rho, clipped)
-
-
-def casp_loss_from_stats(stats, old_logprobs, advantages, mask, *, alpha=0.01, entropy_quantile=0.8,
-                         neg_scale=1.1, clip_eps=0.2, clip_eps_high=None, loss_denom=None):
-    """CaSP: GRPO with the top-N mixture ratio on positive responses and lambda-scaled advantages at
-    gated argmax tokens of negative responses. Same inputs and outputs as grpo_loss_from_stats.
-
-    alpha = a, neg_scale = lambda, entropy_quantile = tau (None: gate off, w = 1). With neg_scale = 1
-    the loss value equals GRPO's; with also alpha = 0 the gradients are identical.
-    """
-    rho, adv = ratio_and_advantage(stats, old_logprobs, advantages, mask)  # (M,), (M,)
-    w_gate = gate_of_valid_tokens(stats, mask.bool(), entropy_quantile)  # (M,) bool
-
-    # 1. correct responses: spread a*w of the positive push over the current top-N candidates.
-    alpha_w = alpha * (w_gate & (adv > 0)).to(rho.dtype)  # (M,)
-    rho_mix = candidate_ratio(rho, stats.logp_topn, alpha_w)  # (M,) == rho in value
-
-    # 2. incorrect responses: push the top-1 candidate down harder at gated tokens.
-    neg_scaled = (adv < 0) & stats.is_argmax & w_gate  # (M,)
-    adv_scaled = torch.where(neg_scaled, neg_scale * adv, adv)  # (M,)
-
-    l, clipped = ppo_clip(rho_mix, adv_scaled, clip_eps, clip_eps_high)  # (M,)
-    metrics = loss_metrics(stats, rho, clipped, w_gate=w_gate, negative=adv < 0, neg_scaled=neg_scaled)
-    return aggregate(l, loss_denom), metrics
-
-
-def policy_loss(stats, old_logprobs, advantages, mask, cfg: LossConfig, *, loss_denom=None):
-    """The training step's loss: cfg.loss's loss over the statistics, with cfg's hyperparameters.
-    stats must have been computed with cfg.top_n and cfg.temperature."""
-    clip = dict(clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, loss_denom=loss_denom)
-    if cfg.loss == "grpo":
-        return grpo_loss_from_stats(stats, old_logprobs, advantages, mask, **clip)
-    return casp_loss_from_stats(stats, old_logprobs, advantages, mask, alpha=cfg.alpha,
-                                entropy_quantile=cfg.entropy_quantile, neg_scale=cfg.neg_scale, **clip)
-
-
-# ----------------------------------------------------------------------------------------------------
 # Memory-efficient path: the same statistics from hidden states, chunk by chunk
 
 
@@ -405,10 +403,10 @@ class ChunkedCandidateLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, out_weight, tokens, top_n, temperature, chunk_size):
-        c = chunk_size
-        # max(M, 1): with no valid token, one empty chunk, so that torch.cat below has a part to join
-        parts = [stats_from_logp(torch.log_softmax(chunk_logits(hidden[s:s + c], out_weight, temperature), dim=-1),
-                                 tokens[s:s + c], top_n) for s in range(0, max(hidden.shape[0], 1), c)]
+        c, parts = chunk_size, []  # parts: one CandidateStats per chunk
+        for s in range(0, max(hidden.shape[0], 1), c):  # M = 0: one empty chunk, so torch.cat has a part
+            z = chunk_logits(hidden[s:s + c], out_weight, temperature)  # (m, V)
+            parts.append(stats_from_logp(torch.log_softmax(z, dim=-1), tokens[s:s + c], top_n))
         logp_y, logp_topn, entropy, topn_ids, _ = (torch.cat(field) for field in zip(*parts))
         ctx.save_for_backward(hidden, out_weight, torch.cat([tokens[:, None], topn_ids], dim=1))
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
@@ -438,7 +436,8 @@ class ChunkedCandidateLogprobs(torch.autograd.Function):
         return d_hidden, d_weight, None, None, None, None
 
 
-def candidate_stats_from_hidden(hidden, out_weight, tokens, mask, *, top_n=3, temperature=1.0, chunk_size=1024):
+def candidate_stats_from_hidden(hidden, out_weight, tokens, mask, *, top_n=3, temperature=1.0,
+                                chunk_size=1024):
     """CandidateStats of the valid tokens from hidden (B, T, D) and out_weight (V, D) (lm_head has no
     bias), equal to candidate_stats(hidden @ out_weight.T, ..., temperature=temperature) without the
     (B, T, V) logits. Only valid tokens are chunked, so padding costs no matmul. hidden may be bf16:

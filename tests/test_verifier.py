@@ -13,7 +13,9 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from verifier import Verdict, batch_reward, extract_answer, is_equivalent, reward, run_code, verify, verify_batch
+import verifier
+from verifier import (DEFAULT_MODE, MODES, Verdict, batch_reward, extract_answer, is_equivalent, reward, run_code,
+                      verify, verify_batch)
 
 
 def _rows(data_dir, name):
@@ -31,16 +33,125 @@ def _rows(data_dir, name):
     ("work...\n#### 1,234", "1,234"),                                       # GSM8K reference format
     ("The final answer is $x = 3$.", "x = 3"),
     ("The answer is 42.", "42"),
-    ("We get $a=1$ and then $b = 7$", "b = 7"),                             # last $...$
-    ("there are 3 apples and 15 pears", "15"),                              # last number
+    ("We get $a=1$ and then $b = 7$", "b = 7"),                             # last $...$ of the last sentence
+    ("there are 3 apples and 15 pears", "15"),                              # last number of the last sentence
     ("the answer is \\boxed{\\frac{1}{", None),                             # truncated mid-box
     ("", None),
     ("no digits here", None),
+    ("I think it is 12.\nLet me think again about the problem", None),    # a number, but not in final position
+    ("#### Step 1\nAdd them: 5 + 3 = 8.\n#### Step 2\nSo the answer is 8.", "8"),   # a heading, not GSM8K's ####
 ])
-def test_extract_answer(response, expected):
-    """The last box wins, with nested braces; the documented fallbacks apply only without a box;
-    a response truncated inside its last box has no answer."""
+def test_extract_answer_lenient(response, expected):
+    """Lenient (the default): the last box wins, with nested braces; the documented fallbacks apply only
+    without a box; a response truncated inside its last box has no answer."""
     assert extract_answer(response) == expected
+    assert extract_answer(response, mode="lenient") == expected
+    assert DEFAULT_MODE == "lenient" and MODES == ("strict", "lenient")
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("so the answer is $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
+    ("\\boxed 5", "5"),
+    ("work...\n#### 1,234", None),                      # strict: only a box counts
+    ("The final answer is $x = 3$.", None),
+    ("The answer is 42.", None),
+    ("there are 3 apples and 15 pears", None),
+    ("the answer is \\boxed{\\frac{1}{", None),
+])
+def test_extract_answer_strict(response, expected):
+    """Strict (the training reward, as the paper's): only the last \\boxed{} counts; no box, no answer."""
+    assert extract_answer(response, mode="strict") == expected
+
+
+def test_strict_and_lenient_rewards():
+    """The same correct but unboxed answer: 0 in strict mode, 1 in lenient mode; boxed: 1 in both."""
+    for response in ("The final answer is $\\frac{1}{2}$. I hope it is correct.", "Answer: 1/2", "So we get 0.5"):
+        assert reward(response, "\\frac12", mode="strict") == 0.0
+        assert reward(response, "\\frac12", mode="lenient") == 1.0
+        assert verify(response, "\\frac12", mode="strict").reason == "no \\boxed{} answer"
+    for mode in MODES:
+        assert reward("thus \\boxed{0.5}", "\\frac12", mode=mode) == 1.0
+
+
+def test_mode_api():
+    """mode= is a keyword on reward, verify, verify_batch and batch_reward; the positional signatures
+    are unchanged; an unknown mode gives 0 with a reason (the verifier never raises)."""
+    resp, gold = ["Answer: 3", "\\boxed{3}"] * 3, ["3"] * 6
+    assert batch_reward(resp, gold, "math", None, 1, mode="strict") == [0.0, 1.0] * 3
+    assert batch_reward(resp, gold, "math", None, 1, mode="lenient") == [1.0] * 6
+    assert [v.reward for v in verify_batch(resp, gold, "math", {}, 2, mode="strict")] == [0.0, 1.0] * 3
+    assert reward("\\boxed{3}", "3", "math") == 1.0
+    v = verify("\\boxed{3}", "3", mode="exact")
+    assert v.reward == 0.0 and "mode" in v.reason
+    assert extract_answer("\\boxed{3}", mode="exact") is None
+
+
+# --------------------------------------------------------------------------- issue 15: real model outputs
+@pytest.mark.parametrize("response, gold, wrong", [
+    ("She makes 9 * $2 = $18 every day.", "18", "2"),                     # was extracted as "2 ="
+    ("Each costs $3 and she buys 6, so she pays $18.", "18", "3"),        # was "3 and she buys 6, so she pays"
+    ("So after six months she has $10,200 + $255 = $10,455.", "10455", "255"),
+    ("The total is $\\frac{1}{2}$ of $36, so she keeps $18 in the end.", "18", "36"),
+])
+def test_currency_is_not_math(response, gold, wrong):
+    """Issue 15: a `$` before a number is a price sign when prose or another price follows it, not a
+    math delimiter; the answer is the last amount of the final sentence. Real $...$ math still works."""
+    assert extract_answer(response) == gold.replace("10455", "10,455")
+    assert reward(response, gold, mode="lenient") == 1.0
+    assert reward(response, wrong, mode="lenient") == 0.0
+    assert reward(response, gold, mode="strict") == 0.0
+    assert extract_answer("We have $2 + 3 = 5$ and then $x = 18$.") == "x = 18"
+    assert extract_answer("Answer $ 9 $") == "9"
+
+
+@pytest.mark.parametrize("response, answer", [
+    ("So the answer is that she makes 18 dollars.", "18"),                  # was "that she makes 18 dollars"
+    ("The answer is 18 dollars per day.", "18"),
+    ("Final Answer: The largest $n$ is 34.", "34"),
+    ("The final answer is $28 \\%$. I hope it is correct.", "28 \\%"),
+    ("The answer is (C) because the others fail.", "(C)"),
+])
+def test_answer_clause_reads_the_answer_inside(response, answer):
+    """Issue 15: "the answer is ..." does not take the whole clause: the answer inside it is read."""
+    assert extract_answer(response) == answer
+
+
+@pytest.mark.parametrize("response", [
+    "The 3 cats sat on 5 mats.\nThen nothing else happened and the text goes on without an answer",
+    "We need 12 more.\n\nHmm, let me reconsider what the question is asking for here",
+    "x = 7 maybe. Or maybe not, the computation above is wrong somewhere. I am not sure",
+    "1 2 3 4 5 6 7 8 9\n",
+])
+def test_no_number_anywhere_fallback(response):
+    """Issue 15's design risk: without a box, strict mode never rewards; lenient mode reads only the
+    final-answer position (the last sentence of the last line), so a stray number earlier is no answer."""
+    for gold in [n for n in "3579" if n in response] + ["12"]:
+        for mode in MODES:
+            assert reward(response, gold, mode=mode) == 0.0, (gold, mode)
+
+
+def test_chat_turn_is_cut_off():
+    """A trailing invented chat turn is not part of the answer, in both modes."""
+    response = "The answer is \\boxed{5}<|im_end|>\n<|im_start|>user\nAnd this?<|im_start|>assistant\n\\boxed{8}"
+    for mode in MODES:
+        assert reward(response, "5", mode=mode) == 1.0 and reward(response, "8", mode=mode) == 0.0
+    assert reward("So the probability is 2/3. <|im_start|>user", "2/3", mode="lenient") == 1.0
+
+
+@pytest.mark.parametrize("response, gold, expected", [
+    ("The roots are $\\boxed{1}, \\boxed{2}$ and $\\boxed{3}$.", "1,2,3", 1.0),     # joined boxes: their union
+    ("$$\\boxed{k = 45} \\quad \\text{and} \\quad \\boxed{n = 2}$$", "(45, 2)", 1.0),
+    ("$\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}$", "(3, 3), (1, 1)", 1.0),
+    ("This yields $\\boxed{-b+2}$, or $\\boxed{2 - b}$.", "2-b", 1.0),                    # or the last box
+    ("The roots are $\\boxed{1}, \\boxed{2}$.", "1,2,3", 0.0),
+    ("$$\\boxed{20}$$ \\boxed{143}", "20, 143", 0.0),                                  # a correction, not a list
+    ("I got \\boxed{3}, but checking again the answer is \\boxed{7}.", "3, 7", 0.0),
+])
+def test_several_boxes(response, gold, expected):
+    """Boxes joined only by connectors are one answer (read as their union, or by the classic last-box
+    rule); a box after prose or after a closed math block replaces the earlier one."""
+    for mode in MODES:
+        assert reward(response, gold, mode=mode) == expected
 
 
 # --------------------------------------------------------------------------- equivalence table
@@ -99,6 +210,36 @@ def test_equivalent_hard_cases(pred, gold):
 def test_not_equivalent_hard_cases(pred, gold):
     """Near misses (a digit more, open vs closed bracket, another constant, order of a tuple) are 0."""
     assert not is_equivalent(pred, gold)
+
+
+# --------------------------------------------------------------------------- the stated rules
+STATED_RULES = [
+    # decimal comma: only where the comma cannot be a thousands separator; the other side picks the reading
+    ("10,455", "10455", True), ("1,234", "1234", True), ("1,234", "1.234", False), ("1,22", "1.22", True),
+    ("2,74", "2.74", True), ("0,111", "0.111", True), ("81, 256", "81,256", True), ("81,256", "81256", True),
+    ("1.3", "1,3", False), ("-3", "-3,0", False), ("32, 349", "32349", False), ("1 000", "1000", True),
+    # 0.28 vs 28%: a percent sign may be dropped or read as /100; a bare number is never 100x itself
+    ("28\\%", "28", True), ("0.28", "28\\%", True), ("28", "0.28", False), ("28/100", "28", False),
+    ("0.2\\%", "20\\%", False),
+    # matrix rounding: entries with >= 2 decimals are read as rounded; scalars need >= 4 significant digits
+    ("\\begin{pmatrix}0.33\\\\0.2\\end{pmatrix}", "\\begin{pmatrix}\\frac13\\\\\\frac15\\end{pmatrix}", True),
+    ("\\begin{pmatrix}0.3\\\\0.2\\end{pmatrix}", "\\begin{pmatrix}\\frac13\\\\\\frac15\\end{pmatrix}", False),
+    ("0.33", "\\frac13", False), ("0.3333", "\\frac13", True),
+    # units: dropped when one side has none, equal when both have one
+    ("35 \\text{ cm}", "35", True), ("35", "35\\text{ cm}", True), ("35 cm", "35\\text{ cm}", True),
+    ("35 \\text{ m}", "35\\text{ cm}", False), ("12 \\text{ hours}", "12 \\text{ minutes}", False),
+    ("12x", "12", False),
+    # infinite interval ends are open whatever bracket is written (sets of reals never contain infinity)
+    ("[-\\infty, 2)", "(-\\infty, 2)", True), ("(-\\infty, 2]", "(-\\infty, 2)", False),
+    # plain tiny numbers compare relatively (no absolute floor), computed zeros absolutely
+    ("-2.88e-19", "2.88e-19", False), ("4.6e-21", "4.6e-24", False), ("\\sin(\\pi)", "0", True),
+]
+
+
+@pytest.mark.parametrize("pred, gold, expected", STATED_RULES)
+def test_stated_rules(pred, gold, expected):
+    """Each rule stated in verifier.py's docstring, on its own examples (both readings where it has two)."""
+    assert is_equivalent(pred, gold) is expected
 
 
 def test_reward_end_to_end_near_misses():
@@ -242,18 +383,22 @@ def test_zebra_and_multiple_choice(data_dir):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=300), st.text(max_size=60))
 def test_random_strings_never_raise(response, gold):
-    """Arbitrary unicode never raises and always gives a reward in [0, 1]."""
+    """Arbitrary unicode never raises and always gives a reward in [0, 1], in both modes."""
     for task in ("math", "logic"):
-        r = reward(response, gold, task)
-        assert 0.0 <= r <= 1.0
-    extract_answer(response)
+        for mode in MODES:
+            r = reward(response, gold, task, mode=mode)
+            assert 0.0 <= r <= 1.0
+    for mode in MODES:
+        extract_answer(response, mode)
     assert isinstance(is_equivalent(response, gold), bool)
 
 
 _LATEX_BITS = ["\\frac", "\\sqrt", "{", "}", "(", ")", "[", "]", "^", "_", "\\boxed{", "\\left", "\\right",
                "x", "2", "9", "-", "+", "*", "/", ",", "=", "\\pi", "\\infty", "\\cup", "\\{", "\\}", "!", "|",
                "\\begin{pmatrix}", "\\end{pmatrix}", "&", "\\\\", "\\text{", "$", "%", "\\circ", ".", "e", "i",
-               "\\log_", "\\binom", "\\lfloor", "\\rfloor", "\\pm", " "]
+               "\\log_", "\\binom", "\\lfloor", "\\rfloor", "\\pm", " ", "<", ">", "\\le", "\\geq", "\\neq", ";",
+               "\\in", " and ", " or ", "\\text{ cm}", "\\$", "####", "The answer is ", "<|im_start|>", "\\mathbb{R}",
+               "\\mid", "\\langle", "\\rangle", "1,000", "\\\\frac", "\n", ". ", "4 4/9", "\\approx", "\\emptyset"]
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -262,7 +407,8 @@ def test_adversarial_latex_never_raises(a, b):
     """Random sequences of LaTeX tokens (unbalanced braces, operator pile-ups, towers of powers) never
     raise, and a string is always equivalent to itself or rejected, never an error."""
     pred, gold = "".join(a), "".join(b)
-    assert reward(pred, gold) in (0.0, 1.0)
+    assert reward(pred, gold, mode="strict") in (0.0, 1.0)
+    assert reward(pred, gold, mode="lenient") in (0.0, 1.0)
     assert isinstance(is_equivalent(pred, gold), bool)
     assert isinstance(is_equivalent(gold, gold), bool)
 
@@ -271,14 +417,23 @@ def test_adversarial_latex_never_raises(a, b):
     "x" * 100_000, "1" * 100_000, "{" * 50_000 + "}" * 50_000, "\\boxed{" * 30_000,
     "\\boxed{" + "{" * 20_000 + "1" + "}" * 20_000 + "}", "\\boxed{9^9^9^9}", "\\boxed{10^{10^{10^{10}}}}",
     "\\boxed{" + "(" * 400 + "1" + ")" * 400 + "}", "\\boxed{" + "2^" * 400 + "2}", "\\boxed{1000!}",
-    "\\boxed{" + "1+" * 450 + "1}", "$" * 100_000, "\\frac" * 20_000, "\\boxed{" + "\\sqrt{" * 300 + "2" + "}" * 300 + "}",
+    "\\boxed{" + "1+" * 450 + "1}", "$" * 100_000, "\\frac" * 20_000,
+    "\\boxed{" + "\\sqrt{" * 300 + "2" + "}" * 300 + "}",
+    # the extraction and family code paths: prices, answer clauses, joined boxes, sentences, escapes, relations
+    "$1 " * 33_000, "costs $3 and she pays $18. " * 3700, "the answer is 5 " * 6000, "The answer is " + "a b " * 25_000,
+    "\\boxed{1}, " * 9000, "\\boxed{1} or " * 7500, "It is 5. " * 12_000, "\\[" + "1 " * 50_000,
+    "\\\\frac{1}{2} " * 7500, "<|im_start|>" * 8000, "$\n" * 50_000, "\\boxed{" + "x<" * 400 + "1}",
+    "\\boxed{" + "|" * 500 + "x" + "|" * 500 + "<1}", "\\boxed{" + "[0,1]\\cup" * 90 + "[0,1]}",
+    "\\boxed{" + "x<1," * 300 + "x<1}", "\\boxed{" + "p=1,q=2;" * 100 + "p=1}",
+    "\\boxed{5" + "\\text{ cm}" * 300 + "}", "The answer is " + "1," * 50_000,
 ])
 def test_pathological_inputs_are_fast(response):
     """100k-character and deeply nested inputs are verified in < 50 ms (best of 3, so a busy CI core
-    does not fail the test), against a short gold and against a long one."""
+    does not fail the test), against a short gold and against a long one, in both modes (cold caches)."""
     for gold in ("1", response[:900]):
-        best = min(_timed(lambda: reward(response, gold)) for _ in range(3))
-        assert best < 0.05, best
+        for mode in MODES:
+            best = min(_timed(lambda: (verifier._cache_clear(), reward(response, gold, mode=mode))) for _ in range(3))
+            assert best < 0.05, (mode, best)
 
 
 def _timed(fn):

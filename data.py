@@ -82,6 +82,49 @@ class UserError(Exception):
     print `error: <message>` and exit with status 2, without a traceback. Unexpected errors keep theirs."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """--help with each flag's default shown once: `(default: X)` unless the help text already says it,
+    plus, where a preset changes it (train.py's demo), `PRESET: value` beside it."""
+    presets: dict[str, dict] = {}       # label -> {dest: value}
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        extra = "".join(f"; {label}: {values[action.dest]}" for label, values in self.presets.items()
+                        if action.dest in values)
+        return f"{text} (default: {action.default}{extra})"
+
+
+def at_least(low, kind=int):
+    """An argparse type: a number >= low (`--steps -1` is refused with the flag's name, not run)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if value < low or value != value:  # NaN compares false with everything
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+    return parse
+
+
+def between(low, high, low_open=True, high_open=True):
+    """An argparse type: a float in the interval (low, high), ends open or closed as given."""
+    def parse(text):
+        value = at_least(float("-inf"), float)(text)
+        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low}, {high}"
+                                             f"{')' if high_open else ']'}, got {text}")
+        return value
+    return parse
+
+
+def positive(text):
+    """An argparse type: a float > 0."""
+    return between(0.0, float("inf"))(text)
+
+
 class DataError(UserError, ValueError):
     """A data file or dataset name that cannot be used; the message names the file and line."""
 

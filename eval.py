@@ -1,6 +1,5 @@
 """
-eval.py: pass@K over the whole K spectrum, candidate diagnostics, comparisons and plots, and the paper's
-theory check on the number of distinct responses.
+eval.py: pass@K over the whole K spectrum, candidate diagnostics, comparisons and plots.
 
     python eval.py --model qwen-1.5b --data math500 aime2024 --n 64 --k 1 2 4 8 16 32 64 --out runs/eval/base
     python eval.py --rescore runs/eval/base                       # the table again, from saved samples only
@@ -31,11 +30,7 @@ index), so a problem's n samples do not depend on which problems share its batch
 produces the samples an uninterrupted one would have. When n exceeds --max-rows, the samples of a problem
 are drawn in chunks with seeds seed, seed + 1000003, ... (chunk j's sample i is a different stream).
 
-Theory check (CASP.md): for K i.i.d. responses y ~ pi(.|x),
-    E[#distinct] = sum_y [1 - (1 - pi(y))^K]  <=  1 + K (1 - pi(y*)),   pi(y*) = prod_l p_l(1),
-computed exactly for an explicit token tree (`expected_distinct`), estimated by Monte Carlo on the tree
-(`mc_distinct_tree`) or on a model through the sampler (`mc_distinct_model`). `peaked_tree` builds trees
-whose every per-step top-1 probability is a given value: as it goes to 1, E[#distinct] goes to 1 for any K.
+The paper's theory check on the number of distinct responses is in theory.py.
 
 matplotlib is optional (imported only to draw); without it the tables are printed and no PNG is written.
 torch, the model and the sampler are imported only when sampling, so verifier worker processes and
@@ -45,13 +40,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import random
 import sys
 from pathlib import Path
 
 import data
+from data import HelpFormatter, at_least, between
 
 # -----------------------------------------------------------------------------
 # pass@k
@@ -81,102 +75,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 # -----------------------------------------------------------------------------
-# Theory: expected number of distinct responses among K samples
-#
-# A token tree is a list of (token, prob, subtree) children of the root; an empty subtree ends the
-# response. The probabilities of each node's children sum to 1.
-
-
-def response_probs(tree, _prefix=()) -> dict[tuple, float]:
-    """pi(y) of every complete response y (a tuple of tokens) of a token tree."""
-    total = sum(p for _, p, _ in tree)
-    if abs(total - 1.0) > 1e-9:
-        raise ValueError(f"children of {_prefix or 'the root'} have probabilities summing to {total}, not 1")
-    out: dict[tuple, float] = {}
-    for tok, p, sub in tree:
-        if p <= 0:
-            continue
-        y = _prefix + (tok,)
-        for yy, q in (response_probs(sub, y).items() if sub else [(y, 1.0)]):
-            out[yy] = out.get(yy, 0.0) + p * q
-    return out
-
-
-def expected_distinct(policy, K: int) -> float:
-    """E[#distinct responses among K i.i.d. samples] = sum_y [1 - (1 - pi(y))^K], exactly.
-
-    policy: a token tree or a dict {response: pi(response)}. (1 - p)^K is computed as exp(K log1p(-p)),
-    accurate for tiny p where 1 - p rounds to 1."""
-    probs = policy if isinstance(policy, dict) else response_probs(policy)
-    return sum(-math.expm1(K * math.log1p(-p)) if p < 1 else 1.0 for p in probs.values())
-
-
-def greedy_response(tree) -> tuple[tuple, float]:
-    """(y*, pi(y*)): the all-top-1 response and its probability prod_l p_l(1)."""
-    y, prob = (), 1.0
-    while tree:
-        tok, p, sub = max(tree, key=lambda child: child[1])
-        y, prob, tree = y + (tok,), prob * p, sub
-    return y, prob
-
-
-def distinct_upper_bound(tree, K: int) -> float:
-    """The paper's bound 1 + K (1 - pi(y*)) on E[#distinct]: y* counts at most 1, every other response
-    y at most K pi(y) (Bernoulli's inequality)."""
-    return 1.0 + K * (1.0 - greedy_response(tree)[1])
-
-
-def peaked_tree(depth: int, branching: int, top1: float):
-    """A complete tree in which every step puts `top1` on token 0 and spreads the rest evenly."""
-    if depth == 0:
-        return []
-    rest = (1.0 - top1) / (branching - 1)
-    sub = peaked_tree(depth - 1, branching, top1)
-    return [(t, top1 if t == 0 else rest, sub) for t in range(branching)]
-
-
-def sample_tree(tree, rng: random.Random) -> tuple:
-    y = ()
-    while tree:
-        u, acc = rng.random(), 0.0
-        for tok, p, sub in tree:
-            acc += p
-            if u < acc:
-                break
-        y, tree = y + (tok,), sub
-    return y
-
-
-def _mean_stderr(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, float("nan")
-    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
-    return m, math.sqrt(var / len(xs))
-
-
-def mc_distinct_tree(tree, K: int, trials: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Monte Carlo (mean, standard error) of #distinct among K samples drawn from the tree."""
-    rng = random.Random(seed)
-    return _mean_stderr([len({sample_tree(tree, rng) for _ in range(K)}) for _ in range(trials)])
-
-
-def mc_distinct_model(model, prompt_ids: list[int], K: int, trials: int = 100, max_new_tokens: int = 64,
-                      stop_ids=(), temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                      vocab_size: int | None = None) -> tuple[float, float]:
-    """Monte Carlo (mean, standard error) of #distinct responses (token sequences) among K samples of a
-    model: one sampler call with the prompt repeated `trials` times (each copy gets its own random streams)
-    and K samples per copy."""
-    import sampler
-
-    ro = sampler.generate(model, [list(prompt_ids)] * trials, n_samples=K, max_new_tokens=max_new_tokens,
-                          temperature=temperature, top_p=top_p, stop_ids=stop_ids, seed=seed,
-                          vocab_size=vocab_size)
-    rows = [tuple(t[m].tolist()) for t, m in zip(ro.tokens, ro.mask)]
-    return _mean_stderr([len(set(rows[i * K:(i + 1) * K])) for i in range(trials)])
-
-
-# -----------------------------------------------------------------------------
 # Saved samples
 
 
@@ -198,7 +96,7 @@ def read_samples(path: Path, repair: bool = False) -> list[dict]:
             if lineno == len(lines):       # the last, unterminated line
                 torn = True
                 continue
-            raise ValueError(f"{path}:{lineno}: malformed sample record") from None
+            raise data.DataError(f"{path}:{lineno}: malformed sample record") from None
     if repair and (torn or (text and not text.endswith("\n"))):   # the next append starts a fresh line
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -212,11 +110,11 @@ def load_run(path) -> list[dict]:
     if path.is_file():
         return read_samples(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such samples file or folder")
+        raise data.DataNotFound(f"{path}: no such samples file or folder")
     files = sorted((path / "samples").glob("*.jsonl")) or sorted(path.glob("*.jsonl"))
     records = [r for f in files for r in read_samples(f)]
     if not records:
-        raise FileNotFoundError(f"{path}: no sample records (expected samples/<benchmark>.jsonl)")
+        raise data.DataNotFound(f"{path}: no sample records (expected samples/<benchmark>.jsonl)")
     return records
 
 
@@ -367,7 +265,7 @@ def read_metrics(path) -> list[dict]:
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
-                raise ValueError(f"{path}:{lineno}: malformed metrics line") from None
+                raise data.DataError(f"{path}:{lineno}: malformed metrics line") from None
     return out
 
 
@@ -406,7 +304,7 @@ def plot_metrics(files, path) -> Path | None:
 
 
 SAMPLING_KEYS = ("model", "n", "max_new_tokens", "temperature", "top_p", "top_k", "top_n", "seed",
-                 "max_prompt_tokens", "max_rows")
+                 "max_prompt_tokens", "max_rows", "answer_mode")
 
 
 def _bar(total, desc, enabled):
@@ -461,7 +359,7 @@ def evaluate_benchmark(model, tokenizer, bench: str, problems: list[dict], args,
             verdicts = verify_batch(flat, [group[q]["answer"] for q in owner],
                                     task=[group[q].get("task", "math") for q in owner],
                                     fields=[data.verifier_fields(group[q]) for q in owner],
-                                    max_workers=args.workers)
+                                    max_workers=args.workers, mode=args.answer_mode)
             for q, prob in enumerate(group):
                 c = cand[q]
                 tok = max(c["n_tokens"], 1)
@@ -489,9 +387,9 @@ def _check_config(out: Path, args):
         old = json.loads(f.read_text())
         diff = {k: (old.get(k), v) for k, v in cfg.items() if old.get(k) != v}
         if diff:
-            raise SystemExit(f"error: {out} holds samples drawn with other settings "
-                             f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
-                             "use another --out to start fresh")
+            raise data.UserError(f"{out} holds samples drawn with other settings "
+                                 f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
+                                 "use another --out to start fresh")
     else:
         out.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(cfg, indent=2))
@@ -508,9 +406,13 @@ def run_eval(args) -> dict:
     out = Path(args.out or Path("runs") / "eval" / Path(str(args.model)).name)
     _check_config(out, args)
     (out / "samples").mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(args.tokenizer or resolve_model_path(args.model))
-    model = load_model(args.model, device=device, dtype=dtype)
+    try:
+        tokenizer = load_tokenizer(args.tokenizer or resolve_model_path(args.model))
+        model = load_model(args.model, device=device, dtype=dtype)
+    except (FileNotFoundError, ValueError) as e:
+        raise data.UserError(str(e)) from None
     model.eval()
+    print(f"[model] {args.model} on {device} ({dtype}); prompts: {tokenizer.chat_source}; answers: {args.answer_mode}")
     records = []
     for name in args.data:
         bench = _bench_label(name)
@@ -524,8 +426,11 @@ def run_eval(args) -> dict:
         records += evaluate_benchmark(model, tokenizer, bench, problems, args, out / "samples" / f"{bench}.jsonl")
     table = summarize_run(records, args.k)
     print(format_table(table, args.k))
-    (out / "results.json").write_text(json.dumps({"config": vars(args), "table": table}, indent=2))
-    plot_compare({Path(out).name: table}, out / "passk.png") if args.plot else None
+    (out / "results.json").write_text(json.dumps({"config": vars(args), "prompts": tokenizer.chat_source,
+                                                  "table": table}, indent=2))
+    png = plot_compare({Path(out).name: table}, out / "passk.png") if args.plot else None
+    print(f"[done] {out}: samples/<benchmark>.jsonl (every response, verdict and candidate record), "
+          f"results.json (the table)" + (f", {png}" if png else ""))
     return table
 
 
@@ -535,31 +440,35 @@ def run_eval(args) -> dict:
 
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="pass@K, candidate diagnostics, comparisons and plots",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     g = ap.add_argument_group("what to evaluate")
     g.add_argument("--model", help="model name (see model.MODEL_NAMES) or a Hugging Face model folder")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
     g.add_argument("--data", nargs="+", default=["math500"],
                    help="benchmark names (data.DATA_SOURCES, 'synthetic') or .jsonl paths")
-    g.add_argument("--data-dir", default=None, help="data folder (default: $CASP_DATA, else ../shared/data)")
-    g.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
+    g.add_argument("--data-dir", default=None, help="data folder (default: $CASP_DATA, else ~/.cache/casp/data; "
+                   "`python data.py prepare` writes it)")
+    g.add_argument("--limit", type=at_least(1), default=None, help="first N problems of each benchmark")
+    g.add_argument("--answer-mode", default="lenient", choices=["strict", "lenient"],
+                   help="strict: only the last \\boxed{} is the answer (the training reward); lenient: also "
+                   "'the answer is ...' and a final-line fallback (as the Qwen2.5-Math and math-verify evaluators)")
     g = ap.add_argument_group("sampling")
-    g.add_argument("--n", type=int, default=64, help="samples per problem (>= the largest K)")
-    g.add_argument("--k", type=int, nargs="+", default=None, help="K values (default: 1, 2, 4, ..., n)")
-    g.add_argument("--max-new-tokens", type=int, default=3072)
-    g.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts are skipped and counted")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-n", type=int, default=3, help="candidates recorded per token (the paper's N)")
-    g.add_argument("--batch-prompts", type=int, default=None, help="prompts per sampler call "
+    g.add_argument("--n", type=at_least(1), default=64, help="samples per problem (>= the largest K)")
+    g.add_argument("--k", type=at_least(1), nargs="+", default=None, help="K values (default: 1, 2, 4, ..., n)")
+    g.add_argument("--max-new-tokens", type=at_least(1), default=3072, help="tokens per response")
+    g.add_argument("--max-prompt-tokens", type=at_least(1), default=1024, help="longer prompts are skipped and counted")
+    g.add_argument("--temperature", type=at_least(0.0, float), default=1.0, help="0: greedy")
+    g.add_argument("--top-p", type=between(0, 1, high_open=False), default=1.0, help="nucleus sampling")
+    g.add_argument("--top-k", type=at_least(0), default=0, help="0: off")
+    g.add_argument("--top-n", type=at_least(1), default=3, help="candidates recorded per token (the paper's N)")
+    g.add_argument("--batch-prompts", type=at_least(1), default=None, help="prompts per sampler call "
                    "(default: max(1, max_rows // n))")
-    g.add_argument("--max-rows", type=int, default=512, help="sampled rows per sampler call (KV-cache memory)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-rows", type=at_least(1), default=512, help="sampled rows per sampler call (KV-cache memory)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="auto: bfloat16 on CUDA, float32 on CPU")
     g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    g.add_argument("--workers", type=int, default=None, help="verifier processes (default: all cores)")
+    g.add_argument("--workers", type=at_least(1), default=None, help="verifier processes (default: all cores)")
     g = ap.add_argument_group("output, rescoring, comparison, plots")
     g.add_argument("--out", default=None, help="output folder (default: runs/eval/<model name>)")
     g.add_argument("--rescore", default=None, metavar="DIR_OR_FILE", help="the table from saved samples, no model")
@@ -570,8 +479,6 @@ def get_args(argv=None):
     g.add_argument("--no-plot", dest="plot", action="store_false", help="tables only")
     g.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
-    if args.n < 1:
-        ap.error("--n must be >= 1")
     if args.k is not None and (min(args.k) < 1 or (not (args.rescore or args.compare) and max(args.k) > args.n)):
         ap.error(f"every --k must be in [1, --n={args.n}]: pass@k needs at least k samples per problem")
     return args
@@ -583,8 +490,21 @@ def _ks_for(args, records) -> list[int]:
 
 
 def main(argv=None) -> dict:
-    """Run the CLI; returns the table ({benchmark: metrics}, or {run: {benchmark: metrics}} for --compare)."""
+    """Run the CLI; returns the table ({benchmark: metrics}, or {run: {benchmark: metrics}} for --compare).
+    A user's mistake (a path, a file line, a setting) ends in one `error:` line and exit status 2."""
     args = get_args(argv)
+    try:
+        return _main(args)
+    except data.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted; every finished problem is saved: run the same command again to resume",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _main(args) -> dict:
     if args.plot_metrics:
         out = Path(args.out) if args.out else Path(args.plot_metrics[0]).parent
         p = plot_metrics(args.plot_metrics, out / "metrics.png") if args.plot else None
@@ -623,7 +543,7 @@ def main(argv=None) -> dict:
                                                                     indent=2))
         return table
     if not args.model:
-        raise SystemExit("error: --model is required (or --rescore / --compare / --plot-metrics)")
+        raise data.UserError("--model is required (or --rescore / --compare / --plot-metrics)")
     args.k = args.k or default_ks(args.n)
     return run_eval(args)
 

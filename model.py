@@ -271,7 +271,8 @@ def resolve_model_path(name_or_path) -> Path:
     looked = ", ".join(str(d) for d in hf_cache_dirs())
     raise FileNotFoundError(
         f"weights of {name!r} ({repo_id}) not found in the Hugging Face cache ({looked}).\n"
-        f"Download them with:\n    huggingface-cli download {repo_id}\n"
+        f"Download them with:\n    hf download {repo_id}\n"
+        f"(`hf` comes with `pip install -U huggingface_hub`; older releases call it `huggingface-cli download`), "
         f"or pass a local directory with --model /path/to/{repo_id.split('/')[-1]}")
 
 
@@ -339,6 +340,11 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # Optional attention kernel for one-token decoding, attend(q, k, v) -> (B, H, 1, head_dim), given
+        # this layer's whole cache k, v (B, Hkv, max_len, head_dim). It must attend row b to positions
+        # 0..lengths[b] only, as the masked kernel in Attention.forward does. None: that masked kernel.
+        # The sampler sets a length-aware one here (sampler.PrefixAttention).
+        self.attend = None
 
     @property
     def max_len(self):
@@ -350,6 +356,7 @@ class KVCache:
         view = KVCache.__new__(KVCache)
         view.k, view.v = self.k.narrow(1, start, length), self.v.narrow(1, start, length)
         view.lengths = self.lengths.narrow(0, start, length)
+        view.attend = self.attend
         return view
 
     def copy_rows_(self, src: "KVCache", rows: torch.Tensor):
@@ -391,20 +398,24 @@ class Attention(nn.Module):
             kc, vc = kv_cache.k[layer_idx], kv_cache.v[layer_idx]                       # (B, Hkv, S, hd)
             kc.scatter_(2, idx, k.to(kc.dtype))
             vc.scatter_(2, idx, v.to(vc.dtype))
-            key_pos = torch.arange(kc.shape[2], device=x.device)
-            mask = key_pos[None, None, None, :] <= positions[:, None, :, None]          # (B, 1, T, S)
-            if T == 1 and self.n_heads != self.n_kv_heads:
-                # one-token decoding: the G query heads that share a kv head attend as G query rows of
-                # that head (head h uses kv head h // G, as in GQA). Same math; but with a mask, SDPA's
-                # fused CUDA kernels reject unequal head counts, and the math fallback of enable_gqa
-                # would copy the whole cache G times per layer and step.
-                G = self.n_heads // self.n_kv_heads
-                y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, G, self.head_dim),
-                                                   kc.to(q.dtype), vc.to(q.dtype), attn_mask=mask)
-                y = y.reshape(B, self.n_heads, 1, self.head_dim)                        # (B, H, 1, hd)
+            if T == 1 and kv_cache.attend is not None:
+                # the cache's own one-token kernel (KVCache.attend), e.g. the sampler's length-aware one
+                y = kv_cache.attend(q, kc.to(q.dtype), vc.to(q.dtype))                  # (B, H, 1, hd)
             else:
-                y = F.scaled_dot_product_attention(q, kc.to(q.dtype), vc.to(q.dtype), attn_mask=mask,
-                                                   enable_gqa=True)
+                key_pos = torch.arange(kc.shape[2], device=x.device)
+                mask = key_pos[None, None, None, :] <= positions[:, None, :, None]      # (B, 1, T, S)
+                if T == 1 and self.n_heads != self.n_kv_heads:
+                    # one-token decoding: the G query heads that share a kv head attend as G query rows
+                    # of that head (head h uses kv head h // G, as in GQA). Same math; but with a mask,
+                    # SDPA's fused CUDA kernels reject unequal head counts, and the math fallback of
+                    # enable_gqa would copy the whole cache G times per layer and step.
+                    G = self.n_heads // self.n_kv_heads
+                    y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, G, self.head_dim),
+                                                       kc.to(q.dtype), vc.to(q.dtype), attn_mask=mask)
+                    y = y.reshape(B, self.n_heads, 1, self.head_dim)                    # (B, H, 1, hd)
+                else:
+                    y = F.scaled_dot_product_attention(q, kc.to(q.dtype), vc.to(q.dtype), attn_mask=mask,
+                                                       enable_gqa=True)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)              # (B, T, H*hd)
         return self.o_proj(y)
 
@@ -592,8 +603,12 @@ def load_model(name_or_path, device="cpu", dtype=torch.float32, init: str = "che
     return model
 
 
-def save_model(model: Transformer, path, max_shard_bytes: int = 5 * 1024**3, dtype=None):
-    """Write config.json + safetensors (sharded above `max_shard_bytes`) in the Hugging Face layout.
+def save_model(model: Transformer, path, max_shard_bytes: int = 5 * 1024**3, dtype=None,
+               tokenizer_dir=None):
+    """Write config.json + safetensors (sharded above `max_shard_bytes`) in the Hugging Face layout, and
+    with `tokenizer_dir` the tokenizer and template files of that folder (`copy_tokenizer_files`), so the
+    folder loads as it is in transformers (`AutoTokenizer` + `apply_chat_template`), serving engines and
+    eval.py.
 
     Each file is written to a temporary name and renamed, so an interrupted save never leaves a
     half-written file under the final name.
@@ -640,6 +655,8 @@ def save_model(model: Transformer, path, max_shard_bytes: int = 5 * 1024**3, dty
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         _atomic_write_text(path / "model.safetensors.index.json", json.dumps(index, indent=2))
     _atomic_write_text(path / "config.json", json.dumps(model.config.to_hf_dict(save_dtype), indent=2))
+    if tokenizer_dir is not None:
+        copy_tokenizer_files(tokenizer_dir, path)
 
 
 def _atomic_write_text(path: Path, text: str):
@@ -648,19 +665,88 @@ def _atomic_write_text(path: Path, text: str):
     os.replace(tmp, path)
 
 
+# Everything a model folder holds for its tokenizer and its prompts, by name. An explicit list, not
+# "everything but the weights": model folders also hold files that must not follow a fine-tuned model
+# (Meta's original/*.pth, gigabytes; pytorch_model*.bin; the base model's README model card), and the
+# copy should stay small and predictable. config.json is save_model's own; generation_config.json is
+# copied because it declares the stop ids (load_tokenizer reads them) and the sampling defaults.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model",        # slow-tokenizer vocabularies
+    "chat_template.jinja", "chat_template.json", "generation_config.json",
+)
+CHAT_TEMPLATE_DIR = "additional_chat_templates"   # named extra templates, *.jinja (transformers >= 4.54)
+
+
+def copy_tokenizer_files(src_dir, dst_dir) -> list[str]:
+    """Copy the tokenizer and chat-template files of `src_dir` (a folder, or its tokenizer.json) into
+    `dst_dir`: every name of TOKENIZER_FILES the folder has, and additional_chat_templates/*.jinja.
+    Each file is copied to a temporary name and renamed. Returns the copied names (relative paths).
+    Copying a folder onto itself is a no-op."""
+    import shutil
+
+    src, dst = Path(src_dir), Path(dst_dir)
+    if src.is_file():
+        src = src.parent
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: tokenizer folder not found")
+    dst.mkdir(parents=True, exist_ok=True)
+    if src.resolve() == dst.resolve():
+        return []
+    names = [n for n in TOKENIZER_FILES if (src / n).is_file()]
+    names += sorted(f"{CHAT_TEMPLATE_DIR}/{f.name}" for f in (src / CHAT_TEMPLATE_DIR).glob("*.jinja")
+                    if f.is_file())
+    for name in names:
+        target = dst / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(src / name, tmp)
+        os.replace(tmp, target)
+    return names
+
+
 # -----------------------------------------------------------------------------
 # Tokenizer and chat formats
+#
+# The prompt is the checkpoint's own chat template when it has one, rendered the way transformers'
+# `apply_chat_template` renders it (same Jinja sandbox, globals, filters and variables), so a model sees
+# the prompt it was tuned on, default system message included (Qwen2.5-Instruct, Qwen2.5-Math, SmolLM2).
+# A tokenizer without a template (the tiny model's, a bare tokenizer.json) falls back to a built-in format
+# picked from its special tokens: ChatML, or Llama 3's headers. `Tokenizer.chat_source` says which was used.
+
+# Where a model folder keeps its template, in the order transformers' AutoTokenizer reads it
+# (chat_template.jinja wins over tokenizer_config.json; chat_template.json is the processors' legacy file,
+# which AutoTokenizer ignores, so it is read last).
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "tokenizer_config.json", "chat_template.json")
+# The named special tokens transformers passes to every template as variables (its SPECIAL_TOKENS_ATTRIBUTES)
+TEMPLATE_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+                           "mask_token")
 
 
 class Tokenizer:
-    """A `tokenizers.Tokenizer` plus the model family's chat format and stop tokens.
+    """A `tokenizers.Tokenizer` plus the chat format and stop tokens.
+
+    chat_format: the built-in family detected from the special tokens ("chatml", "llama3"; None when the
+    tokenizer has neither but brings its own template). chat_template: the template text (None: built-in
+    format). chat_source: what `render_chat` uses, for logs: "template:chat_template.jinja",
+    "template:tokenizer_config.json", "template:chat_template.json", "builtin:chatml" or "builtin:llama3".
+    folder: the folder the files came from (what `copy_tokenizer_files` copies into a checkpoint).
 
     vocab_size is the number of ids the tokenizer knows (Qwen2.5: 151,665), which is smaller than the
     embedding rows (151,936): ids in between must never be sampled.
     """
 
-    def __init__(self, tok, chat_format: str, stop_ids: list[int], source: str = ""):
+    def __init__(self, tok, chat_format: str | None, stop_ids: list[int], source: str = "",
+                 chat_template: str | None = None, template_vars: dict | None = None,
+                 chat_source: str | None = None):
         self.tok, self.chat_format, self.stop_ids, self.source = tok, chat_format, stop_ids, source
+        self.folder = Path(source).parent if source else None
+        self.chat_template, self.template_vars = chat_template, dict(template_vars or {})
+        if chat_template is None and chat_format not in ("chatml", "llama3"):
+            raise ValueError(f"{source}: no chat template and no built-in chat format")
+        self.chat_source = chat_source or (f"template:{source}" if chat_template is not None
+                                           else f"builtin:{chat_format}")
+        self._compiled = None
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
@@ -672,41 +758,155 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The chat template as text: ChatML for Qwen2.5, the header format for Llama 3.
-
-        No default system message is inserted: pass one in `messages` if the model expects it.
-        """
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, **template_kwargs) -> str:
+        """The prompt as text: the checkpoint's template if it has one (whatever default system message it
+        inserts), else ChatML / Llama 3 headers, which insert no system message. `template_kwargs` are extra
+        template variables (e.g. Qwen3's enable_thinking), as in transformers; the built-in formats have none."""
+        if self.chat_template is not None:
+            return self._render_template(messages, add_generation_prompt, template_kwargs)
         out = []
         if self.chat_format == "chatml":
             for m in messages:
                 out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
             if add_generation_prompt:
                 out.append("<|im_start|>assistant\n")
-        elif self.chat_format == "llama3":
+        else:  # llama3
             out.append("<|begin_of_text|>")
             for m in messages:
                 out.append(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}<|eot_id|>")
             if add_generation_prompt:
                 out.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
-        else:
-            raise ValueError(f"unknown chat format {self.chat_format!r}")
         return "".join(out)
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        return self.encode(self.render_chat(messages, add_generation_prompt))
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, **template_kwargs) -> list[int]:
+        """Token ids of `render_chat`, encoded as transformers' apply_chat_template(tokenize=True) does: the
+        special-token strings in the text become their ids, and nothing is added around them."""
+        return self.encode(self.render_chat(messages, add_generation_prompt, **template_kwargs))
+
+    def _render_template(self, messages, add_generation_prompt, template_kwargs):
+        import jinja2
+
+        if self._compiled is None:
+            self._compiled = compile_chat_template(self.chat_template)
+        # as transformers: keys whose value is None are dropped (templates test `is defined`, not None)
+        messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        try:
+            return self._compiled.render(messages=messages, tools=None, documents=None,
+                                         add_generation_prompt=add_generation_prompt,
+                                         **{**self.template_vars, **template_kwargs})
+        except jinja2.TemplateError as e:
+            raise ValueError(f"{self.chat_source}: the chat template failed: {e}") from e
+
+
+def compile_chat_template(text: str):
+    """Compile a chat template in the environment transformers renders it in (utils/chat_template_utils.py):
+    a sandbox that cannot mutate its inputs, trim_blocks and lstrip_blocks, the loop-control extension,
+    `raise_exception(msg)`, `strftime_now(fmt)`, and a `tojson` that does not HTML-escape (json.dumps,
+    ensure_ascii=False). `{% generation %}` blocks (assistant-mask markers) render their body unchanged."""
+    from datetime import datetime
+
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationBlock(jinja2.ext.Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body).set_lineno(lineno)
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt):
+        return datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[GenerationBlock, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    return env.from_string(text)
+
+
+def _token_content(v):
+    """A special token as tokenizer_config.json stores it: a string, or an AddedToken dict."""
+    v = v.get("content") if isinstance(v, dict) else v
+    return v if isinstance(v, str) else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return d if isinstance(d, dict) else {}
+
+
+def _default_template(value):
+    """tokenizer_config.json's `chat_template`: a string, or named templates (a list of {name, template},
+    or a dict); transformers uses the one named "default" when no tools are passed."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        value = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+    if isinstance(value, dict) and isinstance(value.get("default"), str):
+        return value["default"]
+    return None
+
+
+def find_chat_template(folder: Path) -> tuple[str | None, str | None]:
+    """(template text, file it came from) of a model folder, or (None, None): chat_template.jinja, else the
+    `chat_template` field of tokenizer_config.json, else that of chat_template.json."""
+    for name in CHAT_TEMPLATE_FILES:
+        f = folder / name
+        if not f.is_file():
+            continue
+        text = f.read_text(encoding="utf-8") if name.endswith(".jinja") else _default_template(
+            _read_json(f).get("chat_template"))
+        if text:
+            return text, name
+    return None, None
+
+
+def template_variables(folder: Path) -> dict:
+    """The special tokens a template sees as variables (bos_token, eos_token, ...), as transformers passes
+    them: from tokenizer_config.json, else from the legacy special_tokens_map.json; unset ones are left
+    out (undefined in the template). Departure: a tokenizer class's built-in defaults for tokens the files
+    do not name are unknown here (real checkpoints name the ones their templates use)."""
+    out = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        f = folder / name
+        if not f.is_file():
+            continue
+        d = _read_json(f)
+        for key in TEMPLATE_SPECIAL_TOKENS:
+            if key in d and key not in out:
+                out[key] = _token_content(d[key])
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _ids_of(tok, names) -> list[int]:
     return [i for i in (tok.token_to_id(n) for n in names) if i is not None]
 
 
-def load_tokenizer(path) -> Tokenizer:
-    """Load tokenizer.json from a model directory (or the file itself), detect its chat format from its
-    special tokens, and collect the stop ids the checkpoint declares (generation_config.json's and
-    config.json's eos_token_id, tokenizer_config.json's eos_token) plus the format's end-of-turn token."""
+def load_tokenizer(path, chat_template: str = "auto") -> Tokenizer:
+    """Load tokenizer.json from a model directory (or the file itself) with the folder's chat template,
+    and collect the stop ids the checkpoint declares (generation_config.json's and config.json's
+    eos_token_id, tokenizer_config.json's eos_token) plus the built-in format's end-of-turn tokens.
+
+    chat_template: "auto" uses the folder's template when it has one (`find_chat_template`), else the
+    built-in format of its special tokens; "builtin" always uses the built-in format.
+    """
     from tokenizers import Tokenizer as HFTokenizer
 
+    if chat_template not in ("auto", "builtin"):
+        raise ValueError(f"chat_template={chat_template!r}: expected 'auto' or 'builtin'")
     p = Path(os.path.expanduser(str(path)))
     if not p.exists() and str(path) in MODEL_NAMES:
         p = resolve_model_path(path)
@@ -719,26 +919,33 @@ def load_tokenizer(path) -> Tokenizer:
         raise ValueError(f"{file}: not a valid tokenizers file ({e})") from None
     folder = file.parent
 
+    template, template_file = find_chat_template(folder) if chat_template == "auto" else (None, None)
     if tok.token_to_id("<|im_start|>") is not None:
         fmt, turn_end = "chatml", ["<|im_end|>", "<|endoftext|>"]
     elif tok.token_to_id("<|start_header_id|>") is not None:
         fmt, turn_end = "llama3", ["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"]
+    elif template is not None:
+        fmt, turn_end = None, []
     else:
-        raise ValueError(f"{file}: unknown chat format (no <|im_start|> or <|start_header_id|> token)")
+        raise ValueError(f"{file}: no chat template in the folder and no built-in chat format "
+                         f"(no <|im_start|> or <|start_header_id|> token)")
 
     stop = set(_ids_of(tok, turn_end))
     for name in ("generation_config.json", "config.json"):
         f = folder / name
         if f.is_file():
-            eos = json.loads(f.read_text()).get("eos_token_id")
+            eos = _read_json(f).get("eos_token_id")
             stop.update([eos] if isinstance(eos, int) else (eos or []))
     f = folder / "tokenizer_config.json"
     if f.is_file():
-        eos = json.loads(f.read_text()).get("eos_token")
-        eos = eos.get("content") if isinstance(eos, dict) else eos
-        if isinstance(eos, str):
+        eos = _token_content(_read_json(f).get("eos_token"))
+        if eos is not None:
             stop.update(_ids_of(tok, [eos]))
-    return Tokenizer(tok, fmt, sorted(stop), source=str(file))
+    if not stop:
+        raise ValueError(f"{file}: no stop token (no built-in format, and no eos_token_id or eos_token declared)")
+    return Tokenizer(tok, fmt, sorted(stop), source=str(file), chat_template=template,
+                     template_vars=template_variables(folder) if template is not None else None,
+                     chat_source=f"template:{template_file}" if template is not None else f"builtin:{fmt}")
 
 
 def count_params(model: nn.Module) -> int:

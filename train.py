@@ -36,7 +36,8 @@ import json
 import math
 import os
 import random
-import shutil
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,11 @@ from tqdm import tqdm
 import data
 import tiny
 from casp import casp_loss_from_hidden, candidate_stats_from_hidden, grpo_loss_from_hidden, group_advantages
-from model import MODEL_NAMES, Transformer, casp_home, load_model, load_tokenizer, save_model
+from data import UserError, at_least, between, positive
+from model import MODEL_NAMES, ModelConfig, Transformer, casp_home, load_model, load_tokenizer, resolve_model_path
+from runtime import (Dist, check_resume_config, claim_run_folder, estimate_memory, latest_checkpoint,
+                     load_checkpoint, current_memory, peak_memory_gb, preflight, save_checkpoint, setup_dist, shard_model,
+                     write_json_atomic)
 from sampler import generate
 from verifier import batch_reward, reward as verify_reward
 
@@ -62,58 +67,71 @@ DEMO_DEFAULTS = dict(lr=2e-4, steps=30, prompts_per_step=32, mini_batches=2, max
                      save_every=0, dtype="float32", weight_decay=0.0)
 
 
+class HelpFormatter(data.HelpFormatter):
+    presets = {"--model tiny": DEMO_DEFAULTS}
+
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=HelpFormatter)
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default="tiny", help=f"a name ({', '.join(MODEL_NAMES)}) or a HF model folder")
     g.add_argument("--init", default="checkpoint", choices=["checkpoint", "random"],
-                   help="random: the named architecture with random weights (speed/memory runs)")
+                   help="random: the named architecture with random weights (timing, memory)")
     g.add_argument("--tokenizer", default=None, help="folder or tokenizer.json (default: the model's folder)")
     g.add_argument("--data", default=None, help="training problems: a dataset name or JSONL path "
-                   "(default: synthetic for tiny, math_train otherwise)")
+                   "(default: the built-in task for tiny, math_train otherwise)")
     g.add_argument("--heldout", default=None, help="held-out problems for periodic pass@1 "
-                   "(default: synthetic held-out split for tiny, math500 otherwise)")
-    g.add_argument("--data-dir", default=None, help="folder of the benchmark JSONL files ($CASP_DATA)")
+                   "(default: the built-in task's held-out split for tiny, math500 otherwise)")
+    g.add_argument("--data-dir", default=None, help="folder of the dataset files (default: $CASP_DATA, else "
+                   "~/.cache/casp/data; `python data.py prepare` writes them)")
+    g.add_argument("--answer-mode", default="strict", choices=["strict", "lenient"],
+                   help="what the verifier reads as the answer: strict = the last \\boxed{} only (the paper's "
+                   "reward); lenient = also 'the answer is ...' and a final-line fallback")
     g = p.add_argument_group("loss (paper defaults)")
     g.add_argument("--loss", default="casp", choices=["casp", "grpo"])
-    g.add_argument("--top-n", type=int, default=3, help="N: candidates that share the positive gradient")
-    g.add_argument("--alpha", type=float, default=0.01, help="a: share of the positive push moved to the top-N")
-    g.add_argument("--entropy-quantile", type=float, default=0.8, help="tau of the entropy gate")
+    g.add_argument("--top-n", type=at_least(1), default=3, help="N: candidates that share the positive gradient")
+    g.add_argument("--alpha", type=between(0, 1, low_open=False, high_open=False), default=0.01,
+                   help="a: share of the positive push moved to the top-N")
+    g.add_argument("--entropy-quantile", type=between(0, 1), default=0.8, help="tau of the entropy gate")
     g.add_argument("--no-entropy-gate", action="store_true", help="w = 1 at every token")
-    g.add_argument("--neg-scale", type=float, default=1.1, help="lambda: push on top-1 of wrong answers")
-    g.add_argument("--clip-eps", type=float, default=0.2)
-    g.add_argument("--clip-eps-high", type=float, default=None, help="DAPO clip-higher (default: clip-eps)")
+    g.add_argument("--neg-scale", type=positive, default=1.1, help="lambda: push on top-1 of wrong answers")
+    g.add_argument("--clip-eps", type=between(0, 1), default=0.2, help="PPO clip range")
+    g.add_argument("--clip-eps-high", type=positive, default=None,
+                   help="DAPO clip-higher (default: --clip-eps)")
     g.add_argument("--no-std-norm", action="store_true", help="Dr. GRPO advantages (no std division)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, default=1e-6, help="constant learning rate")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (verl's default)")
-    g.add_argument("--grad-clip", type=float, default=1.0)
-    g.add_argument("--steps", type=int, default=200)
-    g.add_argument("--prompts-per-step", type=int, default=1024)
-    g.add_argument("--mini-batches", type=int, default=4, help="optimizer steps per training step")
-    g.add_argument("--micro-batch-tokens", type=int, default=16384, help="padded tokens per forward/backward")
+    g.add_argument("--lr", type=positive, default=1e-6, help="constant learning rate")
+    g.add_argument("--weight-decay", type=at_least(0.0, float), default=0.01, help="AdamW weight decay (verl's)")
+    g.add_argument("--grad-clip", type=positive, default=1.0, help="gradient norm clip")
+    g.add_argument("--steps", type=at_least(1), default=200, help="RL steps")
+    g.add_argument("--prompts-per-step", type=at_least(1), default=1024, help="prompts sampled per step")
+    g.add_argument("--mini-batches", type=at_least(1), default=4, help="optimizer steps per training step")
+    g.add_argument("--micro-batch-tokens", type=at_least(1), default=16384, help="padded tokens per forward/backward")
     g = p.add_argument_group("rollout")
-    g.add_argument("--group-size", type=int, default=8, help="G: responses per prompt")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--max-prompt-len", type=int, default=1024, help="longer prompts are skipped and counted")
-    g.add_argument("--max-response-len", type=int, default=3072)
-    g.add_argument("--rollout-batch", type=int, default=256, help="sequences per generate call (memory)")
+    g.add_argument("--group-size", type=at_least(2), default=8, help="G: responses per prompt (>= 2)")
+    g.add_argument("--temperature", type=positive, default=1.0, help="sampling temperature")
+    g.add_argument("--top-p", type=between(0, 1, high_open=False), default=1.0, help="nucleus sampling")
+    g.add_argument("--max-prompt-len", type=at_least(1), default=1024, help="longer prompts are skipped and counted")
+    g.add_argument("--max-response-len", type=at_least(1), default=3072,
+                   help="tokens per response; a response cut off here scores 0")
+    g.add_argument("--rollout-batch", type=at_least(1), default=256, help="rows sampled at once (KV-cache memory)")
     g = p.add_argument_group("system")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     g.add_argument("--dtype", default=None, choices=["bfloat16", "float32"],
-                   help="compute dtype (weights and AdamW state stay float32); default bf16 on CUDA")
+                   help="compute dtype (weights and AdamW state stay float32); default: bfloat16 on CUDA, "
+                   "float32 on the CPU")
     g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing per block")
     g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (launch with torchrun)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", default="runs/latest", help="output folder")
+    g.add_argument("--seed", type=int, default=0, help="seed of everything random")
+    g.add_argument("--out", default=None, help="run folder (default: runs/<model>-<loss>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    g.add_argument("--eval-every", type=int, default=25, help="held-out pass@1 every k steps (0: off)")
-    g.add_argument("--eval-prompts", type=int, default=500)
-    g.add_argument("--save-every", type=int, default=50, help="checkpoint every k steps (0: only at the end)")
-    g.add_argument("--keep", type=int, default=2, help="checkpoints kept")
-    g.add_argument("--warm-start-steps", type=int, default=300, help="tiny demo: supervised steps (cached)")
+    g.add_argument("--overwrite", action="store_true", help="delete the run already in --out and start anew")
+    g.add_argument("--force", action="store_true", help="run even if the memory estimate exceeds free memory")
+    g.add_argument("--eval-every", type=at_least(0), default=25, help="held-out pass@1 every k steps (0: off)")
+    g.add_argument("--eval-prompts", type=at_least(1), default=500, help="held-out problems evaluated")
+    g.add_argument("--save-every", type=at_least(0), default=50, help="checkpoint every k steps (0: only at the end)")
+    g.add_argument("--keep", type=at_least(1), default=2, help="checkpoints kept")
+    g.add_argument("--warm-start-steps", type=at_least(1), default=300, help="tiny demo: supervised steps (cached)")
     args = p.parse_args(argv)
     if args.model == "tiny":  # the demo's own defaults, unless given on the command line
         p.set_defaults(**DEMO_DEFAULTS)
@@ -123,66 +141,13 @@ def get_args(argv=None):
     if args.prompts_per_step % args.mini_batches:
         p.error(f"--prompts-per-step {args.prompts_per_step} is not a multiple of --mini-batches "
                 f"{args.mini_batches}")
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite contradict each other: choose one")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available here (use --device cpu)")
+    if args.out is None:
+        args.out = str(Path("runs") / f"{Path(str(args.model).rstrip('/')).name}-{args.loss}")
     return args
-
-
-# -----------------------------------------------------------------------------
-# Distributed setup (FSDP2). Single process: rank 0 of 1, no process group.
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self):
-        return self.rank == 0
-
-    def barrier(self):
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def all_sum(self, x: float) -> float:
-        """Sum a number over ranks (a collective: every rank must call it)."""
-        return self._reduce(x, "SUM")
-
-    def all_max(self, x: float) -> float:
-        return self._reduce(x, "MAX")
-
-    def _reduce(self, x: float, op: str) -> float:
-        if self.world == 1:
-            return x
-        t = torch.tensor([float(x)], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
-        return t.item()
-
-
-def setup_dist(args) -> Dist:
-    if not args.fsdp:
-        return Dist(device=torch.device(args.device))
-    import torch.distributed as dist
-    backend = "nccl" if str(args.device).startswith("cuda") else "gloo"
-    dist.init_process_group(backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
-    return Dist(rank, world, device)
-
-
-def shard_model(model: Transformer, compute_dtype) -> Transformer:
-    """FSDP2: one shard group per block plus the root; float32 master parameters stay sharded, each
-    block's parameters are all-gathered in `compute_dtype` for its forward/backward and the gradients
-    reduce-scattered in float32."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-    for block in model.model.layers:
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-    return model
 
 
 # -----------------------------------------------------------------------------
@@ -227,8 +192,7 @@ def load_problems(args, tokenizer):
     train, skipped = data.encode_prompts(train, tokenizer, args.max_prompt_len)
     held, _ = data.encode_prompts(held, tokenizer, args.max_prompt_len)
     if not train:
-        raise SystemExit(f"error: no training prompt fits --max-prompt-len {args.max_prompt_len} "
-                         f"({skipped} skipped)")
+        raise UserError(f"no training prompt fits --max-prompt-len {args.max_prompt_len} ({skipped} skipped)")
     return train, held, skipped
 
 
@@ -251,15 +215,19 @@ class Batch:
                      self.rewards[idx], self.group[idx])
 
 
-def score(responses: list[str], problems: list[dict]) -> torch.Tensor:
-    """Reward of each response (the verifier never raises; garbage and truncation score 0). Math and
-    logic are verified in this process (~10k responses/s); code runs in sandboxed worker processes."""
+def score(responses: list[str], problems: list[dict], finish_reasons: list[str], mode: str) -> torch.Tensor:
+    """Reward of each response. A response cut off at --max-response-len ("length") scores 0 without
+    being read (the paper's setting: a truncated text has no final answer, and any number in it is noise).
+    The verifier never raises; `mode` is its answer extraction (--answer-mode). Math and logic are
+    verified in this process (~10k responses/s); code runs in sandboxed worker processes."""
     tasks = [p.get("task", "math") for p in problems]
     answers = [p["answer"] for p in problems]
     fields = [data.verifier_fields(p) for p in problems]
     if "code" in tasks:
-        return torch.tensor(batch_reward(responses, answers, task=tasks, fields=fields), dtype=torch.float32)
-    return torch.tensor([verify_reward(r, a, task=t, **f) for r, a, t, f in zip(responses, answers, tasks, fields)],
+        rewards = batch_reward(responses, answers, task=tasks, fields=fields, mode=mode)
+    else:
+        rewards = [verify_reward(r, a, task=t, mode=mode, **f) for r, a, t, f in zip(responses, answers, tasks, fields)]
+    return torch.tensor([0.0 if why == "length" else r for r, why in zip(rewards, finish_reasons)],
                         dtype=torch.float32)
 
 
@@ -282,7 +250,8 @@ def sample_and_score(policy, tokenizer, problems, args, seed, n_samples):
     # rows are prompt-major across chunks: row r answers problems[r // n_samples]
     expanded = [p for p in problems for _ in range(n_samples)]
     t0 = time.time()
-    rewards = score(texts, expanded)
+    finish = [why for ro in rollouts for why in ro.finish_reason]
+    rewards = score(texts, expanded, finish, args.answer_mode)
     return rollouts, rewards, time.time() - t0
 
 
@@ -439,7 +408,7 @@ def update(model, opt, batch: Batch, old, args, dist: Dist):
 
 
 # -----------------------------------------------------------------------------
-# Sampling copy of the weights, checkpoints, evaluation
+# Sampling copy of the weights, evaluation
 
 
 def refresh_sampling_copy(policy: Transformer, model: Transformer):
@@ -467,87 +436,6 @@ def make_sampling_copy(model: Transformer, args, dist: Dist):
     return policy
 
 
-def full_state_model(model: Transformer, dist: Dist) -> Transformer:
-    """An unsharded float32 CPU copy for saving (under FSDP: gathered; rank 0 keeps it)."""
-    if not dist.world > 1:
-        return model
-    with torch.device("meta"):
-        full = Transformer(model.config)
-    full = full.to_empty(device="cpu")
-    full.tie_weights()
-    with torch.no_grad():
-        for p_f, p in zip(full.parameters(), model.parameters()):
-            p_f.copy_(p.full_tensor().cpu())
-    return full
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                   "vocab.json", "merges.txt")
-
-
-def save_checkpoint(out: Path, step: int, model, opt, stream: PromptStream, args, dist: Dist,
-                    tokenizer_dir: Path | None = None):
-    """out/ckpt-STEP: the model in the HF layout (float32 master weights), the optimizer state (one file
-    per rank under FSDP), RNG states and the data position. Written to a temporary folder and renamed,
-    then the `out/latest` pointer is replaced atomically: a crash at any point leaves the previous
-    checkpoint complete and pointed to. The tokenizer files are copied beside the weights, so that
-    ckpt-STEP/model loads as it is in transformers, serving engines and eval.py."""
-    final, tmp = out / f"ckpt-{step:06d}", out / f".tmp-ckpt-{step:06d}"
-    full = full_state_model(model, dist)  # a collective under FSDP: every rank takes part
-    if dist.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    torch.save(opt.state_dict(), tmp / optimizer_file(dist))
-    dist.barrier()
-    if dist.main:
-        save_model(full, tmp / "model")
-        for name in TOKENIZER_FILES if tokenizer_dir else ():
-            if (tokenizer_dir / name).is_file():
-                shutil.copy2(tokenizer_dir / name, tmp / "model" / name)
-        rng = {"torch": torch.get_rng_state().tolist(), "python": random.getstate(),
-               "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()]}
-        state = {"step": step, "stream": stream.state_dict(), "world": dist.world, "rng": rng}
-        (tmp / "trainer_state.json").write_text(json.dumps(state))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        pointer = out / "latest.tmp"
-        pointer.write_text(final.name)
-        os.replace(pointer, out / "latest")
-        for old in sorted(out.glob("ckpt-*"))[:-args.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
-
-
-def optimizer_file(dist: Dist) -> str:
-    return "optimizer.pt" if dist.world == 1 else f"optimizer.rank{dist.rank}.pt"
-
-
-def load_checkpoint(ckpt: Path, opt, stream: PromptStream, dist: Dist) -> int:
-    """Restore optimizer, data position and RNG states; the model was loaded from ckpt/model. -> step."""
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    if state["world"] != dist.world:
-        raise SystemExit(f"error: {ckpt} was written by {state['world']} processes, this run has {dist.world}")
-    opt.load_state_dict(torch.load(ckpt / optimizer_file(dist), map_location=dist.device, weights_only=False))
-    stream.load_state_dict(state["stream"])
-    rng = state["rng"]
-    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
-    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-    np_state = rng["numpy"]
-    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
-    return state["step"]
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    pointer = out / "latest"
-    if not pointer.is_file():
-        return None
-    ckpt = out / pointer.read_text().strip()
-    if not (ckpt / "trainer_state.json").is_file():
-        raise SystemExit(f"error: {pointer} names {ckpt}, which is incomplete")
-    return ckpt
-
-
 def heldout_pass(policy, tokenizer, problems, args, n: int, seed: int) -> dict:
     """pass@1 (and pass@n) on held-out problems, n samples each at the training temperature."""
     from eval import pass_at_k
@@ -564,49 +452,96 @@ def heldout_pass(policy, tokenizer, problems, args, n: int, seed: int) -> dict:
 
 
 def main(argv=None):
+    """The command line: parse, run, and turn a user's mistake into one `error:` line (exit status 2)."""
     args = get_args(argv)
-    dist = setup_dist(args)
+    try:
+        return run(args, sys.argv[1:] if argv is None else list(argv))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def model_config(args) -> ModelConfig:
+    """The architecture, read before any weight is loaded (for the memory pre-flight)."""
+    if args.model == "tiny" or (args.init == "random" and args.model in MODEL_NAMES):
+        with contextlib.suppress(FileNotFoundError):
+            return ModelConfig.from_json(resolve_model_path(args.model) / "config.json")
+        return MODEL_NAMES[args.model][1]
+    return ModelConfig.from_json(resolve_model_path(args.model) / "config.json")
+
+
+def memory_check(args, config: ModelConfig, dist: Dist, longest_prompt: int) -> tuple[str, float]:
+    """The memory pre-flight (runtime.estimate_memory): refuses a run that cannot fit, unless --force.
+    -> (the summary line, the expected peak in GB: the estimate plus what the process holds already)."""
+    rows = args.prompts_per_step * args.group_size // dist.world
+    parts = estimate_memory(
+        config, rollout_rows=min(rows, max(args.rollout_batch, args.group_size)), total_rows=rows,
+        max_prompt_len=longest_prompt, max_response_len=args.max_response_len, mini_batches=args.mini_batches,
+        micro_batch_tokens=args.micro_batch_tokens, compute_bytes=2 if args.dtype == "bfloat16" else 4,
+        sampling_bytes=0 if args.dtype == "float32" and not args.fsdp else (2 if args.dtype == "bfloat16" else 4),
+        grad_checkpoint=args.grad_checkpoint, world=dist.world, top_n=args.top_n)
+    expected = (parts["peak"] + current_memory(dist.device)) / 1e9
+    if args.force:
+        return f"[memory] estimated peak {parts['peak'] / 1e9:.1f} GB (not checked: --force)", expected
+    return preflight(parts, dist.device), expected
+
+
+def run(args, argv: list[str]):
+    dist = setup_dist(args.fsdp, args.device)
     device = dist.device
     out = Path(args.out)
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
+    claim_run_folder(out, args.resume, args.overwrite and dist.main)
+    if args.resume:
+        check_resume_config(out, vars(args))
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
     compute_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
 
-    # --- model, tokenizer, data
+    # --- model, tokenizer, data; nothing large is allocated before the memory pre-flight
     if args.model == "tiny" and not (casp_home() / "tiny" / "config.json").is_file() and dist.main:
         print(f"[warm start] training the tiny model on the built-in task -> {casp_home() / 'tiny'}")
         tiny.warm_start_tiny(casp_home() / "tiny", args.warm_start_steps, args.seed, device)
-    model = load_model(args.model, device=device, dtype=torch.float32, init=args.init, seed=args.seed)
-    tokenizer = load_tokenizer(args.tokenizer or _model_dir(args.model))
-    model.gradient_checkpointing = args.grad_checkpoint
+    dist.barrier()
+    try:
+        config = model_config(args)
+        tokenizer = load_tokenizer(args.tokenizer or _model_dir(args.model))
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
     train_set, heldout, n_skipped = load_problems(args, tokenizer)
-    stream = PromptStream(len(train_set), args.seed)
-    start = 0
-    if args.resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise SystemExit(f"error: --resume but {out} has no checkpoint ('latest' pointer)")
-        model = load_model(ckpt / "model", device=device, dtype=torch.float32)
-        model.gradient_checkpointing = args.grad_checkpoint
+    memory, expected_gb = memory_check(args, config, dist, max(len(p["prompt_ids"]) for p in train_set))
+    ckpt = latest_checkpoint(out) if args.resume else None
+    model = load_model(ckpt / "model" if ckpt else args.model, device=device, dtype=torch.float32,
+                       init="checkpoint" if ckpt else args.init, seed=args.seed)
+    model.gradient_checkpointing = args.grad_checkpoint
     if args.fsdp:
         model = shard_model(model, compute_dtype)
     # fused AdamW (one kernel, no full-size temporaries) on a single GPU; FSDP's DTensors take the default
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                             betas=(0.9, 0.999), eps=1e-8, fused=device.type == "cuda" and not args.fsdp)
-    if args.resume:
-        start = load_checkpoint(ckpt, opt, stream, dist)
-        if dist.main:
-            print(f"[resume] {ckpt} at step {start}")
+    stream = PromptStream(len(train_set), args.seed)
+    start = 0
+    if ckpt:
+        start, stream_state = load_checkpoint(ckpt, opt, dist)
+        stream.load_state_dict(stream_state)
     policy = make_sampling_copy(model, args, dist)
 
+    metrics_file = out / "metrics.jsonl"
     if dist.main:
-        (out / "config.json").write_text(json.dumps(vars(args), indent=2))
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", vars(args))
         print("config:", json.dumps(vars(args)))
+        print(f"[run] {out}" + (f" (resumed from {ckpt} at step {start})" if ckpt else ""))
+        print(f"[model] {args.model}: {config.num_params() / 1e6:.1f}M parameters; prompts: {tokenizer.chat_source}")
         print(f"[data] {len(train_set)} training prompts ({n_skipped} over --max-prompt-len skipped), "
               f"{len(heldout)} held-out")
+        print(memory)
+        # a resumed run re-runs the steps after its checkpoint: their old lines go (written again, equal)
+        keep = [line for line in metrics_file.read_text().splitlines()
+                if json.loads(line)["step"] <= start] if ckpt and metrics_file.exists() else []
+        tmp = out / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, metrics_file)
 
     demo = args.model == "tiny"
     if demo and start == 0 and dist.main:
@@ -614,41 +549,51 @@ def main(argv=None):
         print(f"[before] held-out pass@1 {before['pass@1']:.3f} | pass@8 {before['pass@8']:.3f}")
 
     # --- the loop
-    metrics_file = out / "metrics.jsonl"
-    if dist.main and metrics_file.exists():  # a fresh run starts it anew; a resumed one drops the lines
-        keep = [l for l in metrics_file.read_text().splitlines()  # of steps after its checkpoint
-                if args.resume and json.loads(l)["step"] <= start]
-        metrics_file.write_text("".join(l + "\n" for l in keep))
     bar = tqdm(range(start, args.steps), desc=f"RL ({args.loss})", initial=start, total=args.steps,
                disable=not dist.main, dynamic_ncols=True)
-    for step in bar:
-        m = train_step(step, model, policy, opt, tokenizer, train_set, stream, args, dist)
-        m["prompts_skipped_too_long"] = n_skipped
-        if args.eval_every and (step + 1) % args.eval_every == 0:
-            m.update({f"heldout_{k}": v for k, v in
-                      heldout_pass(policy, tokenizer, heldout, args, n=1, seed=10**6 + step).items()})
+    try:
+        for step in bar:
+            m = train_step(step, model, policy, opt, tokenizer, train_set, stream, args, dist)
+            m["prompts_skipped_too_long"] = n_skipped
+            m["peak_mem_estimate_gb"] = expected_gb
+            if args.eval_every and (step + 1) % args.eval_every == 0:
+                m.update({f"heldout_{k}": v for k, v in
+                          heldout_pass(policy, tokenizer, heldout, args, n=1, seed=10**6 + step).items()})
+            if dist.main:
+                with open(metrics_file, "a") as f:
+                    f.write(json.dumps(m) + "\n")
+                bar.write(log_line(m))
+            if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
+                save_checkpoint(out, step + 1, model, opt, stream.state_dict(), args.keep, dist,
+                                Path(tokenizer.source).parent)
+    except KeyboardInterrupt:
+        bar.close()
         if dist.main:
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(m) + "\n")
-            bar.write(log_line(m))
-        last = step + 1 == args.steps
-        if (args.save_every and (step + 1) % args.save_every == 0) or last:
-            save_checkpoint(out, step + 1, model, opt, stream, args, dist, Path(tokenizer.source).parent)
+            last = latest_checkpoint(out)
+            again = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+            if "--out" not in argv:
+                again += ["--out", str(out)]
+            print(f"\ninterrupted; last complete checkpoint: {last or 'none (nothing to resume)'}"
+                  + (f"; resume with: python train.py {shlex.join(again)}" if last else ""), file=sys.stderr)
+        raise SystemExit(130) from None
 
     if demo and dist.main:
         after = heldout_pass(policy, tokenizer, heldout, args, n=8, seed=10**6)
         print(f"[after {args.loss}] held-out pass@1 {after['pass@1']:.3f} | pass@8 {after['pass@8']:.3f}")
+    if dist.main:
+        print(f"[done] run folder {out}: config.json, metrics.jsonl (one JSON line per step), "
+              f"checkpoint {latest_checkpoint(out)} (model/ loads in transformers and eval.py); "
+              f"plot: python eval.py --plot-metrics {metrics_file}")
     if args.fsdp:
         torch.distributed.destroy_process_group()
     return model
 
 
 def _model_dir(name):
-    from model import resolve_model_path
     try:
         return resolve_model_path(name)
-    except FileNotFoundError:
-        raise SystemExit(f"error: no tokenizer for {name!r}: pass --tokenizer PATH") from None
+    except FileNotFoundError as e:
+        raise UserError(f"{e}\n(the tokenizer comes from the model's folder: pass --tokenizer PATH to use another)") from None
 
 
 def train_step(step, model, policy, opt, tokenizer, train_set, stream, args, dist: Dist) -> dict:
@@ -698,7 +643,7 @@ def train_step(step, model, policy, opt, tokenizer, train_set, stream, args, dis
         time_verify=t_verify,
         time_update=t_update,
         tokens_per_s=n_tokens / max(total_time, 1e-9),
-        peak_mem_gb=(torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else 0.0),
+        peak_mem_gb=peak_memory_gb(device),
         logprob_mismatch=float(mismatch.mean()) if mismatch.numel() else 0.0,
         finished_frac=float(np.mean([r == "stop" for ro in rollouts for r in ro.finish_reason])),
     )

@@ -1,5 +1,4 @@
-"""eval.py: the pass@k estimator against enumeration and exact arithmetic, the distinct-response theory
-(exact vs Monte Carlo, on a tree and on a model through the sampler), and an end-to-end evaluation of a
+"""eval.py: the pass@k estimator against enumeration and exact arithmetic, and an end-to-end evaluation of a
 tiny model on the synthetic task: rescoring without the model reproduces the table, an interrupted run
 resumes without resampling, plots render."""
 import itertools
@@ -11,12 +10,10 @@ from fractions import Fraction
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import data
 import eval as ev
 from eval import pass_at_k
-from model import ModelConfig, Transformer
 
 
 @pytest.fixture(autouse=True)
@@ -76,77 +73,6 @@ def test_pass_at_k_rejects_invalid_arguments():
 
 
 # -----------------------------------------------------------------------------
-# The distinct-response theory
-
-
-TREE = [("a", 0.6, [("x", 0.9, []), ("y", 0.1, [])]),
-        ("b", 0.3, []),
-        ("c", 0.1, [("z", 1.0, [])])]
-
-
-def test_expected_distinct_exact_on_a_hand_tree():
-    """pi = {ax: .54, ay: .06, b: .3, cz: .1}; E[#distinct] = sum 1-(1-pi)^K by hand; the bound holds."""
-    probs = ev.response_probs(TREE)
-    assert probs == pytest.approx({("a", "x"): 0.54, ("a", "y"): 0.06, ("b",): 0.3, ("c", "z"): 0.1})
-    for K in (1, 2, 5, 50):
-        hand = sum(1 - (1 - p) ** K for p in (0.54, 0.06, 0.3, 0.1))
-        assert ev.expected_distinct(TREE, K) == pytest.approx(hand, abs=1e-12)
-        assert ev.expected_distinct(TREE, K) <= ev.distinct_upper_bound(TREE, K) + 1e-12
-    assert ev.greedy_response(TREE) == (("a", "x"), pytest.approx(0.54))
-    with pytest.raises(ValueError, match="summing"):
-        ev.response_probs([("a", 0.5, [])])
-
-
-def test_monte_carlo_on_the_tree_agrees_with_exact():
-    """MC mean over 4000 trials within 4 standard errors of the exact value (false failure ~6e-5 each)."""
-    for K in (2, 8):
-        exact = ev.expected_distinct(TREE, K)
-        mean, se = ev.mc_distinct_tree(TREE, K, trials=4000, seed=K)
-        assert abs(mean - exact) < 4 * se, (K, mean, exact, se)
-    tree = ev.peaked_tree(depth=3, branching=3, top1=0.7)
-    mean, se = ev.mc_distinct_tree(tree, 16, trials=2000, seed=1)
-    assert abs(mean - ev.expected_distinct(tree, 16)) < 4 * se
-
-
-def test_distinct_responses_tend_to_one_as_top1_tends_to_one():
-    """On a depth-8, 4-way tree with every per-step top-1 probability q: E[#distinct among K=64] falls
-    toward 1 as q -> 1, stays under 1 + K(1 - q^8), and is within 1e-3 of 1 at q = 1 - 1e-7."""
-    K, prev = 64, math.inf
-    for q in (0.5, 0.9, 0.99, 0.999, 0.9999, 1 - 1e-7):
-        tree = ev.peaked_tree(depth=8, branching=4, top1=q)
-        e = ev.expected_distinct(tree, K)
-        bound = ev.distinct_upper_bound(tree, K)
-        assert bound == pytest.approx(1 + K * (1 - q ** 8))
-        assert 1 - 1e-12 <= e <= bound + 1e-9 and e < prev
-        prev = e
-    assert prev - 1 < 1e-3
-    assert ev.expected_distinct(ev.peaked_tree(8, 4, 0.5), K) > 50   # a flat policy: almost all distinct
-
-
-def test_monte_carlo_through_the_sampler_agrees_with_exact_model_probabilities():
-    """A random 2-layer model with a 5-token vocabulary and 2 new tokens: pi(y1 y2) computed exactly from
-    its forward pass over all 25 responses; the sampler's Monte Carlo count (600 trials of K = 4) lies
-    within 4 standard errors."""
-    import sampler  # noqa: F401  (the model path needs it)
-    cfg = ModelConfig(vocab_size=5, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = Transformer(cfg)
-    model.init_weights(std=0.6, generator=torch.Generator().manual_seed(3))
-    model.eval()
-    prompt = [1, 2, 3]
-    with torch.no_grad():
-        seqs = torch.tensor([prompt + [a] for a in range(5)])                           # (5, 4)
-        logp = F.log_softmax(model(seqs).float(), -1)                                   # (5, 4, 5)
-    probs = {(a, b): math.exp(logp[0, 2, a] + logp[a, 3, b]) for a in range(5) for b in range(5)}
-    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
-    K = 4
-    exact = ev.expected_distinct(probs, K)
-    mean, se = ev.mc_distinct_model(model, prompt, K, trials=600, max_new_tokens=2, seed=0)
-    assert abs(mean - exact) < 4 * se, (mean, exact, se)
-    assert 1.2 < exact < 3.9            # neither collapsed nor uniform: the check can fail
-
-
-# -----------------------------------------------------------------------------
 # End to end on the tiny model
 
 
@@ -172,7 +98,7 @@ def test_end_to_end_eval_and_rescore_reproduce_the_table(tiny_dir, tmp_path):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["table"] == table
 
 
-def test_interrupted_eval_resumes_without_resampling(tiny_dir, tmp_path, monkeypatch):
+def test_interrupted_eval_resumes_without_resampling(tiny_dir, tmp_path, monkeypatch, capsys):
     """Kill simulation: keep 2 finished records plus a torn half line. The rerun samples only the 2
     missing problems, and its samples equal the uninterrupted run's. Other sampling settings are refused."""
     import sampler
@@ -194,8 +120,10 @@ def test_interrupted_eval_resumes_without_resampling(tiny_dir, tmp_path, monkeyp
     sampled.clear()
     ev.main(eval_args(tiny_dir, run))       # everything done: nothing sampled
     assert sampled == []
-    with pytest.raises(SystemExit, match="temperature"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:     # other sampling settings: refused, one error line, status 2
         ev.main(eval_args(tiny_dir, run, "--temperature", "0.7"))
+    assert e.value.code == 2 and "temperature: 1.0 -> 0.7" in capsys.readouterr().err
 
 
 def test_compare_and_plots_render_png(tiny_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""model.py against the reference implementation (transformers), plus the KV cache, tokenizer and errors.
+"""model.py against the reference implementation (transformers), plus the KV cache, tokenizer, chat templates
+(rendered as transformers' apply_chat_template), checkpoint tokenizer files and errors.
 
 Every parity test builds a small random model with transformers, saves it to a temporary folder,
 loads it with our `load_model` and compares float32 logits on the same tokens.
@@ -8,8 +9,8 @@ import json
 import pytest
 import torch
 
-from model import (KVCache, MODEL_NAMES, ModelConfig, Transformer, count_params, load_model,
-                   load_tokenizer, resolve_model_path, save_model)
+from model import (KVCache, MODEL_NAMES, ModelConfig, Transformer, copy_tokenizer_files, count_params,
+                   load_model, load_tokenizer, resolve_model_path, save_model)
 
 transformers = pytest.importorskip("transformers")
 
@@ -197,8 +198,9 @@ def test_named_model_found_in_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HF_HOME", raising=False)
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download Qwen/Qwen2.5-Math-1.5B"):
+    with pytest.raises(FileNotFoundError, match=r"hf download Qwen/Qwen2.5-Math-1.5B\n") as e:
         resolve_model_path("qwen-1.5b")
+    assert "huggingface-cli download" in str(e.value)  # the older CLI's name, for old installs
     snap = tmp_path / "models--Qwen--Qwen2.5-Math-1.5B" / "snapshots" / "abc123"
     hf_qwen2(snap)
     assert resolve_model_path("qwen-1.5b") == snap
@@ -208,7 +210,7 @@ def test_named_model_found_in_hf_cache(tmp_path, monkeypatch):
 def test_qwen_tokenizer_chatml(qwen_tokenizer_dir):
     """The real Qwen2.5 tokenizer: ChatML ids, stop ids, and its vocabulary size (151,665 < 151,936 rows)."""
     tok = load_tokenizer(qwen_tokenizer_dir)
-    assert tok.chat_format == "chatml"
+    assert tok.chat_format == "chatml" and tok.chat_source == "builtin:chatml"   # a bare tokenizer.json
     assert tok.encode("<|im_start|>user\n") == [151644, 872, 198]
     assert {151645, 151643} <= set(tok.stop_ids)
     assert tok.vocab_size == 151665
@@ -222,6 +224,312 @@ def test_stop_ids_from_generation_config(qwen_tokenizer_dir, tmp_path):
     (tmp_path / "tokenizer.json").write_bytes((qwen_tokenizer_dir / "tokenizer.json").read_bytes())
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [151643, 151646]}))
     assert load_tokenizer(tmp_path).stop_ids == [151643, 151645, 151646]
+
+
+# ----------------------------------------------------------------------------- chat templates
+# The prompt is the checkpoint's own template, rendered as transformers' apply_chat_template renders it.
+# Each test writes a model folder (tokenizer.json + template + tokenizer_config.json), then compares our
+# text and token ids with transformers' AutoTokenizer on the same folder.
+
+# Qwen2.5-Instruct's template (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct): a default system message
+QWEN25_INSTRUCT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# Qwen2.5-Math's template is the same with another default system message
+QWEN25_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\\\boxed{}."
+QWEN25_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'DEFAULT_SYSTEM' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nDEFAULT_SYSTEM<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+
+# SmolLM2-Instruct's template (HuggingFaceTB/SmolLM2-135M-Instruct): a default system message unless the
+# conversation starts with one
+SMOLLM2_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                    "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                    "{% endif %}")
+
+# A Llama-3.1-style template that uses every tool transformers gives a template: bos_token from
+# tokenizer_config.json, strftime_now, raise_exception, namespace, loop controls, tojson (no HTML escaping,
+# non-ASCII kept), a {% generation %} block (the assistant-mask marker), and block tags without `-` whose
+# output depends on trim_blocks / lstrip_blocks
+LLAMA3_TEMPLATE = r"""{{- bos_token }}
+{%- if not date_string is defined %}
+    {%- set date_string = strftime_now("%d %b %Y") %}
+{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] | trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{{- "Cutting Knowledge Date: December 2023\nToday Date: " + date_string + "\n\n" }}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+{%- set ns = namespace(turns=0) %}
+{%- for message in messages %}
+    {%- if message.role not in ['user', 'assistant'] %}
+        {{- raise_exception("Only user and assistant roles are supported, got " + message.role) }}
+    {%- endif %}
+    {%- if message.role == 'user' and message.content == 'STOP' %}{% break %}{% endif %}
+    {%- set ns.turns = ns.turns + 1 %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}
+    {%- if message.role == 'assistant' %}
+        {%- generation %}
+        {{- message['content'] | trim + '<|eot_id|>' }}
+        {%- endgeneration %}
+    {%- else %}
+        {{- message['content'] | trim }}
+        {%- if message.meta is defined %}{{- ' ' + message.meta | tojson }}{%- endif %}
+        {{- '<|eot_id|>' }}
+    {%- endif %}
+{%- endfor %}
+{% if add_generation_prompt %}
+  {% if true %}
+{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+  {% endif %}
+{% endif %}
+"""
+
+CHATML_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def char_tokenizer_folder(folder, specials, config: dict, template: str | None = None, where="config"):
+    """A model folder with a character-level tokenizer.json over printable ASCII plus `specials` (no download
+    needed), tokenizer_config.json = `config`, and `template` in chat_template.jinja or in the config."""
+    import string
+
+    from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {c: i for i, c in enumerate(dict.fromkeys(string.printable))}
+    vocab["<unk>"] = len(vocab)
+    tok = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(specials)
+    tok.save(str(folder / "tokenizer.json"))
+    write_template(folder, config, template, where)
+    return folder
+
+
+def write_template(folder, config: dict, template: str | None, where: str):
+    config = dict(config)
+    if template is not None and where == "config":
+        config["chat_template"] = template
+    elif template is not None:
+        (folder / "chat_template.jinja").write_text(template)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def assert_same_as_transformers(folder, conversations, **kwargs):
+    """Our render_chat / encode_chat give transformers' apply_chat_template text and ids, with and without
+    the generation prompt. Returns our Tokenizer."""
+    ref = transformers.AutoTokenizer.from_pretrained(folder)
+    ours = load_tokenizer(folder)
+    for messages in conversations:
+        for gen in (True, False):
+            text = ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen, **kwargs)
+            ids = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen, **kwargs)
+            ids = ids if isinstance(ids, list) else ids["input_ids"]
+            assert ours.render_chat(messages, add_generation_prompt=gen, **kwargs) == text, messages
+            assert ours.encode_chat(messages, add_generation_prompt=gen, **kwargs) == ids, messages
+    return ours
+
+
+MATH_TURN = [{"role": "user", "content": "If $x^2 = 4$ and $x > 0$, what is $x$?\nPlease reason step by step, "
+                                         "and put your final answer within \\boxed{}."}]
+CONVERSATIONS = [
+    MATH_TURN,
+    [{"role": "system", "content": "You are a careful grader."}] + MATH_TURN,
+    MATH_TURN + [{"role": "assistant", "content": "x = 2, so \\boxed{2}."}, {"role": "user", "content": "  And 9?  "}],
+]
+
+
+@pytest.mark.parametrize("where", ["config", "jinja"])
+@pytest.mark.parametrize("system", [QWEN25_INSTRUCT_SYSTEM, QWEN25_MATH_SYSTEM], ids=["instruct", "math"])
+def test_qwen_template_matches_transformers(qwen_tokenizer_dir, tmp_path, system, where):
+    """The real Qwen2.5 tokenizer with Qwen2.5-Instruct's / Qwen2.5-Math's template (in tokenizer_config.json
+    or chat_template.jinja): same prompt text and ids as transformers, default system message included."""
+    (tmp_path / "tokenizer.json").write_bytes((qwen_tokenizer_dir / "tokenizer.json").read_bytes())
+    config = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None,
+              "tokenizer_class": "Qwen2Tokenizer", "model_max_length": 131072}
+    write_template(tmp_path, config, QWEN25_TEMPLATE.replace("DEFAULT_SYSTEM", system), where)
+    ours = assert_same_as_transformers(tmp_path, CONVERSATIONS)
+    expect_source = "template:tokenizer_config.json" if where == "config" else "template:chat_template.jinja"
+    assert ours.chat_source == expect_source
+    text = ours.render_chat(MATH_TURN)
+    default = system.replace("\\\\", "\\")
+    assert text.startswith(f"<|im_start|>system\n{default}<|im_end|>\n<|im_start|>user\n")
+    assert ours.stop_ids == [151643, 151645]
+    # data.py's prompts go through the template: the default system message is in the training prompt
+    import data
+    ids = data.build_prompt({"problem": "What is 1+1?", "answer": "2"}, ours)
+    assert ours.decode(ids, skip_special_tokens=False).startswith(f"<|im_start|>system\n{default}<|im_end|>")
+
+
+def test_smollm2_template_matches_transformers(tmp_path):
+    """A SmolLM2-like folder (its template and special tokens): the default system message is inserted unless
+    the conversation has one, and text and ids equal transformers'; data.build_prompt uses it."""
+    import data
+    config = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
+              "unk_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"}
+    folder = char_tokenizer_folder(tmp_path, CHATML_SPECIALS, config, SMOLLM2_TEMPLATE)
+    ours = assert_same_as_transformers(folder, CONVERSATIONS)
+    assert ours.chat_source == "template:tokenizer_config.json" and ours.chat_format == "chatml"
+    system = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    assert ours.render_chat(MATH_TURN) == system + ours.tok.decode(
+        load_tokenizer(folder, chat_template="builtin").encode_chat(MATH_TURN), skip_special_tokens=False)
+    assert ours.render_chat(CONVERSATIONS[1]).startswith("<|im_start|>system\nYou are a careful grader.<|im_end|>")
+    prob = {"problem": "What is 2+3?", "answer": "5", "task": "math"}
+    user = [{"role": "user", "content": f"What is 2+3?\n{data.MATH_INSTRUCTION}"}]
+    expect = transformers.AutoTokenizer.from_pretrained(folder).apply_chat_template(user, add_generation_prompt=True)
+    assert data.build_prompt(prob, ours) == (expect if isinstance(expect, list) else expect["input_ids"])
+
+
+def test_llama3_style_template_matches_transformers(tmp_path):
+    """A template using bos_token, strftime_now, namespace, loop controls, tojson and a {% generation %} block
+    renders as in transformers (it fails only if the date changes between the two renders, microseconds
+    apart); raise_exception surfaces as a ValueError naming the template."""
+    config = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "tokenizer_class": "PreTrainedTokenizerFast"}
+    folder = char_tokenizer_folder(tmp_path, LLAMA3_SPECIALS, config, LLAMA3_TEMPLATE, where="jinja")
+    meta = [{"role": "user", "content": "hi", "meta": {"note": "caf\u00e9 <b>&", "n": 1}}]
+    stop = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "STOP"}, {"role": "assistant", "content": "never shown"}]
+    unset = [{"role": "user", "content": "hi", "meta": None}]     # None-valued keys are dropped, as transformers
+    ours = assert_same_as_transformers(folder, CONVERSATIONS + [meta, stop, unset])
+    assert ours.chat_source == "template:chat_template.jinja" and ours.chat_format == "llama3"
+    assert '{"note": "caf\u00e9 <b>&", "n": 1}' in ours.render_chat(meta)
+    assert ours.render_chat(MATH_TURN).startswith("<|begin_of_text|><|start_header_id|>system")
+    assert ours.stop_ids == sorted(ours.token_to_id(t) for t in ["<|eot_id|>", "<|end_of_text|>"])
+    assert ours.render_chat(MATH_TURN, date_string="1 Jan 2024").count("Today Date: 1 Jan 2024") == 1
+    with pytest.raises(ValueError, match="chat_template.jinja.*Only user and assistant roles"):
+        ours.render_chat([{"role": "tool", "content": "x"}])
+
+
+def test_template_sources_and_fallback(tmp_path):
+    """Which template is used: chat_template.jinja over tokenizer_config.json's field (as transformers), the
+    entry named "default" of a list of named templates, chat_template.json last; no template -> built-in
+    ChatML, also forced by chat_template="builtin"."""
+    config = {"eos_token": "<|im_end|>", "tokenizer_class": "PreTrainedTokenizerFast"}
+    folder = char_tokenizer_folder(tmp_path, CHATML_SPECIALS, config)
+    assert load_tokenizer(folder).chat_source == "builtin:chatml"
+    assert load_tokenizer(folder).render_chat(MATH_TURN).startswith("<|im_start|>user\n")
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": "json:{{ messages[0].content }}"}))
+    assert load_tokenizer(folder).chat_source == "template:chat_template.json"
+    assert load_tokenizer(folder).render_chat([{"role": "user", "content": "q"}]) == "json:q"
+    named = [{"name": "tool_use", "template": "tool"},
+             {"name": "default", "template": "config:{{ messages[0].content }}"}]
+    write_template(folder, config, named, "config")
+    assert load_tokenizer(folder).chat_source == "template:tokenizer_config.json"
+    assert_same_as_transformers(folder, [[{"role": "user", "content": "q"}]])
+    write_template(folder, config, SMOLLM2_TEMPLATE, "config")
+    (folder / "chat_template.jinja").write_text("jinja:{{ messages[0].content }}")
+    assert load_tokenizer(folder).chat_source == "template:chat_template.jinja"
+    assert_same_as_transformers(folder, [[{"role": "user", "content": "q"}]])
+    forced = load_tokenizer(folder, chat_template="builtin")
+    assert forced.chat_source == "builtin:chatml" and forced.render_chat([{"role": "user", "content": "q"}]) == \
+        "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_tiny_tokenizer_keeps_builtin_chatml(tmp_path):
+    """The tiny model's character tokenizer has no template: built-in ChatML, no system message."""
+    import tiny
+    tok = tiny.make_tiny_tokenizer(tmp_path)
+    assert tok.chat_source == "builtin:chatml" and tok.chat_template is None
+    expect = "<|im_start|>user\n1+2<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.render_chat([{"role": "user", "content": "1+2"}]) == expect
+
+
+def test_checkpoint_keeps_chat_template(tmp_path):
+    """save_model(..., tokenizer_dir=src) copies every tokenizer/template file of a source folder (and nothing
+    else), atomically: transformers' AutoTokenizer on the checkpoint applies the template and agrees with
+    our load_tokenizer on the checkpoint; a second save over it leaves no temporary file."""
+    src = tmp_path / "src"
+    config = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "tokenizer_class": "PreTrainedTokenizerFast"}
+    char_tokenizer_folder(src, CHATML_SPECIALS, config, SMOLLM2_TEMPLATE, where="jinja")
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": 100}))
+    (src / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
+    (src / "additional_chat_templates").mkdir()
+    (src / "additional_chat_templates" / "plain.jinja").write_text("{{ messages[0].content }}")
+    for junk in ("README.md", "model.safetensors", "pytorch_model.bin", "config.json"):
+        (src / junk).write_text('{"not": "a tokenizer file"}')
+    model = hf_qwen2(tmp_path / "hf")
+    ours = load_model(tmp_path / "hf")
+    ckpt = tmp_path / "ckpt-000001" / "model"
+    for _ in range(2):
+        save_model(ours, ckpt, tokenizer_dir=load_tokenizer(src).folder)
+    copied = sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file())
+    assert copied == ["additional_chat_templates/plain.jinja", "chat_template.jinja", "config.json",
+                      "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+                      "tokenizer_config.json"]
+    assert "not" not in json.loads((ckpt / "config.json").read_text())      # save_model's own config.json
+    ref = transformers.AutoTokenizer.from_pretrained(ckpt)
+    text = ref.apply_chat_template(MATH_TURN, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert ref.apply_chat_template(MATH_TURN, tokenize=False, chat_template="plain") == MATH_TURN[0]["content"]
+    assert load_tokenizer(ckpt).render_chat(MATH_TURN) == text
+    assert load_tokenizer(ckpt).chat_source == "template:chat_template.jinja"
+    tokens = torch.randint(0, 300, (1, 9))
+    back = transformers.AutoModelForCausalLM.from_pretrained(ckpt)
+    assert (hf_logits(back, tokens) - hf_logits(model, tokens)).abs().max() < TOL
+    # the copy on its own: names returned, onto itself a no-op, a missing folder named
+    names = copy_tokenizer_files(src / "tokenizer.json", tmp_path / "other")
+    assert names[:2] == ["tokenizer.json", "tokenizer_config.json"] and "README.md" not in names
+    assert copy_tokenizer_files(ckpt, ckpt) == []
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        copy_tokenizer_files(tmp_path / "nowhere", tmp_path / "x")
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -1,0 +1,319 @@
+"""
+runtime.py: where a training run lives: its processes (FSDP2), its memory, its folder and checkpoints.
+
+train.py holds the algorithm; everything here is the machinery around it, in four parts:
+
+    processes    Dist (rank, world, device; sums/maxes across ranks), setup_dist, shard_model
+    memory       estimate_memory (the peak of a step, broken down), preflight (refuse a run that cannot
+                 fit before anything large is allocated), peak_memory_gb (what a step really used)
+    run folder   claim_run_folder (never clobber a run), check_resume_config (a resumed run is the same
+                 experiment), write_json_atomic
+    checkpoints  save_checkpoint / load_checkpoint / latest_checkpoint: atomic, exact resume (weights,
+                 AdamW state, RNG states, data position), readable by transformers as they are
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data import UserError
+from model import ModelConfig, Transformer, copy_tokenizer_files, save_model
+
+# -----------------------------------------------------------------------------
+# Processes (FSDP2). Single process: rank 0 of 1, no process group.
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def all_sum(self, x: float) -> float:
+        """Sum a number over ranks (a collective: every rank must call it)."""
+        return self._reduce(x, "SUM")
+
+    def all_max(self, x: float) -> float:
+        return self._reduce(x, "MAX")
+
+    def _reduce(self, x: float, op: str) -> float:
+        if self.world == 1:
+            return x
+        t = torch.tensor([float(x)], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
+        return t.item()
+
+
+def setup_dist(fsdp: bool, device: str) -> Dist:
+    if not fsdp:
+        return Dist(device=torch.device(device))
+    import torch.distributed as dist
+    dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(dev)
+    return Dist(rank, world, dev)
+
+
+def shard_model(model: Transformer, compute_dtype) -> Transformer:
+    """FSDP2: one shard group per block plus the root; float32 master parameters stay sharded, each
+    block's parameters are all-gathered in `compute_dtype` for its forward/backward and the gradients
+    reduce-scattered in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    for block in model.model.layers:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+# -----------------------------------------------------------------------------
+# Memory: the estimate of a step's peak, checked before anything large is allocated
+#
+# A step holds, per rank (P parameters, world W; bytes):
+#   always     float32 master weights 4P/W, AdamW moments 8P/W (after the first step), the sampling copy
+#              of the weights (2P in bf16; none when sampling uses the float32 weights themselves), and
+#              the step's rollout on the host (token ids, masks, log-probs, top-N records, the batch)
+#   rollout    the KV cache of the rows sampled at once (slots x (prompt + response) positions), the
+#              (rows, V) float32 next-token distributions of the sampler, the prefill's activations
+#   update     float32 gradients 4P/W, the micro-batch's activations (all layers, or one layer plus the
+#              block inputs with --grad-checkpoint), the chunked loss's (chunk, V) float32 buffers
+# The peak is `always + max(rollout, update)`: the cache is freed before the update starts.
+# The activation factors are counts of (tokens, width) tensors a block keeps for backward; they were
+# checked against measured peaks on the CPU (tests/test_train.py: within 35%).
+
+ACT_PER_TOKEN_HIDDEN = 10    # (T, D) tensors a block keeps for backward: norms, q/k/v/o, residuals...
+ACT_PER_TOKEN_MLP = 4         # (T, I) tensors: gate, up, act(gate), their product
+LOSS_CHUNK = 1024             # rows of the chunked output layer in casp.py
+LOSS_CHUNK_COPIES = 3         # (chunk, V) float32 buffers alive at once: logits, softmax, its gradient
+SAMPLER_VOCAB_COPIES = 4      # (rows, V) float32 buffers of one decode step: logits, probs, sort, cdf
+PREFILL_TOKENS = 32768        # sampler.generate's default padded prompt tokens per prefill chunk
+
+
+def estimate_memory(config: ModelConfig, *, rollout_rows: int, total_rows: int, max_prompt_len: int,
+                    max_response_len: int, micro_batch_tokens: int, compute_bytes: int, sampling_bytes: int,
+                    grad_checkpoint: bool, world: int = 1, top_n: int = 3, mini_batches: int = 1) -> dict[str, float]:
+    """The peak of one training step in bytes, by part (see the table above). rollout_rows: rows sampled
+    at once (--rollout-batch); total_rows: rows of the step on this rank (prompts x G / world), split
+    into `mini_batches`; max_prompt_len: the longest prompt that can occur (the data's, if shorter);
+    sampling_bytes: bytes per parameter of the sampling copy (0 when sampling uses the training weights)."""
+    P, D, I, L = config.num_params(), config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    V, kv_width = config.vocab_size, 2 * config.num_key_value_heads * config.head_dim   # K and V
+    S = max_prompt_len + max_response_len
+    T = min(micro_batch_tokens, -(-total_rows // mini_batches) * S)   # a micro-batch holds at most a mini-batch
+    per_token_layer = (ACT_PER_TOKEN_HIDDEN * D + ACT_PER_TOKEN_MLP * I) * compute_bytes
+    parts = {
+        "weights (float32 master)": 4 * P / world,
+        "AdamW moments (float32)": 8 * P / world,
+        "sampling copy of the weights": sampling_bytes * P,
+        # host: per sampled token ids 8 + mask 1 + log-prob 4 + entropy 4 + top-N ids and probs 12N;
+        # the padded batch: ids 8 + mask 1 + sampler and old log-probs 8 per position
+        "rollout records and batch (host)": total_rows * (max_response_len * (17 + 12 * top_n) + S * 17),
+        "KV cache": rollout_rows * S * L * kv_width * compute_bytes,
+        "sampler distributions": rollout_rows * V * 4 * SAMPLER_VOCAB_COPIES,
+        "prefill activations": min(PREFILL_TOKENS, rollout_rows * max_prompt_len) * (4 * D + 3 * I) * compute_bytes,
+        "gradients (float32)": 4 * P / world,
+        "activations": T * (D * compute_bytes * L + per_token_layer if grad_checkpoint else per_token_layer * L),
+        "loss chunks": min(T, LOSS_CHUNK) * V * 4 * LOSS_CHUNK_COPIES,
+    }
+    always = sum(parts[k] for k in list(parts)[:4])
+    rollout = parts["KV cache"] + parts["sampler distributions"] + parts["prefill activations"]
+    update = parts["gradients (float32)"] + parts["activations"] + parts["loss chunks"]
+    parts["peak"] = always + max(rollout, update)
+    return parts
+
+
+def available_memory(device: torch.device) -> tuple[float, str]:
+    """(bytes free, what was measured): the GPU's free memory, or the machine's MemAvailable on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(free), f"free memory of {torch.cuda.get_device_name(device)}"
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024, "available RAM (MemAvailable)"
+    except OSError:
+        pass
+    return float("inf"), "available RAM (unknown on this system)"
+
+
+def preflight(parts: dict[str, float], device: torch.device) -> str:
+    """Refuse (UserError) when the estimated peak exceeds the free memory; else a one-line summary."""
+    free, what = available_memory(device)
+    gb = lambda b: f"{b / 1e9:.1f} GB"
+    if parts["peak"] <= free:
+        return f"[memory] estimated peak {gb(parts['peak'])} of {gb(free)} {what}"
+    table = "\n".join(f"    {k:<34} {gb(v):>9}" for k, v in parts.items() if k != "peak")
+    raise UserError(
+        f"the estimated peak memory of a step, {gb(parts['peak'])}, exceeds the {what}, {gb(free)}:\n{table}\n"
+        f"  (peak = the first four + the larger of the next three (rollout) and the last three (update))\n"
+        f"Shrink it with --rollout-batch (rows sampled at once: KV cache), --max-response-len, "
+        f"--micro-batch-tokens (activations), --grad-checkpoint, or --prompts-per-step; --force runs anyway.")
+
+
+def current_memory(device: torch.device) -> float:
+    """Bytes in use now: tensors on the GPU, or the process's resident set on the CPU (torch, the tokenizer
+    and the data already take a few hundred MB there before the first weight is allocated)."""
+    if device.type == "cuda":
+        return float(torch.cuda.memory_allocated(device))
+    with open("/proc/self/statm") as f:
+        return float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """The step's peak memory: on CUDA the allocator's peak since the step began (reset per step); on the
+    CPU the process's peak resident set size so far (the kernel keeps no per-step peak)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9   # Linux: KiB
+
+
+# -----------------------------------------------------------------------------
+# The run folder: never clobbered, resumed only as the same experiment
+
+RUN_MARKERS = ("config.json", "metrics.jsonl", "latest")
+# fields that may change on --resume: how long the run goes and how often it evaluates and saves, and
+# settings that change memory or speed but not the samples or the update (rows sampled at once, tokens
+# per micro-batch, activation checkpointing, the device)
+RESUMABLE_CHANGES = {"steps", "eval_every", "eval_prompts", "save_every", "keep", "resume", "overwrite",
+                     "force", "out", "device", "rollout_batch", "micro_batch_tokens", "grad_checkpoint",
+                     "warm_start_steps"}
+
+
+def write_json_atomic(path: Path, obj):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def claim_run_folder(out: Path, resume: bool, overwrite: bool):
+    """Check that `out` may be written: a fresh run needs a folder without a run in it (or --overwrite,
+    which deletes that run's files); --resume needs a run with a checkpoint."""
+    held = [m for m in RUN_MARKERS if (out / m).exists()] + sorted(p.name for p in out.glob("ckpt-*"))
+    if resume:
+        if not (out / "latest").is_file():
+            raise UserError(f"--resume: {out} has no checkpoint to resume from"
+                            + (f" (it has {', '.join(held)})" if held else " (no run there)"))
+        return
+    if not held:
+        return
+    if not overwrite:
+        raise UserError(f"{out} already holds a run ({', '.join(held)}). Continue it with --resume, "
+                        f"start a new one with --out NEW_FOLDER, or replace it with --overwrite")
+    for name in held + [p.name for p in out.glob(".tmp-ckpt-*")]:
+        p = out / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def check_resume_config(out: Path, new: dict):
+    """A resumed run must be the experiment it continues: every saved setting outside RESUMABLE_CHANGES
+    must be equal. Lists every differing key."""
+    path = out / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--resume: cannot read {path} ({e})") from None
+    diff = [f"{k}: {saved.get(k)!r} (saved) vs {new.get(k)!r} (now)" for k in sorted(set(saved) | set(new))
+            if k not in RESUMABLE_CHANGES and saved.get(k) != new.get(k)]
+    if diff:
+        raise UserError(f"--resume: the run in {out} was made with other settings:\n    " + "\n    ".join(diff)
+                        + "\nRepeat the saved values (see its config.json), or start a new run with --out")
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints
+
+
+def full_state_model(model: Transformer, dist: Dist) -> Transformer:
+    """An unsharded float32 CPU copy for saving (under FSDP: gathered; rank 0 keeps it)."""
+    if not dist.world > 1:
+        return model
+    with torch.device("meta"):
+        full = Transformer(model.config)
+    full = full.to_empty(device="cpu")
+    full.tie_weights()
+    with torch.no_grad():
+        for p_f, p in zip(full.parameters(), model.parameters()):
+            p_f.copy_(p.full_tensor().cpu())
+    return full
+
+
+def optimizer_file(dist: Dist) -> str:
+    return "optimizer.pt" if dist.world == 1 else f"optimizer.rank{dist.rank}.pt"
+
+
+def save_checkpoint(out: Path, step: int, model, opt, stream_state: dict, keep: int, dist: Dist,
+                    tokenizer_dir: Path | None = None):
+    """out/ckpt-STEP: the model in the HF layout (float32 master weights), the optimizer state (one file
+    per rank under FSDP), RNG states and the data position. Written to a temporary folder and renamed,
+    then the `out/latest` pointer is replaced atomically: a crash at any point leaves the previous
+    checkpoint complete and pointed to. Every tokenizer and chat-template file of the source model is
+    copied beside the weights, so that ckpt-STEP/model loads as it is in transformers, serving engines
+    and eval.py (model.copy_tokenizer_files)."""
+    final, tmp = out / f"ckpt-{step:06d}", out / f".tmp-ckpt-{step:06d}"
+    full = full_state_model(model, dist)  # a collective under FSDP: every rank takes part
+    if dist.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    torch.save(opt.state_dict(), tmp / optimizer_file(dist))
+    dist.barrier()
+    if dist.main:
+        save_model(full, tmp / "model")
+        if tokenizer_dir is not None:
+            copy_tokenizer_files(tokenizer_dir, tmp / "model")
+        rng = {"torch": torch.get_rng_state().tolist(), "python": random.getstate(),
+               "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()]}
+        state = {"step": step, "stream": stream_state, "world": dist.world, "rng": rng}
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        pointer = out / "latest.tmp"
+        pointer.write_text(final.name)
+        os.replace(pointer, out / "latest")
+        for old in sorted(out.glob("ckpt-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def load_checkpoint(ckpt: Path, opt, dist: Dist) -> tuple[int, dict]:
+    """Restore the optimizer and the RNG states (the model was loaded from ckpt/model).
+    -> (step, the data stream's state)."""
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    if state["world"] != dist.world:
+        raise UserError(f"{ckpt} was written by {state['world']} processes, this run has {dist.world}")
+    opt.load_state_dict(torch.load(ckpt / optimizer_file(dist), map_location=dist.device, weights_only=False))
+    rng = state["rng"]
+    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+    np_state = rng["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    return state["step"], state["stream"]
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = out / "latest"
+    if not pointer.is_file():
+        return None
+    ckpt = out / pointer.read_text().strip()
+    if not (ckpt / "trainer_state.json").is_file():
+        raise UserError(f"{pointer} names {ckpt}, which is incomplete")
+    return ckpt

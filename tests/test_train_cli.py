@@ -1,0 +1,283 @@
+"""train.py as a user meets it: run folders are never clobbered, a resumed run is the same experiment, every
+mistake a user can make is one `error:` line with exit status 2 (no traceback), Ctrl-C says how to resume
+and the resumed run equals an uninterrupted one, the memory pre-flight's estimate matches measured peaks,
+truncated responses score 0, and a run trains on files written by `python data.py prepare`.
+
+The CLI runs as a subprocess wherever its exit status or its output is what is checked.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import runtime
+import train
+from model import MODEL_NAMES, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def problems_file(tmp_path_factory):
+    """The 4 synthetic problems the session's tiny model was fitted to (tests/conftest.py)."""
+    path = tmp_path_factory.mktemp("data") / "four.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in data.load_dataset("synthetic", limit=4)))
+    return path
+
+
+def tiny_args(tiny_dir, problems_file, out, *extra):
+    return ["--model", str(tiny_dir), "--data", str(problems_file), "--heldout", str(problems_file),
+            "--out", str(out), "--prompts-per-step", "4", "--mini-batches", "2", "--group-size", "8",
+            "--max-response-len", "40", "--max-prompt-len", "64", "--lr", "1e-3", "--eval-every", "0",
+            "--save-every", "0", "--device", "cpu", "--dtype", "float32", "--weight-decay", "0", *extra]
+
+
+def cli(*args, env=None, script="train.py"):
+    """Run a CLI of the project in a subprocess with one thread and a private CASP_HOME / HF cache."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=600)
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# -----------------------------------------------------------------------------
+# Run folders
+
+
+def test_a_run_folder_is_never_clobbered(tiny_dir, problems_file, tmp_path, capsys):
+    """A second run into a folder holding a run refuses, naming the folder and the ways on, and leaves
+    every file byte-identical; --overwrite replaces it; the default --out depends on model and loss."""
+    out = tmp_path / "run"
+    train.main(tiny_args(tiny_dir, problems_file, out, "--steps", "1"))
+    before = snapshot(out)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main(tiny_args(tiny_dir, problems_file, out, "--steps", "1", "--loss", "grpo"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {out} already holds a run")
+    assert "--resume" in err and "--out" in err and "--overwrite" in err
+    assert snapshot(out) == before
+    train.main(tiny_args(tiny_dir, problems_file, out, "--steps", "1", "--loss", "grpo", "--overwrite"))
+    assert json.loads((out / "config.json").read_text())["loss"] == "grpo"
+    assert train.get_args(["--loss", "grpo"]).out == str(Path("runs") / "tiny-grpo")
+    assert train.get_args(["--model", "/some/where/Qwen2.5-Math-1.5B/"]).out == str(
+        Path("runs") / "Qwen2.5-Math-1.5B-casp")
+
+
+def test_resume_refuses_another_experiment(tiny_dir, problems_file, tmp_path, capsys):
+    """--resume with a different loss, alpha or seed is refused with every differing key listed; a
+    longer run (--steps) and memory-only settings (--rollout-batch) may change."""
+    out = tmp_path / "run"
+    train.main(tiny_args(tiny_dir, problems_file, out, "--steps", "1"))
+    before = snapshot(out)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main(tiny_args(tiny_dir, problems_file, out, "--steps", "2", "--resume", "--loss", "grpo",
+                             "--alpha", "0.1", "--seed", "3"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "other settings" in err
+    for key in ("loss: 'casp' (saved) vs 'grpo' (now)", "alpha: 0.01 (saved) vs 0.1 (now)", "seed: 0"):
+        assert key in err, err
+    assert "steps" not in err.split("other settings")[1]
+    assert snapshot(out) == before
+    train.main(tiny_args(tiny_dir, problems_file, out, "--steps", "2", "--resume", "--rollout-batch", "16"))
+    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2]
+
+
+# -----------------------------------------------------------------------------
+# User errors: one line, status 2, no traceback
+
+
+def test_user_errors_are_one_line_with_status_2(tiny_dir, problems_file, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "2+2"}\n')
+    run = tmp_path / "done"
+    shutil.copytree(tiny_dir, tmp_path / "m")
+    env = {"CASP_HOME": str(tmp_path / "home"), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf"),
+           "CASP_DATA": str(tmp_path / "empty")}
+    cases = [
+        (["--steps", "-1"], "argument --steps: must be >= 1, got -1"),
+        (["--group-size", "1"], "argument --group-size: must be >= 2"),
+        (["--entropy-quantile", "1.5"], "argument --entropy-quantile: must be in (0, 1)"),
+        (["--lr", "abc"], "argument --lr: expected a number, got 'abc'"),
+        (["--model", "qwen-99b"], "unknown model name 'qwen-99b'"),
+        (["--model", "qwen-1.5b"], "hf download Qwen/Qwen2.5-Math-1.5B"),
+        (["--model", str(tmp_path / "nowhere")], "nowhere does not exist"),
+        (tiny_args(tmp_path / "m", tmp_path / "nope.jsonl", tmp_path / "a"), "nope.jsonl"),
+        (tiny_args(tmp_path / "m", bad, tmp_path / "b"), "bad.jsonl:2: missing field(s) 'answer'"),
+        (tiny_args(tmp_path / "m", "math9000", tmp_path / "c"), "unknown dataset 'math9000'"),
+        (tiny_args(tmp_path / "m", "math500", tmp_path / "d"), "python data.py prepare math500"),
+        (tiny_args(tmp_path / "m", problems_file, run, "--resume"), "has no checkpoint to resume from"),
+        (tiny_args(tmp_path / "m", problems_file, tmp_path / "e", "--max-prompt-len", "5"),
+         "no training prompt fits --max-prompt-len 5"),
+    ]
+    for args, needle in cases:
+        r = cli(*args, env=env)
+        assert r.returncode == 2, (args, r.stdout[-500:], r.stderr[-2000:])
+        assert "Traceback" not in r.stderr and needle in r.stderr, (args, r.stderr[-2000:])
+        assert [line for line in r.stderr.splitlines() if "error:" in line], r.stderr
+
+
+def test_help_shows_each_default_once_with_the_demo_values():
+    r = cli("--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "--steps STEPS RL steps (default: 200; --model tiny: 30)" in text
+    assert "--lr LR constant learning rate (default: 1e-06; --model tiny: 0.0002)" in text
+    assert text.count("(default: None)") == 0
+    assert "--tokenizer TOKENIZER folder or tokenizer.json (default: the model's folder)" in text
+
+
+# -----------------------------------------------------------------------------
+# Ctrl-C
+
+
+def test_ctrl_c_prints_the_resume_command_and_the_resumed_run_matches(tiny_dir, problems_file, tmp_path):
+    """SIGINT after checkpoint 2 of 5: one line names the last complete checkpoint and the --resume
+    command (no traceback, status 130); running that command finishes the run with weights and metrics
+    bit-identical to an uninterrupted run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = tiny_args(tiny_dir, problems_file, tmp_path / "cut", "--steps", "5", "--save-every", "1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pointer = tmp_path / "cut" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (pointer.is_file() and pointer.read_text() >= "ckpt-000002"):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    line = [ln for ln in err.splitlines() if "interrupted" in ln][0]
+    last = pointer.read_text()
+    assert f"last complete checkpoint: {tmp_path / 'cut' / last}" in line and last < "ckpt-000005"
+    command = line.split("resume with: python train.py ")[1]
+    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), *__import__("shlex").split(command)],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = subprocess.run([sys.executable, str(ROOT / "train.py"),
+                               *tiny_args(tiny_dir, problems_file, tmp_path / "straight", "--steps", "5")],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    wa = load_model(tmp_path / "cut" / "ckpt-000005" / "model").state_dict()
+    wb = load_model(tmp_path / "straight" / "ckpt-000005" / "model").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    drop = ("time_sample", "time_verify", "time_update", "tokens_per_s", "peak_mem_gb", "peak_mem_estimate_gb")
+    rows = lambda run: [{k: v for k, v in json.loads(x).items() if k not in drop} for x in open(run / "metrics.jsonl")]
+    assert rows(tmp_path / "cut") == rows(tmp_path / "straight")
+
+
+# -----------------------------------------------------------------------------
+# Memory pre-flight
+
+
+MIXED_REWARDS = """
+import sys, torch
+sys.path.insert(0, {root!r})
+import train
+# every group mixed (rewards 0, 1, 0, 1, ...), so every row runs forward/backward: the full update
+train.score = lambda texts, problems, finish, mode: torch.tensor([float(i % 2) for i in range(len(texts))])
+train.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_memory_estimate_matches_measured_peaks(tmp_path, qwen_tokenizer_dir):
+    """A Qwen2.5-0.5B-shaped model (its width, vocabulary and heads; 4 of its 24 layers to keep the test
+    short) with random weights, one training step on the CPU in three settings (short and long responses,
+    with and without activation checkpointing): the pre-flight's expected peak (estimate + what the process
+    held before) is within -15% / +35% of the peak RSS the step measured. (Measured when written: 0.96,
+    1.16, 1.15.) Rewards are forced to alternate so that every row is updated (random weights never
+    answer right)."""
+    model = tmp_path / "qwen-0.5b-4layers"
+    model.mkdir()
+    cfg = MODEL_NAMES["qwen-0.5b"][1].to_hf_dict()
+    cfg["num_hidden_layers"] = 4
+    (model / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(qwen_tokenizer_dir / "tokenizer.json", model / "tokenizer.json")
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(json.dumps({"problem": f"What is {i}+{i}?", "answer": str(2 * i)}) + "\n"
+                                for i in range(8)))
+    script = tmp_path / "mixed.py"
+    script.write_text(MIXED_REWARDS.format(root=str(ROOT)))
+    base = ["--model", model, "--init", "random", "--data", problems, "--heldout", problems, "--steps", "1",
+            "--mini-batches", "1", "--group-size", "4", "--max-prompt-len", "128", "--eval-every", "0"]
+    settings = [["--prompts-per-step", "2", "--max-response-len", "32", "--micro-batch-tokens", "512",
+                 "--rollout-batch", "8"],
+                ["--prompts-per-step", "2", "--max-response-len", "200", "--micro-batch-tokens", "4096",
+                 "--rollout-batch", "8", "--grad-checkpoint"],
+                ["--prompts-per-step", "4", "--max-response-len", "200", "--micro-batch-tokens", "4096",
+                 "--rollout-batch", "16"]]
+    for i, extra in enumerate(settings):
+        out = tmp_path / f"run{i}"
+        r = subprocess.run([sys.executable, str(script), *map(str, base + extra + ["--out", out])], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stderr[-2000:]
+        m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        ratio = m["peak_mem_estimate_gb"] / m["peak_mem_gb"]
+        print(f"{' '.join(extra)}: measured {m['peak_mem_gb']:.2f} GB, expected {m['peak_mem_estimate_gb']:.2f} GB")
+        assert 0.85 < ratio < 1.35, (extra, m["peak_mem_gb"], m["peak_mem_estimate_gb"])
+
+
+def test_preflight_refuses_with_the_breakdown_and_the_flags():
+    """The paper's defaults for qwen-0.5b do not fit a 24 GB machine (the run that was OOM-killed): the
+    estimate says so, part by part, and names the flags that shrink it."""
+    cfg = MODEL_NAMES["qwen-0.5b"][1]
+    parts = runtime.estimate_memory(cfg, rollout_rows=256, total_rows=1024 * 8, max_prompt_len=1024,
+                                    max_response_len=3072, micro_batch_tokens=16384, compute_bytes=4,
+                                    sampling_bytes=0, grad_checkpoint=False, mini_batches=4)
+    kv = 256 * 4096 * 24 * 2 * 2 * 64 * 4    # rows x positions x layers x (K, V) x kv heads x head dim x fp32
+    assert parts["KV cache"] == kv and parts["peak"] > 24e9
+    with pytest.raises(data.UserError) as e:
+        runtime.preflight(dict(parts, peak=float("inf")), torch.device("cpu"))
+    msg = str(e.value)
+    for flag in ("--rollout-batch", "--max-response-len", "--micro-batch-tokens", "--grad-checkpoint", "--force"):
+        assert flag in msg
+    assert "KV cache" in msg and "AdamW moments" in msg
+
+
+# -----------------------------------------------------------------------------
+# Rewards of truncated responses; training on prepared data
+
+
+def test_truncated_responses_score_zero():
+    """A response cut off at --max-response-len scores 0 even when its text holds the right answer."""
+    probs = [{"problem": "1+1", "answer": "2", "task": "math"}] * 3
+    texts = ["so \\boxed{2}", "so \\boxed{2}", "2"]
+    assert train.score(texts, probs, ["stop", "length", "stop"], "strict").tolist() == [1.0, 0.0, 0.0]
+    assert train.score(texts, probs, ["stop", "length", "stop"], "lenient").tolist() == [1.0, 0.0, 1.0]
+
+
+def test_a_tiny_run_trains_on_prepared_files(tiny_dir, tmp_path):
+    """`python data.py prepare --from` (fixture source files) then `python train.py --data-dir` on what it
+    wrote: the run reads the named dataset from the prepared folder and finishes a step."""
+    from test_prepare import write_sources
+    src = write_sources(tmp_path / "downloads")
+    r = cli("prepare", "gsm8k_train", "--from", src, "--out", tmp_path / "data", script="data.py")
+    assert r.returncode == 0 and "gsm8k_train" in r.stdout, r.stderr
+    out = tmp_path / "run"
+    train.main(["--model", str(tiny_dir), "--data", "gsm8k_train", "--heldout", "gsm8k_train", "--data-dir",
+                str(tmp_path / "data"), "--out", str(out), "--steps", "1", "--prompts-per-step", "2",
+                "--mini-batches", "1", "--group-size", "2", "--max-response-len", "8", "--max-prompt-len", "512",
+                "--device", "cpu", "--dtype", "float32"])
+    m = json.loads((out / "metrics.jsonl").read_text())
+    assert m["step"] == 1 and (out / "ckpt-000001" / "model" / "tokenizer.json").is_file()

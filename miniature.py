@@ -57,7 +57,9 @@ lambda times harder on the top-1 of wrong answers (both only at high-entropy tok
      loss                       the loss and its settings (alpha, neg_scale, entropy_quantile, top_n)
    tree.png: p(1..3) at forks over steps, correct answers kept, pass@K, and the alpha / lambda sweeps.
 
-2. The tiny language model (`lm`): see `run_lm` below and the README.
+2. The tiny language model (`lm`): the same comparison on tiny.py's built-in task, through train.py and
+   eval.py's command lines (see the comment above LM_TASK and the README). lm.json holds every number
+   of lm.png; --replot redraws both figures from tree.json / lm.json.
 """
 from __future__ import annotations
 
@@ -579,18 +581,418 @@ def plot_tree(result: dict, path: Path):
 
 # =============================================================================
 # 2. The tiny language model
+#
+# The task is tiny.py's built-in one (sums of 3-4 one-digit numbers, one addition per line, any legal
+# pair first: 3 to 18 solution paths per problem, chosen at the first lines, the forks); the model is the
+# tiny model after the demo's supervised warm start on uniformly random paths (tiny.warm_start_tiny, 300
+# steps, seed 0; cached in casp_home()), so its first lines have real alternatives. From it, `seeds` RL
+# runs per method through train.main (its CLI, explicit flags, a fresh --out folder each), checkpoints
+# every `stats_every` steps; per checkpoint, the candidate statistics of the policy's own samples on
+# held-out prompts: p(1..3) and entropy at all tokens and at the tokens the entropy gate selects
+# (recomputed here: train.py logs the all-token means only). At the end eval.main samples
+# `eval_problems` held-out problems x `eval_n` per policy. lm.json, from the saved samples: pass@K with
+# 95% bootstrap intervals over problems (per problem the mean of the seeds, problems resampled), each
+# seed's pass@K, the paired CaSP - GRPO difference, and per problem: distinct final answers, distinct
+# correct responses, distinct first lines of correct responses (the fork taken), distinct valid worked
+# solutions (every line a right addition) and the fraction of responses that are one.
+
+LM_TASK: dict = {}      # tiny.synthetic_problems' defaults: the built-in task (3-4 one-digit operands)
+LM_MODEL: dict = {}     # the tiny model's config as it is
+LM_PRESETS = {
+    "default": dict(seeds=3, steps=50, lr=2e-4, prompts=32, group=8, mini_batches=2, warm_steps=300,
+                    stats_every=10, stats_prompts=64, stats_n=8, eval_problems=256, eval_n=64,
+                    max_new_tokens=40, workers=2),
+    "full": dict(seeds=5, steps=200, lr=2e-4, prompts=32, group=8, mini_batches=2, warm_steps=300,
+                 stats_every=25, stats_prompts=128, stats_n=8, eval_problems=512, eval_n=64,
+                 max_new_tokens=40, workers=2),
+}
+LM_KS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def add_lm_args(p):
-    pass
+    p.add_argument("--out", default="runs/miniature-lm")
+    p.add_argument("--full", action="store_true", help="the longer preset (more steps, seeds, problems)")
+    for k, v in LM_PRESETS["default"].items():
+        if k == "methods":
+            continue
+        p.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
+                       help=f"default {v} ({LM_PRESETS['full'][k]} with --full)")
+    p.add_argument("--methods", nargs="+", default=["grpo", "casp"],
+                   help="grpo, casp, or casp:alpha=A,neg_scale=L,entropy_quantile=Q (a named variant)")
+    p.add_argument("--warm-dir", default=None, help="use this warm start instead of the cached one")
+
+
+def lm_settings(args) -> dict:
+    st = dict(LM_PRESETS["full" if args.full else "default"])
+    for k in st:
+        v = getattr(args, k, None)
+        if v is not None:
+            st[k] = v
+    st["methods"] = {m.split(":")[0] if ":" not in m else m: parse_method(m) for m in args.methods}
+    st["task"], st["model"], st["paper"] = LM_TASK, LM_MODEL, PAPER
+    return st
+
+
+def parse_method(spec: str) -> dict:
+    """'grpo' | 'casp' | 'casp:alpha=0.1,neg_scale=1.5,entropy_quantile=none' -> loss settings."""
+    name, _, rest = spec.partition(":")
+    if name == "grpo":
+        return {"loss": "grpo"}
+    if name != "casp":
+        raise SystemExit(f"error: unknown method {spec!r} (grpo, casp or casp:alpha=..,neg_scale=..)")
+    m = {"loss": "casp", **PAPER, "top_n": 3}
+    for kv in filter(None, rest.split(",")):
+        k, _, v = kv.partition("=")
+        if k not in ("alpha", "neg_scale", "entropy_quantile", "top_n"):
+            raise SystemExit(f"error: {spec!r}: unknown setting {k!r}")
+        m[k] = None if v.lower() == "none" else (int(v) if k == "top_n" else float(v))
+    return m
+
+
+def lm_problems(n: int, split: str, seed: int = 0) -> list[dict]:
+    import tiny
+    probs = tiny.synthetic_problems(n, seed=seed, split=split, **LM_TASK)
+    return [dict(p, id=f"lm/{p['problem']}") for p in probs]
+
+
+def write_jsonl(rows, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def warm_start_dir(st: dict) -> Path:
+    """The cached warm start of this task, model and step count (made once)."""
+    from model import casp_home
+    key = json.dumps([LM_TASK, LM_MODEL, st["warm_steps"], 0], sort_keys=True)
+    import hashlib
+    return casp_home() / f"miniature-lm-{hashlib.blake2b(key.encode(), digest_size=4).hexdigest()}"
+
+
+def make_warm_start(st: dict, log=print) -> Path:
+    import tiny
+    path = warm_start_dir(st)
+    if not (path / "config.json").is_file():
+        log(f"[lm] warm start: {st['warm_steps']} supervised steps -> {path}")
+        torch.set_num_threads(1)
+        tiny.warm_start_tiny(path, st["warm_steps"], 0, "cpu", task=LM_TASK, model_overrides=LM_MODEL)
+    return path
+
+
+def _gate(entropy: torch.Tensor, mask: torch.Tensor, q) -> torch.Tensor:
+    """casp.py's entropy gate, recomputed here: tokens whose entropy is strictly above the linear
+    q-quantile of the valid entropies of the same response (q None: every valid token)."""
+    if q is None:
+        return mask.clone()
+    h = entropy.double().masked_fill(~mask, float("nan"))
+    return (entropy.double() > torch.nanquantile(h, q, dim=1, keepdim=True)) & mask
+
+
+_VALID: dict = {}
+
+
+def first_line(text: str) -> str:
+    """The first line of a response: where the response commits to which pair it adds first (the fork)."""
+    return text.strip().split("\n", 1)[0].strip()
+
+
+def valid_path(problem: str, text: str) -> bool:
+    """Whether a response is one of the problem's valid worked solutions (every line a legal addition,
+    right, ending with the right box): tiny.synthetic_solutions enumerates them (18 for 4 operands)."""
+    import tiny
+    if problem not in _VALID:
+        _VALID[problem] = set(tiny.synthetic_solutions({"problem": problem}))
+    return text.strip() in _VALID[problem]
+
+
+@torch.no_grad()
+def candidate_stats_lm(model_dir: Path, problems: list[dict], n: int, seed: int, max_new_tokens: int,
+                       q: float = 0.8, top_n: int = 3) -> dict:
+    """Sample n responses per problem from the model and measure, over every token and over the tokens
+    the entropy gate selects: mean p(1..top_n) and entropy; also accuracy, the gate's share of tokens and
+    distinct correct paths per problem."""
+    import data
+    from model import load_model, load_tokenizer
+    from sampler import generate
+    from verifier import reward
+    model = load_model(model_dir)
+    model.eval()
+    tok = load_tokenizer(model_dir)
+    prompts = [data.build_prompt(p, tok) for p in problems]
+    ro = generate(model, prompts, n_samples=n, max_new_tokens=max_new_tokens, stop_ids=tok.stop_ids,
+                  top_n=top_n, seed=seed, vocab_size=tok.vocab_size)
+    mask, H, tp = ro.mask, ro.entropy, ro.topn_probs.double()
+    gate = _gate(H, mask, q)
+    texts = [tok.decode(t[m].tolist()) for t, m in zip(ro.tokens, ro.mask)]
+    r = [reward(x, problems[i // n]["answer"]) for i, x in enumerate(texts)]
+    paths = [len({texts[i * n + j].strip() for j in range(n) if valid_path(problems[i]["problem"], texts[i * n + j])})
+             for i in range(len(problems))]
+    return {"p_all": tp[mask].mean(0).tolist(), "p_gated": tp[gate].mean(0).tolist(),
+            "entropy_all": float(H[mask].double().mean()), "entropy_gated": float(H[gate].double().mean()),
+            "gate_frac": float(gate.sum() / mask.sum()), "acc": sum(r) / len(r),
+            "distinct_valid_paths": sum(paths) / len(paths), "len": float(mask.sum(1).double().mean())}
+
+
+def _checkpoints(run: Path) -> list[tuple[int, Path]]:
+    out = []
+    for c in run.glob("ckpt-*"):
+        if c.is_dir() and c.name[5:].isdigit():
+            out.append((int(c.name[5:]), c / "model" if (c / "model").is_dir() else c))
+    return sorted(out)
+
+
+def _lm_job(job: dict) -> dict:
+    """One worker job (own process, one thread, output to job['log']): an RL run (train.main) with its
+    checkpoint statistics and final evaluation (eval.main), or the warm start's statistics and evaluation."""
+    import contextlib
+    import sys
+    torch.set_num_threads(1)
+    st, folder = job["settings"], Path(job["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(folder / "log.txt", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        import eval as ev
+        stats_probs = lm_problems(st["eval_problems"], "heldout")[:st["stats_prompts"]]
+        stats = []
+        if job["kind"] == "rl":
+            import train
+            m = job["method"]
+            flags = ["--model", job["warm"], "--data", job["train_data"], "--heldout", job["heldout_data"],
+                     "--loss", m["loss"], "--steps", str(st["steps"]), "--seed", str(job["seed"]),
+                     "--lr", str(st["lr"]), "--weight-decay", "0", "--prompts-per-step", str(st["prompts"]),
+                     "--group-size", str(st["group"]), "--mini-batches", str(st["mini_batches"]),
+                     "--max-response-len", str(st["max_new_tokens"]), "--max-prompt-len", "64",
+                     "--micro-batch-tokens", "8192", "--eval-every", "0", "--save-every", str(st["stats_every"]),
+                     "--keep", str(st["steps"] // st["stats_every"] + 2), "--dtype", "float32", "--device", "cpu",
+                     "--out", str(folder / "run")]
+            if m["loss"] == "casp":
+                flags += ["--alpha", str(m["alpha"]), "--neg-scale", str(m["neg_scale"]), "--top-n", str(m["top_n"])]
+                flags += ["--no-entropy-gate"] if m["entropy_quantile"] is None else \
+                    ["--entropy-quantile", str(m["entropy_quantile"])]
+            train.main(flags)
+            ckpts = _checkpoints(folder / "run")
+            final = ckpts[-1][1]
+        else:
+            ckpts = [(0, Path(job["warm"]))]
+            final = Path(job["warm"])
+        for step, path in ckpts:
+            s = candidate_stats_lm(path, stats_probs, st["stats_n"], 7, st["max_new_tokens"])
+            stats.append({"step": step, **s})
+        ev.main(["--model", str(final), "--data", job["heldout_data"], "--n", str(st["eval_n"]),
+                 "--k", *[str(k) for k in LM_KS if k <= st["eval_n"]], "--max-new-tokens", str(st["max_new_tokens"]),
+                 "--seed", "0", "--out", str(folder / "eval"), "--no-plot", "--no-progress", "--workers", "1",
+                 "--device", "cpu", "--dtype", "float32"])
+        sys.stdout.flush()
+    (folder / "stats.json").write_text(json.dumps(stats))
+    return {"folder": str(folder), "seconds": time.time() - t0}
+
+
+def _bootstrap(x, n_boot: int = 2000, seed: int = 0):
+    """Mean of x (problems along axis 0) and its 95% bootstrap interval over problems."""
+    import numpy as np
+    x = np.asarray(x, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    means = x[idx].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5], axis=0)
+    return np.atleast_1d(x.mean(0)).tolist(), np.atleast_1d(lo).tolist(), np.atleast_1d(hi).tolist()
+
+
+def eval_arrays(eval_dir: Path, ks) -> dict:
+    """Per problem (sorted by id): pass@K (unbiased, eval.pass_at_k), distinct correct paths, distinct
+    final answers, from the saved samples of one evaluation."""
+    import eval as ev
+    recs = sorted(ev.load_run(eval_dir), key=lambda r: r["id"])
+    out = {"ids": [r["id"] for r in recs],
+           "passk": [[ev.pass_at_k(r["n"], r["n_correct"], k) for k in ks] for r in recs],
+           "paths": [len({t.strip() for t in r["responses"] if valid_path(r["id"][3:], t)}) for r in recs],
+           "valid_frac": [sum(valid_path(r["id"][3:], t) for t in r["responses"]) / r["n"] for r in recs],
+           "correct_texts": [len({t.strip() for t, w in zip(r["responses"], r["rewards"]) if w > 0.5}) for r in recs],
+           "first_lines": [len({first_line(t) for t, w in zip(r["responses"], r["rewards"]) if w > 0.5}) for r in recs],
+           "answers": [len({a.strip() for a in r["extracted"] if a}) for r in recs],
+           "n": min(r["n"] for r in recs)}
+    return out
+
+
+def summarize_lm(folder: Path, st: dict) -> dict:
+    """lm.json from the saved samples and statistics of every job in `folder`."""
+    ks = [k for k in LM_KS if k <= st["eval_n"]]
+    res = {"settings": st, "ks": ks, "policies": {}, "diff": {}}
+
+    def policy_summary(jobs):
+        arrs = [eval_arrays(Path(j) / "eval", ks) for j in jobs]
+        ids = arrs[0]["ids"]
+        assert all(a["ids"] == ids for a in arrs), "evaluations on different problems"
+        import numpy as np
+        pk = np.mean([a["passk"] for a in arrs], axis=0)                     # (problems, K), mean of seeds
+        m, lo, hi = _bootstrap(pk)
+        out = {"seeds": len(arrs), "problems": len(ids), "n": arrs[0]["n"],
+               "passk": dict(zip(map(str, ks), m)), "passk_lo": dict(zip(map(str, ks), lo)),
+               "passk_hi": dict(zip(map(str, ks), hi)),
+               "passk_seeds": [dict(zip(map(str, ks), np.mean(a["passk"], axis=0).tolist())) for a in arrs]}
+        for key in ("paths", "answers", "valid_frac", "correct_texts", "first_lines"):
+            v = np.mean([a[key] for a in arrs], axis=0)
+            mm, l, h = _bootstrap(v)
+            out[f"distinct_{key}"], out[f"distinct_{key}_ci"] = mm[0], [l[0], h[0]]
+            out[f"distinct_{key}_seeds"] = [float(np.mean(a[key])) for a in arrs]
+        out["stats"] = [json.loads((Path(j) / "stats.json").read_text()) for j in jobs]
+        return out, pk
+
+    warm, warm_pk = policy_summary([folder / "warm"])
+    res["policies"]["warm start"] = warm
+    per_problem = {}
+    for name in st["methods"]:
+        jobs = sorted(folder.glob(f"{name}-seed*"))
+        jobs = [j for j in jobs if (j / "eval").is_dir() and (j / "stats.json").is_file()]
+        if jobs:
+            res["policies"][name], per_problem[name] = policy_summary(jobs)
+    names = [n for n in st["methods"] if n in per_problem and n != "grpo"]
+    if "grpo" in per_problem:
+        for name in names:
+            m, lo, hi = _bootstrap(per_problem[name] - per_problem["grpo"])
+            res["diff"][f"{name} - grpo"] = {"passk": dict(zip(map(str, ks), m)),
+                                             "lo": dict(zip(map(str, ks), lo)), "hi": dict(zip(map(str, ks), hi))}
+    return res
 
 
 def run_lm(args):
-    raise NotImplementedError
+    """python miniature.py lm: warm start (cached), RL runs and evaluations in worker processes, lm.json,
+    lm.png. Re-running into a folder with finished jobs reuses them (every job writes a fresh folder)."""
+    t0 = time.time()
+    st = lm_settings(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_data, heldout_data = out / "data" / "train.jsonl", out / "data" / "heldout.jsonl"
+    write_jsonl(lm_problems(5000, "train"), train_data)
+    write_jsonl(lm_problems(st["eval_problems"], "heldout"), heldout_data)
+    warm = Path(args.warm_dir) if args.warm_dir else make_warm_start(st)
+    st["warm_dir"] = str(warm)
+    t_warm = time.time() - t0
+    base = dict(settings=st, warm=str(warm), train_data=str(train_data), heldout_data=str(heldout_data))
+    jobs = [dict(base, kind="warm", folder=str(out / "warm"))]
+    for seed in range(st["seeds"]):
+        for name, m in st["methods"].items():
+            jobs.append(dict(base, kind="rl", method=m, seed=seed, folder=str(out / f"{name}-seed{seed}")))
+    todo = [j for j in jobs if not (Path(j["folder"]) / "stats.json").is_file()]
+    print(f"[lm] {len(jobs)} jobs ({len(jobs) - len(todo)} already done) in {st['workers']} processes; "
+          f"logs in {out}/*/log.txt")
+    for j in todo:
+        import shutil
+        shutil.rmtree(j["folder"], ignore_errors=True)      # a job interrupted earlier starts afresh
+    if st["workers"] > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(st["workers"], mp_context=mp.get_context("spawn")) as pool:
+            futs = [pool.submit(_lm_job, j) for j in todo]
+            for f in as_completed(futs):
+                r = f.result()
+                print(f"[lm] done {Path(r['folder']).name} in {r['seconds']:.0f}s ({time.time() - t0:.0f}s)")
+    else:
+        for j in todo:
+            r = _lm_job(j)
+            print(f"[lm] done {Path(r['folder']).name} in {r['seconds']:.0f}s ({time.time() - t0:.0f}s)")
+    res = summarize_lm(out, st)
+    res["seconds"] = {"total": round(time.time() - t0, 1), "warm_start": round(t_warm, 1)}
+    (out / "lm.json").write_text(json.dumps(res, indent=1))
+    print(format_lm(res))
+    for p in plot_lm(res, out):
+        print(f"wrote {p}")
+    return res
 
 
-def plot_lm(result, folder):
-    return []
+def format_lm(res: dict) -> str:
+    """The table of lm.json: pass@K [95% CI] per policy, then per problem the distinct final answers,
+    correct responses and first lines of correct responses, the share of valid worked solutions, and
+    p(1..3) at gated / all tokens at the last checkpoint (mean of seeds)."""
+    ks = res["ks"]
+    lines = ["| policy | seeds | " + " | ".join(f"pass@{k}" for k in ks) + " | answers | correct responses | "
+             "first lines (correct) | valid solutions | p(1..3) gated | p(1..3) all |", "|" + "---|" * (len(ks) + 8)]
+    for name, p in res["policies"].items():
+        cells = [f"{100 * p['passk'][str(k)]:.1f} [{100 * p['passk_lo'][str(k)]:.1f}, {100 * p['passk_hi'][str(k)]:.1f}]"
+                 for k in ks]
+        last = [s[-1] for s in p["stats"]]
+        g = "/".join(f"{sum(s['p_gated'][i] for s in last) / len(last):.3f}" for i in range(3))
+        a = "/".join(f"{sum(s['p_all'][i] for s in last) / len(last):.3f}" for i in range(3))
+        lines.append(f"| {name} | {p['seeds']} | " + " | ".join(cells) +
+                     f" | {p['distinct_answers']:.2f} | {p['distinct_correct_texts']:.2f} | "
+                     f"{p['distinct_first_lines']:.2f} | {100 * p['distinct_valid_frac']:.1f}% | {g} | {a} |")
+    for name, d in res["diff"].items():
+        lines.append(f"| {name} | | " + " | ".join(
+            f"{100 * d['passk'][str(k)]:+.1f} [{100 * d['lo'][str(k)]:+.1f}, {100 * d['hi'][str(k)]:+.1f}]"
+            for k in ks) + " | | | | | | |")
+    return "\n".join(lines)
+
+
+LM_COLORS = {"warm start": "k", "grpo": "tab:red", "casp": "tab:blue"}
+
+
+def plot_lm(res: dict, folder: Path) -> list[Path]:
+    """lm.png: pass@K with 95% bands (mean of seeds; thin lines: each seed), CaSP - GRPO (paired, 95%),
+    p(1..3) at gated tokens and at all tokens over steps (mean of seeds, band: min..max), distinct
+    correct paths and answers per problem."""
+    plt = _pyplot()
+    if plt is None:
+        return []
+    ks = res["ks"]
+    fig, axes = plt.subplots(1, 5, figsize=(26, 4.8))
+    colors = dict(LM_COLORS)
+    extra = iter(["tab:green", "tab:purple", "tab:orange", "tab:brown"])
+    for name in res["policies"]:
+        colors.setdefault(name, next(extra, "tab:gray"))
+    ax = axes[0]
+    for name, p in res["policies"].items():
+        c = colors[name]
+        ax.plot(ks, [p["passk"][str(k)] for k in ks], color=c, marker="o", ms=3,
+                label=f"{name} ({p['seeds']} seed{'s' if p['seeds'] > 1 else ''})")
+        ax.fill_between(ks, [p["passk_lo"][str(k)] for k in ks], [p["passk_hi"][str(k)] for k in ks],
+                        color=c, alpha=0.15, lw=0)
+        for s in p["passk_seeds"] if p["seeds"] > 1 else []:
+            ax.plot(ks, [s[str(k)] for k in ks], color=c, lw=0.5, alpha=0.6)
+    p0 = next(iter(res["policies"].values()))
+    ax.set(xlabel="K", ylabel="pass@K", title=f"held-out pass@K ({p0['problems']} problems x {p0['n']} samples)")
+    ax = axes[1]
+    for name, d in res["diff"].items():
+        c = colors.get(name.split(" - ")[0], "tab:blue")
+        ax.plot(ks, [d["passk"][str(k)] for k in ks], color=c, marker="o", ms=3, label=name)
+        ax.fill_between(ks, [d["lo"][str(k)] for k in ks], [d["hi"][str(k)] for k in ks], color=c, alpha=0.2, lw=0)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(xlabel="K", ylabel="difference of pass@K", title="paired difference (95% bootstrap over problems)")
+    for ax in axes[:2]:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+    warm_stats = res["policies"]["warm start"]["stats"][0][0]
+    for ax, key, title in ((axes[2], "p_gated", "p(1..3) at gated tokens"), (axes[3], "p_all", "p(1..3) at all tokens")):
+        for name, p in res["policies"].items():
+            if name == "warm start":
+                continue
+            for i, ls in enumerate(("-", "--", ":")):
+                steps = [0] + [s["step"] for s in p["stats"][0]]
+                ys = [[warm_stats[key][i]] + [s[key][i] for s in run] for run in p["stats"]]
+                mean = [sum(v) / len(v) for v in zip(*ys)]
+                ax.plot(steps, mean, color=colors[name], ls=ls, label=f"p({i + 1}) {name}")
+                ax.fill_between(steps, [min(v) for v in zip(*ys)], [max(v) for v in zip(*ys)],
+                                color=colors[name], alpha=0.12, lw=0)
+        ax.set(xlabel="RL step", ylabel="mean probability", title=title + " (policy's own samples)")
+    ax = axes[4]
+    names = list(res["policies"])
+    keys = (("answers", "final answers"), ("correct_texts", "correct responses"),
+            ("first_lines", "first lines of correct"))
+    for j, (key, label) in enumerate(keys):
+        vals = [res["policies"][n][f"distinct_{key}"] for n in names]
+        ci = [res["policies"][n][f"distinct_{key}_ci"] for n in names]
+        xs = [i + (j - 1) * 0.27 for i in range(len(names))]
+        ax.bar(xs, vals, 0.26, yerr=[[v - c[0] for v, c in zip(vals, ci)], [c[1] - v for v, c in zip(vals, ci)]],
+               capsize=3, color=[colors[n] for n in names], alpha=(0.9, 0.6, 0.35)[j], edgecolor="k", lw=0.5)
+        for x, v in zip(xs, vals):
+            ax.text(x, v, label.split()[0], ha="center", va="bottom", fontsize=6, rotation=90)
+    ax.set_xticks(range(len(names)), names)
+    ax.set(ylabel=f"distinct per problem (of {p0['n']} samples)",
+           title="distinct answers / correct responses / first lines")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return [_save(plt, fig, folder / "lm.png")]
 
 
 # =============================================================================

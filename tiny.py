@@ -193,25 +193,34 @@ def make_tiny_tokenizer(path):
 # The tiny demo model: a short supervised warm start so that it solves some problems
 
 
-def warm_start_tiny(path: Path, steps: int, seed: int, device) -> None:
+def warm_start_tiny(path: Path, steps: int, seed: int, device, task: dict | None = None,
+                    model_overrides: dict | None = None, batch: int = 64, lr: float = 3e-3,
+                    n_problems: int = 5000) -> None:
     """Train the tiny model on worked solutions of the synthetic task (next-token cross-entropy on the
-    response), then save it with its tokenizer to `path`. RL needs a policy that is sometimes right."""
+    response), then save it with its tokenizer to `path`. RL needs a policy that is sometimes right.
+
+    task: keyword arguments of synthetic_problems (operands, max_operand, max_value, ops) for a variant
+    of the task (miniature.py's); model_overrides: fields of the tiny ModelConfig to change (e.g. fewer
+    layers). The solutions combine a uniformly random legal pair at every line, so the warm start keeps
+    real alternatives at the first lines (the task's forks)."""
     torch.manual_seed(seed)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = make_tiny_tokenizer(tmp)
     config = copy.deepcopy(MODEL_NAMES["tiny"][1])
     config.vocab_size = tokenizer.vocab_size
+    for k, v in (model_overrides or {}).items():
+        setattr(config, k, v)
     model = Transformer(config).to(device)
     model.init_weights(generator=torch.Generator(device=device).manual_seed(seed))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
-    problems = synthetic_problems(5000, seed=seed, split="train")
+    problems = synthetic_problems(n_problems, seed=seed, split="train", **(task or {}))
     end = tokenizer.stop_ids[0]
     bar = tqdm(range(steps), desc="warm start (supervised)", leave=False)
     for it in bar:
         rows, masks = [], []
-        for prob in rng.sample(problems, 64):
+        for prob in rng.sample(problems, batch):
             prompt = data.build_prompt(prob, tokenizer)
             answer = tokenizer.encode(synthetic_solution(prob, rng)) + [end]
             rows.append(prompt + answer)
@@ -222,7 +231,7 @@ def warm_start_tiny(path: Path, steps: int, seed: int, device) -> None:
         logits = model(seq[:, :-1])                                                           # (B, S-1, V)
         loss = F.cross_entropy(logits[m[:, 1:]], seq[:, 1:][m[:, 1:]])
         for group in opt.param_groups:  # cosine decay to 0: the last steps settle the weights
-            group["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * it / steps))
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -230,3 +230,101 @@ def test_tree_cli_writes_the_documented_json(tmp_path):
     png.unlink()
     mn.main(["--replot", str(out)])
     assert png.is_file()
+
+
+# -----------------------------------------------------------------------------
+# The tiny language model part: its own statistics
+
+
+def test_lm_gate_is_the_per_response_linear_quantile():
+    """The gate miniature.py recomputes for its statistics: strictly above torch.quantile (linear) of
+    the valid entropies of the same response (casp.py's definition)."""
+    g = torch.Generator().manual_seed(0)
+    H = torch.rand(6, 9, generator=g)
+    mask = torch.rand(6, 9, generator=g) < 0.8
+    mask[:, 0] = True
+    w = mn._gate(H, mask, 0.8)
+    for b in range(6):
+        thr = torch.quantile(H[b][mask[b]].double(), 0.8).item()
+        assert w[b].tolist() == [bool(mask[b, t]) and H[b, t].item() > thr for t in range(9)]
+    assert torch.equal(mn._gate(H, mask, None), mask)
+
+
+def test_lm_valid_paths_and_method_specs():
+    """A response counts as a solution path only if it is one of the enumerated valid worked solutions;
+    method specs parse into the loss settings train.py gets."""
+    import tiny
+    sols = tiny.synthetic_solutions({"problem": "2+3+4+1"})
+    assert len(sols) == 17 and all(mn.valid_path("2+3+4+1", s + "\n") for s in sols)   # 18 orders, 2 give one text
+    assert not mn.valid_path("2+3+4+1", "=5+5+0\n=10\n\\boxed{10}")
+    assert mn.parse_method("grpo") == {"loss": "grpo"}
+    m = mn.parse_method("casp:alpha=0.1,neg_scale=1.5,entropy_quantile=none")
+    assert m == {"loss": "casp", "alpha": 0.1, "neg_scale": 1.5, "entropy_quantile": None, "top_n": 3}
+    with pytest.raises(SystemExit):
+        mn.parse_method("casp:beta=1")
+
+
+def test_lm_summaries_from_saved_samples(tmp_path):
+    """pass@K per problem (unbiased estimator), distinct valid paths and answers from eval-style sample
+    files, then the mean of seeds per problem with a bootstrap interval that contains it, and the paired
+    difference of two methods."""
+    import tiny
+    ks = [1, 2, 4]
+    probs = ["1+2+3+4", "2+2+2+2", "3+1+4+1"]
+
+    def write(folder, n_correct_valid):
+        recs = []
+        for p, c in zip(probs, n_correct_valid):
+            sols = tiny.synthetic_solutions({"problem": p})
+            resp = sols[:c] + ["=0\n\\boxed{0}"] * (4 - c)
+            recs.append({"id": f"lm/{p}", "benchmark": "heldout", "task": "math", "answer": str(eval(p)), "n": 4,
+                         "n_correct": c, "rewards": [1.0] * c + [0.0] * (4 - c),
+                         "extracted": [str(eval(p))] * c + ["0"] * (4 - c), "responses": resp,
+                         "lengths": [10] * 4, "finish": ["stop"] * 4, "cand": {"n_tokens": 0, "topn_probs": [], "entropy": 0}})
+        (folder / "eval" / "samples").mkdir(parents=True)
+        (folder / "eval" / "samples" / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        (folder / "stats.json").write_text(json.dumps([{"step": 0, "p_all": [0.8, 0.1, 0.05], "p_gated": [0.5, 0.2, 0.1]}]))
+
+    write(tmp_path / "warm", [1, 2, 0])
+    write(tmp_path / "grpo-seed0", [4, 0, 0])
+    write(tmp_path / "grpo-seed1", [4, 1, 0])
+    write(tmp_path / "casp-seed0", [2, 2, 1])
+    st = {"eval_n": 4, "methods": {"grpo": {"loss": "grpo"}, "casp": mn.parse_method("casp")}}
+    arr = mn.eval_arrays(tmp_path / "warm" / "eval", ks)
+    assert arr["paths"] == [1, 2, 0] and arr["answers"] == [2, 2, 1]
+    assert arr["passk"][0] == [0.25, 0.5, 1.0]
+    res = mn.summarize_lm(tmp_path, dict(st, eval_n=4))
+    g = res["policies"]["grpo"]
+    assert g["seeds"] == 2 and g["problems"] == 3
+    want1 = (1.0 + 0.125 + 0.0) / 3                     # per problem mean of the two seeds' pass@1
+    assert g["passk"]["1"] == pytest.approx(want1)
+    assert g["passk_lo"]["1"] <= want1 <= g["passk_hi"]["1"]
+    d = res["diff"]["casp - grpo"]["passk"]["1"]
+    assert d == pytest.approx((2 + 2 + 1) / 12 - want1)
+    assert "casp - grpo" in mn.format_lm(res)
+
+
+@pytest.mark.slow
+def test_lm_pipeline_end_to_end_on_a_tiny_setting(tmp_path, tiny_dir):
+    """`miniature.py lm` with the test suite's tiny model as the warm start, 1 seed, 2 RL steps, 6
+    held-out problems x 4 samples: train.py and eval.py run through their command lines, every job
+    leaves its statistics and samples, lm.json has pass@K with intervals for every policy, and
+    --replot redraws lm.png from lm.json."""
+    out = tmp_path / "lm"
+    mn.main(["lm", "--out", str(out), "--warm-dir", str(tiny_dir), "--seeds", "1", "--steps", "2",
+             "--stats-every", "1", "--eval-problems", "6", "--eval-n", "4", "--stats-prompts", "3", "--stats-n", "2",
+             "--prompts", "4", "--max-new-tokens", "24", "--workers", "1"])
+    res = json.loads((out / "lm.json").read_text())
+    assert set(res["policies"]) == {"warm start", "grpo", "casp"}
+    for p in res["policies"].values():
+        assert p["problems"] == 6 and p["n"] == 4
+        for k in ("1", "2", "4"):
+            assert 0 <= p["passk_lo"][k] <= p["passk"][k] <= p["passk_hi"][k] <= 1
+    steps = [s["step"] for s in res["policies"]["grpo"]["stats"][0]]
+    assert steps == [1, 2]
+    assert len(res["policies"]["casp"]["stats"][0][0]["p_gated"]) == 3
+    assert "casp - grpo" in res["diff"]
+    pytest.importorskip("matplotlib")
+    (out / "lm.png").unlink()
+    mn.main(["--replot", str(out)])
+    assert (out / "lm.png").is_file()

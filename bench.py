@@ -1,14 +1,19 @@
 """
-bench.py: our sampler (sampler.generate) against transformers' `generate`, same weights, same shapes, one
-run, one table.
+bench.py: our sampler (sampler.generate) measured in one run, one table per workload.
 
-    python bench.py                               # Qwen2.5-1.5B-shaped random bf16 weights, CUDA
-    python bench.py --device cpu --tiny           # smoke test of this script on a CPU (seconds)
+    python bench.py                               # fixed shapes vs transformers generate (CUDA)
+    python bench.py --workload rl                 # RL-shaped lengths: static vs refill scheduling (CUDA)
+    python bench.py --device cpu --tiny           # smoke tests of this script on a CPU (seconds)
+    python bench.py --device cpu --tiny --workload rl
 
-Both sample at temperature 1 (no top-k, no top-p) for exactly --new-tokens tokens: our stop_ids are
-empty and transformers gets min_new_tokens = max_new_tokens, so neither stops early.
+Both workloads use random weights (default: Qwen2.5-1.5B-shaped, bf16) and sample at temperature 1
+(no top-k, no top-p).
 
-Rows per shape (P prompts x G samples = R rows, all prompts --prompt-len random tokens):
+--workload fixed: ours against transformers' `generate` with the same weights, P prompts x G samples =
+R rows, all prompts --prompt-len random tokens, exactly --new-tokens tokens each (our stop_ids are empty
+and transformers gets min_new_tokens = max_new_tokens, so neither stops early). Variants of ours: eager,
+graph (CUDA graph), compile (torch.compile inside the CUDA graph); a "/full" suffix attends over the whole
+cache buffer instead of each row's filled prefix. Rows per shape:
   tokens/s        R * new_tokens / wall time of the whole call (prefill included)
   ms/decode step  ours: the decode loop's time over its steps, measured inside generate (the one-off
                   CUDA-graph capture is outside the loop but inside tokens/s); transformers:
@@ -16,36 +21,76 @@ Rows per shape (P prompts x G samples = R rows, all prompts --prompt-len random 
   peak memory     weights + the largest extra allocation during the call (CUDA only)
   floor fraction  bandwidth floor / ms per step, where the floor = (weight bytes + KV-cache bytes at the
                   mean context length) / copy bandwidth measured in this run (bytes read + written / s)
+
+--workload rl: --prompts prompts x --group samples, prompt lengths uniform in --prompt-lens, responses
+capped at --new-tokens (default 3072), decoded on --slots rows (train.py's --rollout-batch). The lengths
+are imposed by a bench-only device: a random model's next-token distribution is close to uniform, and
+round(V / --mean-len) of its V ids are stop ids, so every step ends a response with probability about
+1 / mean-len: lengths are about geometric (mean ~700 before the cap; ~1.2% reach 3072), like RL
+rollouts where most answers end within a few hundred tokens and a few run to the limit. The measured
+distribution is printed. Variants SCHEDULE/ATTENTION: static/full is the sampler before issue 14 (static
+batches, whole-buffer attention), refill/prefix the default now. Static variants run only the first
+--static-batches batches of --slots samples (a rate: every batch is alike); refill runs the whole queue,
+since its rate depends on the queue draining. Rows: utilization = useful tokens / rows computed, KV slots
+read per useful token and against the minimum (each token attends its own prefix only), and what a kernel
+reading every row up to the longest live row would read (CUDA graphs per length bucket), wall time and
+tokens/s (whole call). All variants produce the same samples (checked on the samples they share).
 """
 import argparse
+import statistics
 import time
 
 import torch
 
-from model import count_params, load_model
+from model import ModelConfig, Transformer, load_model
 from sampler import generate
+
+# the --tiny model of the rl workload: big enough a vocabulary for the stop-id device (a random model with
+# std 0.02 weights has logits of std ~0.16: a near-uniform next-token distribution over 4096 ids)
+RL_TINY_CONFIG = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=True)
 
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("--workload", default="fixed", choices=["fixed", "rl"])
     ap.add_argument("--model", default="qwen-1.5b", help="named architecture (random weights)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    ap.add_argument("--shapes", default="8x8,64x8", help="comma-separated PROMPTSxSAMPLES")
-    ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=512)
-    ap.add_argument("--variants", default=None,
-                    help="ours: comma-separated of eager, graph (CUDA graph), compile (torch.compile, inside the "
-                         "CUDA graph on CUDA); "
-                         "default graph,compile on CUDA, eager on CPU")
-    ap.add_argument("--no-hf", action="store_true", help="skip transformers")
-    ap.add_argument("--tiny", action="store_true", help="smoke mode: tiny model, shapes 2x2, 16 + 16 tokens")
+    ap.add_argument("--tiny", action="store_true", help="smoke mode: tiny model and sizes (see the defaults)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--new-tokens", type=int, default=None, help="fixed: tokens per row (512); rl: the cap (3072)")
+    g = ap.add_argument_group("fixed workload")
+    g.add_argument("--shapes", default="8x8,64x8", help="comma-separated PROMPTSxSAMPLES")
+    g.add_argument("--prompt-len", type=int, default=128)
+    g.add_argument("--variants", default=None,
+                   help="ours: comma-separated of eager, graph, compile, each optionally /full; default "
+                        "graph,compile,graph/full on CUDA, eager on CPU")
+    g.add_argument("--no-hf", action="store_true", help="skip transformers")
+    g = ap.add_argument_group("rl workload")
+    g.add_argument("--prompts", type=int, default=None, help="prompts (default 512; --tiny 64)")
+    g.add_argument("--group", type=int, default=8, help="samples per prompt")
+    g.add_argument("--slots", type=int, default=None, help="rows decoded at once (default 128; --tiny 16)")
+    g.add_argument("--mean-len", type=float, default=None, help="mean response length before the cap (700; --tiny 70)")
+    g.add_argument("--prompt-lens", default=None, help="LO,HI prompt lengths (64,320; --tiny 8,32)")
+    g.add_argument("--static-batches", type=int, default=None,
+                   help="batches of --slots samples the static variants run (default 2; 0 or --tiny: all)")
+    g.add_argument("--rl-variants", default="static/full,static/prefix,refill/prefix",
+                   help="comma-separated SCHEDULE/ATTENTION")
     args = ap.parse_args()
-    if args.tiny:
-        args.model, args.shapes, args.prompt_len, args.new_tokens = "tiny", "2x2", 16, 16
+    rl, tiny = args.workload == "rl", args.tiny
+    if tiny and not rl:
+        args.model, args.shapes, args.prompt_len = "tiny", "2x2", 16
+    args.new_tokens = args.new_tokens or ((300 if tiny else 3072) if rl else (16 if tiny else 512))
+    args.prompts = args.prompts or (64 if tiny else 512)
+    args.slots = args.slots or (16 if tiny else 128)
+    args.mean_len = args.mean_len or (70.0 if tiny else 700.0)
+    args.prompt_lens = tuple(map(int, (args.prompt_lens or ("8,32" if tiny else "64,320")).split(",")))
+    if args.static_batches is None:
+        args.static_batches = 0 if tiny else 2
     if args.variants is None:
-        args.variants = "graph,compile" if args.device.startswith("cuda") else "eager"
+        args.variants = "graph,compile,graph/full" if args.device.startswith("cuda") else "eager"
     return args
 
 
@@ -104,27 +149,33 @@ def hf_model(ours, device, dtype):
     return hf
 
 
+def device_line(args, model, device, extra=""):
+    import transformers
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return (f"device: {name} | torch {torch.__version__} | transformers {transformers.__version__} | "
+            f"model {args.model}: {model.config.num_params() / 1e9:.3f}B params, {args.dtype}, random weights"
+            + extra)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 # -----------------------------------------------------------------------------
+# The fixed shapes, against transformers
 
 
-def main():
-    args = parse_args()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    model = load_model(args.model, init="random", device=device, dtype=dtype, seed=args.seed).eval()
+def bench_fixed(args, model, device, dtype):
     cfg = model.config
-    weight_bytes = count_params(model) * torch.finfo(dtype).bits // 8
+    weight_bytes = cfg.num_params() * torch.finfo(dtype).bits // 8
     bw = copy_bandwidth(device, (1 << 30) if device.type == "cuda" else (1 << 26 if args.tiny else 1 << 28))
     hf = None if args.no_hf else hf_model(model, device, dtype)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    import transformers
-    print(f"device: {name} | torch {torch.__version__} | transformers {transformers.__version__} | "
-          f"model {args.model}: {count_params(model) / 1e9:.3f}B params, {args.dtype}, random weights | "
-          f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
-
+    print(device_line(args, model, device, f" | copy bandwidth {bw / 1e9:.0f} GB/s (read + write)"))
     variants = [v for v in args.variants.split(",") if v]
     cols = [f"ours ({v})" for v in variants] + ([] if hf is None else ["transformers"])
-    header = "| shape | metric | " + " | ".join(cols) + (" | best ours / transformers |" if hf else " |")
-    rows = [header, "|" + " --- |" * (header.count("|") - 1)]
+    header = ["shape", "metric"] + cols + (["best ours / transformers"] if hf else [])
+    rows = []
     new = args.new_tokens
     for shape in args.shapes.split(","):
         P, G = map(int, shape.lower().split("x"))
@@ -136,9 +187,10 @@ def main():
         floor_ms = (weight_bytes + kv_bytes) / bw * 1e3
         res = {}  # column -> (tokens/s, ms/step, peak bytes) or an error string
         for v in variants:
+            kind, _, attention = v.partition("/")
             kw = dict(n_samples=G, max_new_tokens=new, temperature=1.0, stop_ids=(), seed=args.seed,
-                      cuda_graph=v in ("graph", "compile") and device.type == "cuda",
-                      compile=v == "compile")
+                      cuda_graph=kind in ("graph", "compile") and device.type == "cuda",
+                      compile=kind == "compile", attention=attention or "prefix")
             try:
                 generate(model, prompts.tolist(), **kw)  # warm-up at the same shapes (compilation, cuBLAS)
                 stats = {}
@@ -175,16 +227,101 @@ def main():
                 r = res[c]
                 val = get(r) if isinstance(r, tuple) else None
                 cells.append(r if isinstance(r, str) else ("-" if val is None else fmt.format(val)))
-            line = f"| {label} | {m_name} | " + " | ".join(cells) + " |"
             if hf is not None:
                 ref = res["transformers"]
-                vals = [get(r) for r in ok]
-                vals = [x for x in vals if x is not None]
-                ratio = "-" if not vals or get(ref) is None else f"{best(vals) / get(ref):.2f}x"
-                line += f" {ratio} |"
-            rows.append(line)
+                vals = [x for x in (get(r) for r in ok) if x is not None]
+                cells.append("-" if not vals or get(ref) is None else f"{best(vals) / get(ref):.2f}x")
+            rows.append([label, m_name] + cells)
             label = ""
-    print("\n".join(rows))
+    print(table(header, rows))
+
+
+# -----------------------------------------------------------------------------
+# The RL-shaped workload: static vs refill scheduling
+
+
+def rl_workload(vocab_size: int, n_prompts: int, mean_len: float, prompt_lens=(64, 320), seed: int = 0):
+    """(prompts, stop_ids): random prompts with lengths uniform in prompt_lens (inclusive) and
+    round(vocab_size / mean_len) stop ids spread at random over the vocabulary (see the docstring)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(prompt_lens[0], prompt_lens[1] + 1, (n_prompts,), generator=g).tolist()
+    prompts = [torch.randint(0, vocab_size, (n,), generator=g).tolist() for n in lengths]
+    n_stop = max(1, round(vocab_size / mean_len))
+    stop_ids = torch.randperm(vocab_size, generator=g)[:n_stop].sort().values.tolist()
+    return prompts, stop_ids
+
+
+def rl_tiny_model(seed: int = 0, dtype=torch.float32, device="cpu") -> Transformer:
+    model = Transformer(ModelConfig(**RL_TINY_CONFIG)).to(device=device, dtype=dtype).eval()
+    model.init_weights(generator=torch.Generator(device=device).manual_seed(seed))
+    return model
+
+
+def bench_rl(args, model, device):
+    V = model.config.vocab_size
+    prompts, stop_ids = rl_workload(V, args.prompts, args.mean_len, args.prompt_lens, args.seed)
+    G, S, cap = args.group, args.slots, args.new_tokens
+    kw = dict(n_samples=G, max_new_tokens=cap, stop_ids=stop_ids, seed=args.seed, slots=S)
+    variants = [v.split("/") for v in args.rl_variants.split(",") if v]
+    n_static = len(prompts) if not args.static_batches else max(1, args.static_batches * S // G)
+    results, lengths = {}, {}
+    for schedule, attention in variants:
+        subset = prompts[:n_static] if schedule == "static" else prompts
+        if device.type == "cuda":  # warm-up at the same shapes: every row ends at its first token
+            warm = sorted(prompts, key=len)[-max(1, S // G):]
+            generate(model, warm, **{**kw, "stop_ids": range(V)}, schedule=schedule, attention=attention)
+        stats = {}
+        dt, extra, ro = measure(lambda: generate(model, subset, **kw, stats=stats, schedule=schedule,
+                                                 attention=attention), device)
+        results[(schedule, attention)] = (len(subset) * G, dt, extra, stats)
+        lengths[(schedule, attention)] = ro.lengths
+    all_lengths = max(lengths.values(), key=len).tolist()
+    same = all(torch.equal(x, y[:len(x)]) or torch.equal(y, x[:len(y)])
+               for x in lengths.values() for y in lengths.values())
+    q = statistics.quantiles(all_lengths, n=10)
+    print(device_line(args, model, device))
+    print(f"RL workload: {len(prompts)} prompts x {G} samples, prompt lengths uniform in "
+          f"{args.prompt_lens[0]}..{args.prompt_lens[1]}, cap {cap} tokens, {S} slots; {len(stop_ids)} stop ids "
+          f"of {V} (each step ends a response with probability ~1/{args.mean_len:.0f})")
+    print(f"response lengths ({len(all_lengths)} samples): mean {statistics.mean(all_lengths):.0f}, "
+          f"median {statistics.median(all_lengths):.0f}, p90 {q[8]:.0f}, max {max(all_lengths)}, "
+          f"{sum(n == cap for n in all_lengths) / len(all_lengths):.1%} truncated at the cap | "
+          f"same samples in every variant: {'yes' if same else 'NO'}")
+    if device.type != "cuda":
+        print("(on the CPU both attentions run the dense kernel over the whole buffer; the KV rows count what "
+              "the CUDA kernels read)")
+    cols = [f"{s} / {a}" for s, a in variants]
+    base = None
+    rows = {k: [] for k in ("samples run", "utilization (useful tokens / rows computed)",
+                            "KV slots read per useful token", "KV slots read / minimum",
+                            "KV read by a longest-live-row kernel / minimum", "decode steps", "wall s",
+                            "tokens/s", "tokens/s vs first column", "peak memory GiB")}
+    for key in variants:
+        n, dt, extra, st = results[tuple(key)]
+        tps = st["useful_tokens"] / dt
+        base = base or tps
+        cells = [f"{n}", f"{st['useful_tokens'] / st['row_steps']:.3f}",
+                 f"{st['kv_slots_read'] / st['useful_tokens']:,.0f}",
+                 f"{st['kv_slots_read'] / st['kv_slots_min']:.2f}",
+                 f"{st['kv_slots_read_longest'] / st['kv_slots_min']:.2f}", f"{st['steps']:,}", f"{dt:.1f}",
+                 f"{tps:,.0f}", f"{tps / base:.2f}x", "-" if extra is None else f"{extra / 2**30:.2f}"]
+        for row, cell in zip(rows.values(), cells):
+            row.append(cell)
+    print(table(["metric"] + cols, [[k] + v for k, v in rows.items()]))
+
+
+def main():
+    args = parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.workload == "rl" and args.tiny:
+        args.model, args.dtype = "rl-tiny (bench.RL_TINY_CONFIG)", "float32"
+        model = rl_tiny_model(args.seed, device=device)
+    else:
+        model = load_model(args.model, init="random", device=device, dtype=dtype, seed=args.seed).eval()
+    if args.workload == "rl":
+        bench_rl(args, model, device)
+    else:
+        bench_fixed(args, model, device, dtype)
 
 
 if __name__ == "__main__":

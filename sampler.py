@@ -1,42 +1,82 @@
 """
 sampler.py: batched, KV-cached sampling of G answers per prompt, recording the candidate distribution.
 
-    generate(model, prompts, n_samples=G, max_new_tokens, ...) -> Rollout
+    generate(model, prompts, n_samples=G, max_new_tokens, slots=S, ...) -> Rollout
 
 Per generated position t of every answer it records what the RLVR loss and the paper's diagnostics need:
 the sampled token y_t, log pi_old(y_t | s_t) under the distribution it was drawn from (after temperature,
 top-k, top-p), and the *candidate distribution* of the temperature-1 policy: its top-N ids c_1..c_N and
 probabilities p(1) >= ... >= p(N), and its entropy H_t (CASP.md: the entropy gate and the p(1..N) plots).
 
-How one rollout runs
-    prefill           each prompt once, right-padded, chunk by chunk; its cache copied to its G rows
-    repeat            sample -> record -> decode_one_token, one token for all R = P * G rows at once
-    stop              a row is done after its stop token; done rows keep running (static batch) but are
-                      masked out and write 0; the loop ends when all rows are done or at max_new_tokens
+How one rollout runs (RL-shaped: P prompts x G samples, lengths from a few tokens to the cap)
+    slots      the decode loop works on a fixed set of S rows ("slots", train.py's --rollout-batch;
+               default: every sample at once). Memory is the KV cache of S rows, whatever P x G is.
+    queue      the samples wait in prefill-plan order: prompts sorted by length and cut into chunks of at
+               most `prefill_tokens` padded tokens, at most 25% padding (MAX_PAD_WASTE) and at most as
+               many prompts as fill the slots
+    admission  a free slot takes the next waiting sample. The first time a chunk's sample is admitted, the
+               chunk is prefilled (each prompt once for its G samples, right-padded, outside the decode
+               step); a sample's slot gets a copy of its prompt's cache row and last-token logits
+    step       sample -> record -> decode_one_token, one token for all S slots at once
+    stop       a sample ends after its stop token or at max_new_tokens; its slot then idles (length 0,
+               recording nothing) until the host sees it, every `check_every` steps (a sync), takes its
+               records back and frees it
+    schedule   "refill" (default): free slots are refilled at once, so the batch stays full until the
+               queue drains. "static" (the scheduler before this one, for comparison): slots are refilled
+               only when all are free, so a batch runs until its longest row ends. Both run the same code
+               and give the same samples.
+
+Length-aware attention (`attention="prefix"`, the default): a decode step attends each row over its
+filled prefix (positions 0..length) only, not over the whole buffer (prompt + max_new_tokens positions).
+Why per row, not per step: with refill the live rows have every age at once (a row just admitted next
+to one at 2,000 tokens), so a kernel that reads every row up to the longest live row (CUDA graphs
+captured per cache-length bucket, switching to the smallest bucket that covers the longest live row)
+still reads ~2-2.6x the filled cache on the RL workload (stats["kv_slots_read_longest"] counts it:
+2.63x in bench.py --workload rl --tiny, 1.98x in tests/test_sampler.py), against ~1.0x per row. So on
+CUDA: FlexAttention (torch.compile'd; its FlashDecoding backend for one-token queries) with a block
+mask that lists, per row, the 128-position blocks up to its length (PrefixAttention). The lengths and
+block counts are device tensors updated inside the step, so ONE CUDA graph per call serves every length:
+no buckets, no switching; the kernel compiles once per (slots, buffer length), and a second buffer
+length recompiles it once with a dynamic length. On the CPU the dense masked kernel over the whole
+buffer computes the same values (the CPU is for tests; there, with a fixed number of slots, a row's
+values do not depend on which rows share its step or on its slot, bit for bit); the compiled flex
+kernel was checked on the CPU too (the same tokens in generate; tests check its unfused reference).
+`attention="full"`: the dense masked kernel over the whole buffer on every device, as before.
+NOT MEASURED: the session that wrote this had no GPU, so FlexAttention's speed against the dense kernel
+on CUDA is unmeasured; bench.py --workload rl measures both (gpu_checks.sh).
+
+Work counters (machine-independent; `stats`): useful_tokens (generated tokens), row_steps (rows computed
+summed over decode steps: slots x steps, idle slots included), kv_slots_read (cache positions attended,
+summed over rows and steps, one layer: a row attends its prefix, an idle slot 1 position; with
+attention="full", the whole buffer for every row). The minimum, kv_slots_min, is sum over samples and
+their positions t of (prompt length + t + 1). On CUDA the kernel loads whole 128-position blocks, so its
+reads are up to 127 positions per row and step above kv_slots_read.
 
 Randomness (why not torch.multinomial): the answers of a prompt must not depend on which other prompts
-share the batch or where the prompt sits in the list. A batch-wide generator hands out numbers in batch
-order, so it fails that. Here every row owns a counter-based stream: a 64-bit key
+share the batch, where the prompt sits in the list, or which slot and step a sample runs in. A
+batch-wide generator hands out numbers in batch order, so it fails that. Here every sample owns a
+counter-based stream: a 64-bit key
     key = blake2b(seed, the prompt's token ids, how many identical prompts came before it, sample index j)
-and its uniform at step t is hash32(key, t), a fixed integer hash. The (R, max_new_tokens) table of uniforms
-is computed up front on the CPU in integer ops (bitwise identical on every device, no generator state)
-and the step reads column t. The token is drawn by inverse CDF: the first id whose cumulative probability
-exceeds u * total. One uniform and one cumsum per row and step, instead of V hashed uniforms for
-Gumbel-max: the cheapest exact sampler that is also trivially capturable in a CUDA graph.
+and its uniform at its own step t is hash32(key, t), a fixed integer hash (bitwise identical on every
+device, no generator state), tabulated on the CPU when the sample gets a slot; the step reads the column
+of the slot's own step counter. The token is drawn by inverse CDF: the first id whose cumulative
+probability exceeds u * total. One uniform and one cumsum per row and step, instead of V hashed uniforms
+for Gumbel-max: the cheapest exact sampler that is also trivially capturable in a CUDA graph.
 Resolution: u has 23 bits and the cumsum is float32, so a token's probability is realised to within
-about 1e-7 absolute (a token of probability 1e-7 is drawn about once per 10M draws).
-Duplicated prompts in one list get different streams (the occurrence count is in the key), so they act
-as more samples of the same problem, not as copies.
+about 1e-7 absolute (a token of probability 1e-7 is drawn about once per 10M draws). Duplicated prompts
+in one list get different streams (the occurrence count is in the key), so they act as more samples of
+the same problem, not as copies.
 
 Where the time goes (PERF.md, H100, Qwen2.5-1.5B, B=64): a decode step reads ~3.1 GB of weights plus the
 KV cache (a ~1.3 ms floor), but an eager step launches ~560 small kernels whose launch overhead is most
 of the cost: eager PyTorch takes 20-33 ms per step, transformers 78 ms. So on CUDA the whole step
-(sample + record + the model's forward for one token) is captured once into a CUDA graph and replayed: one
-launch per token. `compile=True` additionally runs the step through torch.compile (inductor fuses the
-RMSNorm, RoPE, SiLU*up and sampling elementwise chains) before capture: fewer kernels per replay.
-Over the vocabulary the step makes one log_softmax, one top-N, one cumsum and one searchsorted pass
-(plus one more softmax only when temperature / top-k / top-p change the sampling distribution).
-The CPU path runs the same step function eagerly.
+(sample + record + the model's forward for one token) is captured once per call into a CUDA graph and
+replayed: one launch per token. Admission (prefill, cache copies) runs eagerly between replays, writing
+into the tensors the graph reads. `compile=True` additionally runs the step through torch.compile
+(inductor fuses the RMSNorm, RoPE, SiLU*up and sampling elementwise chains) before capture. Over the
+vocabulary the step makes one log_softmax, one top-N, one cumsum and one searchsorted pass (plus one more
+softmax only when temperature / top-k / top-p change the sampling distribution). The CPU path runs the
+same step and the same scheduler eagerly, checking for finished rows after every step.
 
 Departures: none from the paper. Conventions: ids >= vocab_size are excluded by slicing the logits
 (Qwen's 151,936 output rows vs 151,665 tokenizer ids), so every distribution here is over the real
@@ -53,6 +93,9 @@ import torch
 
 from model import KVCache, Transformer
 
+MAX_PAD_WASTE = 0.25     # at most this fraction of a prefill chunk's padded tokens is padding
+BLOCK = 128              # positions per block of the length-aware kernel's block mask; buffers round up to it
+
 
 @dataclass
 class Rollout:
@@ -62,13 +105,12 @@ class Rollout:
     topn_ids: torch.Tensor      # (R, L, N) long: top-N ids of the temperature-1 next-token distribution
     topn_probs: torch.Tensor    # (R, L, N) float32: their probabilities
     entropy: torch.Tensor       # (R, L) float32: entropy of the temperature-1 distribution
-    prompt_index: torch.Tensor  # (R,) long: index into `prompts` (the GRPO group)
     finish_reason: list[str]    # "stop" or "length" per row
     lengths: torch.Tensor       # (R,) long: number of real tokens per row (mask.sum(1))
 
 
 # -----------------------------------------------------------------------------
-# Per-row random numbers, independent of the batch
+# Per-sample random numbers, independent of the batch
 
 _M32 = 0xFFFFFFFF
 
@@ -171,6 +213,25 @@ def sample(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0, top_
 # Model calls
 
 
+def prefill_plan(lengths: list[int], max_tokens: int, max_prompts: int | None = None,
+                 max_waste: float = MAX_PAD_WASTE) -> list[list[int]]:
+    """Prompt indices in chunks for batched, right-padded prefill: sorted by length (ties in list order),
+    each chunk at most `max_prompts` prompts and `max_tokens` padded tokens (n x its longest; a longer
+    prompt gets a chunk of its own), and at most `max_waste` of them padding. 64 MATH-500 prompts (5,640
+    tokens) padded to the longest as one chunk cost 21,632 tokens; with 25% waste at most, <= 7,520."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks, current, real = [], [], 0
+    for i in order:
+        padded = (len(current) + 1) * lengths[i]        # lengths ascend: prompt i is the chunk's longest
+        if current and (len(current) == max_prompts or padded > max_tokens
+                        or real + lengths[i] < (1 - max_waste) * padded):
+            chunks.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += lengths[i]
+    return chunks + [current] if current else chunks
+
+
 def prefill(model: Transformer, prompts: list[list[int]], vocab_size: int):
     """Right-padded batched forward of the prompts -> (their KVCache, last-token logits (P, V) float32).
 
@@ -194,65 +255,189 @@ def decode_one_token(model: Transformer, token: torch.Tensor, cache: KVCache, vo
     return model(token[:, None], kv_cache=cache)[:, -1, :vocab_size].float()    # (B, V)
 
 
+_compiled_flex = None
+
+
+class PrefixAttention:
+    """One-token attention over each row's filled prefix only: FlexAttention with a block mask whose row
+    b lists the blocks 0..length[b] // BLOCK and whose mask_mod admits positions <= length[b]. Set as
+    `KVCache.attend`; `set_lengths(cache.lengths)` before each forward (inside the captured step: the
+    lengths and block counts are device tensors updated in place, read by the kernel at replay).
+    compiled=True: torch.compile'd kernel (CUDA); False: flex's unfused reference (tests on the CPU)."""
+
+    def __init__(self, batch: int, max_len: int, device, compiled: bool):
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+        assert max_len % BLOCK == 0, max_len
+        n_blocks = max_len // BLOCK
+        self.kv_len = torch.ones(batch, dtype=torch.long, device=device)           # (B,) positions attended
+        self.num_blocks = torch.ones(batch, 1, 1, dtype=torch.int32, device=device)  # (B, heads 1, q blocks 1)
+        indices = torch.arange(n_blocks, dtype=torch.int32, device=device).expand(batch, 1, 1, n_blocks)
+        kv_len = self.kv_len
+
+        def attends(b, h, q_idx, kv_idx):
+            return kv_idx < kv_len[b]
+
+        self.block_mask = BlockMask.from_kv_blocks(self.num_blocks, indices.contiguous(), BLOCK_SIZE=BLOCK,
+                                                   mask_mod=attends, seq_lengths=(1, max_len))
+        global _compiled_flex
+        if compiled and _compiled_flex is None:  # one compiled wrapper per process: its kernels are reused
+            _compiled_flex = torch.compile(flex_attention)
+        self.kernel = _compiled_flex if compiled else flex_attention
+
+    def set_lengths(self, lengths: torch.Tensor):
+        """Row b's query sits at position lengths[b] and attends positions 0..lengths[b]."""
+        self.kv_len.copy_(lengths + 1)
+        self.num_blocks.copy_((lengths // BLOCK + 1).view(-1, 1, 1))
+
+    @torch.compiler.disable(recursive=False)  # a graph break in a torch.compile'd step: the kernel is
+    def __call__(self, q, k, v):               # compiled on its own, reading the cache in place
+        return self.kernel(q, k, v, block_mask=self.block_mask, enable_gqa=True)  # (B, H, 1, hd)
+
+
+def _decode_kernel(attention: str, slots: int, max_len: int, device: torch.device):
+    """KVCache.attend for generate: the compiled length-aware kernel on CUDA with attention="prefix";
+    otherwise None, the model's dense masked kernel over the whole buffer (on the CPU: the same values)."""
+    if attention == "prefix" and device.type == "cuda":
+        return PrefixAttention(slots, max_len, device, compiled=True)
+    return None
+
+
 # -----------------------------------------------------------------------------
 # The decode loop over static buffers
 
 
 class _Decoder:
-    """Every tensor a decode step reads or writes, allocated once (static addresses: a CUDA graph replays
-    against them), and `step()`, which samples token t for all rows, records it and feeds it back."""
+    """Every tensor a decode step reads or writes, one row per slot, allocated once (static addresses: a
+    CUDA graph replays against them); `step()` samples one token for every slot, records it and feeds it
+    back; `admit()` and `harvest()` put samples into slots and take their records out, between steps."""
 
-    def __init__(self, model, cache, logits, uniforms, stop_ids, max_new_tokens, vocab_size, top_n, params):
-        R, dev = logits.shape[0], logits.device
-        self.model, self.cache, self.logits, self.vocab_size, self.params = model, cache, logits, vocab_size, params
-        self.uniforms = uniforms                                                  # (R, S) float32
-        self.stop_ids = stop_ids                                                  # (n_stop,) long
-        self.t = torch.zeros(1, dtype=torch.long, device=dev)                     # step counter, on device
-        self.done = torch.zeros(R, dtype=torch.bool, device=dev)                  # (R,) row has stopped
-        S, N = max_new_tokens, top_n
-        self.tokens = torch.zeros(R, S, dtype=torch.long, device=dev)
-        self.mask = torch.zeros(R, S, dtype=torch.bool, device=dev)
-        self.logprobs = torch.zeros(R, S, dtype=torch.float32, device=dev)
-        self.topn_ids = torch.zeros(R, S, N, dtype=torch.long, device=dev)
-        self.topn_probs = torch.zeros(R, S, N, dtype=torch.float32, device=dev)
-        self.entropy = torch.zeros(R, S, dtype=torch.float32, device=dev)
+    def __init__(self, model, cache, stop_ids, max_new_tokens, vocab_size, params):
+        dev, S, N = cache.lengths.device, cache.lengths.shape[0], params["top_n"]
+        self.model, self.cache, self.vocab_size, self.params = model, cache, vocab_size, params
+        self.stop_ids, self.max_new = stop_ids, max_new_tokens
+        self.slot = torch.arange(S, device=dev)                                    # (S,)
+        self.logits = torch.zeros(S, vocab_size, dtype=torch.float32, device=dev)  # next-token logits
+        # the sample's uniforms at its steps 0..max_new-1 (column max_new: read by finished slots, unused)
+        self.uniforms = torch.zeros(S, max_new_tokens + 1, dtype=torch.float32, device=dev)
+        self.t = torch.zeros(S, dtype=torch.long, device=dev)                      # tokens generated so far
+        self.alive = torch.zeros(S, dtype=torch.bool, device=dev)                  # holds an unfinished sample
+        self.useful = torch.zeros((), dtype=torch.long, device=dev)                # counters, see generate
+        self.kv_read = torch.zeros((), dtype=torch.long, device=dev)
+        self.kv_longest = torch.zeros((), dtype=torch.long, device=dev)
+        # records, one row per slot; column max_new is where idle slots write (never read)
+        L = max_new_tokens + 1
+        self.records = (torch.zeros(S, L, dtype=torch.long, device=dev),          # tokens
+                        torch.zeros(S, L, dtype=torch.float32, device=dev),       # logprobs
+                        torch.zeros(S, L, N, dtype=torch.long, device=dev),       # topn_ids
+                        torch.zeros(S, L, N, dtype=torch.float32, device=dev),    # topn_probs
+                        torch.zeros(S, L, dtype=torch.float32, device=dev))       # entropy
 
     def step(self):
         # No Python branch depends on tensor values and nothing is read back to the host: this whole
-        # function is one CUDA graph. The column index `t` is a device tensor for the same reason.
-        u = self.uniforms.index_select(1, self.t)[:, 0]                           # (R,)
-        token, logprob, topn_ids, topn_probs, entropy = sample(self.logits, u, **self.params)
-        alive = ~self.done                                                        # (R,)
-        token = token.masked_fill(self.done, 0)                                   # (R,)
-        col = lambda x: torch.where(alive.view(-1, *[1] * x.dim()), x.unsqueeze(1), 0)  # (R, 1[, N]), 0 if done
-        self.tokens.index_copy_(1, self.t, col(token))
-        self.mask.index_copy_(1, self.t, alive[:, None])
-        self.logprobs.index_copy_(1, self.t, col(logprob))
-        self.topn_ids.index_copy_(1, self.t, col(topn_ids))
-        self.topn_probs.index_copy_(1, self.t, col(topn_probs))
-        self.entropy.index_copy_(1, self.t, col(entropy))
-        self.done |= alive & (token[:, None] == self.stop_ids).any(-1)            # the stop token itself counts
+        # function is one CUDA graph. Each slot's step counter `t` is a device tensor for the same reason.
+        u = self.uniforms.gather(1, self.t[:, None])[:, 0]                        # (S,)
+        token, *record = sample(self.logits, u, **self.params)
+        col = torch.where(self.alive, self.t, self.max_new)                        # (S,) where to record
+        for buf, x in zip(self.records, (token, *record)):
+            buf.index_put_((self.slot, col), x)
+        lengths = self.cache.lengths                                               # (S,) the new token's position
+        self.useful += self.alive.sum()
+        self.kv_read += (lengths + 1).sum()                                        # positions 0..length
+        self.kv_longest += (lengths.max() + 1) * lengths.shape[0]
+        if self.cache.attend is not None:                                         # the length-aware kernel
+            self.cache.attend.set_lengths(lengths)
+        self.t += self.alive
+        stopped = (token[:, None] == self.stop_ids).any(-1)                        # the stop token counts
+        self.alive &= ~(stopped | (self.t == self.max_new))
         # the model forward: ~all of the step's bytes (weights + cache) and most of its kernels
         self.logits.copy_(decode_one_token(self.model, token, self.cache, self.vocab_size))
-        self.t += 1
+        lengths.mul_(self.alive)  # finished and free slots stay at length 0: they write and attend position 0
+
+    def admit(self, slots: list[int], pre: KVCache, rows: list[int], logits: torch.Tensor, keys: torch.Tensor):
+        """Slot slots[i] starts the sample of prefilled row rows[i] (`pre`, `logits`), whose random stream
+        has the key keys[i] (its uniforms are computed here, on the CPU: integer ops, the same everywhere)."""
+        s = torch.tensor(slots, device=self.slot.device)
+        r = torch.tensor(rows, device=self.slot.device)
+        n = pre.max_len
+        self.cache.k[:, s, :, :n] = pre.k[:, r]
+        self.cache.v[:, s, :, :n] = pre.v[:, r]
+        self.cache.lengths[s] = pre.lengths[r]
+        self.logits[s] = logits[r]
+        self.uniforms[s, :self.max_new] = row_uniforms(keys, self.max_new).to(s.device)
+        self.t[s] = 0
+        self.alive[s] = True
+
+    def harvest(self, slots: list[int]):
+        """The records of finished slots, on the CPU: tokens generated (n,) and the five (n, max_new[, N])
+        record tensors, zero after each row's end."""
+        s = torch.tensor(slots, device=self.slot.device)
+        n = self.t[s].cpu()                                                        # (n,)
+        written = torch.arange(self.max_new) < n[:, None]                         # (n, max_new)
+        out = []
+        for buf in self.records:
+            x = buf[s, :self.max_new].cpu()
+            out.append(torch.where(written.view(*written.shape, *[1] * (x.dim() - 2)), x, 0))
+        return n, out
 
 
 def _capture_cuda_graph(dec: _Decoder, step_fn):
-    """Record `step_fn` as a CUDA graph. Warm-up steps (cuBLAS handles, torch.compile) run on a side stream
-    as PyTorch requires, then the state they advanced is restored; capture itself executes nothing."""
-    saved = [x.clone() for x in (dec.cache.lengths, dec.logits, dec.t, dec.done)]
+    """Record `step_fn` as a CUDA graph, while every slot is free. Warm-up steps (cuBLAS handles,
+    torch.compile) run on a side stream as PyTorch requires; free slots record nothing and stay at length
+    0, so only the counters need resetting. Capture itself executes nothing."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(min(3, dec.tokens.shape[1])):  # t must stay a valid column
+        for _ in range(3):
             step_fn()
     torch.cuda.current_stream().wait_stream(side)
-    for x, s in zip((dec.cache.lengths, dec.logits, dec.t, dec.done), saved):
-        x.copy_(s)  # cache slots written by the warm-up lie beyond every row's length: masked, then overwritten
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step_fn()
+    for counter in (dec.useful, dec.kv_read, dec.kv_longest):
+        counter.zero_()
     return graph
+
+
+class _Queue:
+    """The samples waiting for a slot, in prefill-plan order. A chunk of prompts is prefilled when its
+    first sample is taken and kept until its last one is. A chunk holds at most as many prompts as fill
+    the slots (ceil(slots / n_samples)): at most two chunks' caches are alive, 2 x that many prompts."""
+
+    def __init__(self, model, prompts, n_samples, vocab_size, prefill_tokens, slots):
+        self.model, self.prompts, self.vocab_size = model, prompts, vocab_size
+        self.plan = prefill_plan([len(p) for p in prompts], prefill_tokens, -(-slots // n_samples))
+        self.order = [(c, j, p * n_samples + g) for c, chunk in enumerate(self.plan)
+                      for j, p in enumerate(chunk) for g in range(n_samples)]
+        self.next, self.chunk, self.pre = 0, -1, None
+        self.prefill_s, self.real_tokens, self.padded_tokens = 0.0, 0, 0
+
+    def __len__(self):
+        return len(self.order) - self.next
+
+    def take(self, n: int):
+        """Up to n waiting samples, grouped by chunk: [(sample ids, prefilled KVCache, its rows, logits)]."""
+        groups = []
+        for c, j, i in self.order[self.next:self.next + n]:
+            if c != self.chunk:
+                self.chunk, self.pre = c, self._prefill(self.plan[c])
+            if not groups or groups[-1][1] is not self.pre[0]:
+                groups.append(([], self.pre[0], [], self.pre[1]))
+            groups[-1][0].append(i)
+            groups[-1][2].append(j)
+        self.next += n
+        return groups
+
+    def _prefill(self, chunk: list[int]):
+        sync = torch.cuda.synchronize if self.model.output_weight.is_cuda else (lambda: None)
+        t0 = time.perf_counter()
+        prompts = [self.prompts[i] for i in chunk]
+        out = prefill(self.model, prompts, self.vocab_size)
+        sync()
+        self.prefill_s += time.perf_counter() - t0
+        self.real_tokens += sum(map(len, prompts))
+        self.padded_tokens += len(prompts) * max(map(len, prompts))
+        return out
 
 
 # -----------------------------------------------------------------------------
@@ -264,18 +449,29 @@ def generate(model: Transformer, prompts: list[list[int]], n_samples: int, max_n
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_ids=(), top_n: int = 3,
              seed: int = 0, vocab_size: int | None = None, greedy: bool = False, progress: bool = False,
              cuda_graph: bool | None = None, compile: bool = False, prefill_tokens: int = 32768,
-             check_every: int | None = None, stats: dict | None = None) -> Rollout:
+             check_every: int | None = None, stats: dict | None = None, schedule: str = "refill",
+             slots: int | None = None, attention: str = "prefix") -> Rollout:
     """Sample `n_samples` answers to each prompt (rows p*n_samples .. (p+1)*n_samples-1 answer prompt p).
 
+    slots: rows decoded at once (memory: their KV cache); default every sample at once. schedule:
+    "refill" (free slots take the next waiting samples at once) or "static" (only when all are free).
+    attention: "prefix" (each row attends its filled prefix only) or "full" (the whole buffer).
+    The samples do not depend on slots, schedule, attention or the other prompts of the call.
     temperature 0 or greedy=True: argmax decoding. cuda_graph: None = on when the model is on CUDA.
     compile: torch.compile the step before capture. prefill_tokens: padded prompt tokens per prefill
-    chunk (bounds prefill memory). check_every: steps between `all rows done?` host checks (a sync);
-    default 1 on CPU, 16 on CUDA. stats: if a dict is given, it receives the seconds spent in prefill,
-    in CUDA-graph warm-up + capture (and torch.compile on a first call) and in the decode loop, and the
-    number of decode steps run.
+    chunk (bounds prefill memory). check_every: steps between host checks for finished rows (a sync);
+    default 1 on CPU, 16 on CUDA. stats: if a dict is given, it receives the seconds spent in prefill, in
+    CUDA-graph warm-up + capture (and torch.compile on a first call) and in the decode loop, the number
+    of decode steps, slots and rows, the work counters useful_tokens, row_steps, kv_slots_read,
+    kv_slots_min, kv_slots_read_longest (see the module docstring), and the prompt tokens prefilled
+    (prefill_tokens) and padded (prefill_padded_tokens).
     """
     if not prompts or n_samples < 1 or max_new_tokens < 1 or any(len(p) == 0 for p in prompts):
         raise ValueError("need at least one non-empty prompt, n_samples >= 1 and max_new_tokens >= 1")
+    if schedule not in ("refill", "static") or attention not in ("prefix", "full"):
+        raise ValueError(f"schedule={schedule!r} (refill|static), attention={attention!r} (prefix|full)")
+    if slots is not None and slots < 1:
+        raise ValueError(f"slots={slots}: need at least 1")
     device, dtype = model.output_weight.device, model.output_weight.dtype
     V = min(vocab_size or model.config.vocab_size, model.config.vocab_size)
     greedy = greedy or temperature == 0
@@ -285,68 +481,83 @@ def generate(model: Transformer, prompts: list[list[int]], n_samples: int, max_n
     check_every = check_every or (16 if on_cuda else 1)
     P, G = len(prompts), n_samples
     R = P * G
+    S = min(slots or R, R)
     sync = torch.cuda.synchronize if on_cuda else (lambda: None)
     t0 = time.perf_counter()
 
-    # --- prefill each prompt once, copy its cache into its G rows
-    max_len = max(len(p) for p in prompts) + max_new_tokens
-    if compile:
-        max_len = -(-max_len // 256) * 256  # few distinct shapes, so torch.compile reuses its kernels
-    cache = KVCache(model.config, R, max_len, device, dtype)  # the static cache: (layers, R, Hkv, max_len, hd)
-    logits = torch.empty(R, V, dtype=torch.float32, device=device)                # (R, V)
-    order = sorted(range(P), key=lambda i: len(prompts[i]))  # similar lengths together: less padding
-    start = 0
-    while start < P:  # chunks of prompts with at most `prefill_tokens` padded tokens (memory bound)
-        end = start + 1
-        while end < P and (end + 1 - start) * len(prompts[order[end]]) <= prefill_tokens:
-            end += 1
-        idx = order[start:end]
-        pre, last = prefill(model, [prompts[i] for i in idx], V)                 # (n, V)
-        for j, i in enumerate(idx):  # prompt i owns rows i*G .. i*G+G-1
-            cache.narrow(i * G, G).copy_rows_(pre.narrow(j, 1), torch.zeros(G, dtype=torch.long))
-            logits[i * G:(i + 1) * G] = last[j]
-        start = end
-    del pre, last
-    sync()
-    t_prefill = time.perf_counter()
-
-    # --- decode
-    uniforms = row_uniforms(row_keys(prompts, G, seed), max_new_tokens).to(device)   # (R, S)
+    # --- the static buffers: the cache of S rows and the decoder state
+    max_len = -(-(max(len(p) for p in prompts) + max_new_tokens) // BLOCK) * BLOCK  # few distinct shapes
+    cache = KVCache(model.config, S, max_len, device, dtype)  # (layers, S, Hkv, max_len, hd)
+    cache.attend = _decode_kernel(attention, S, max_len, device)
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device).view(-1)  # (n_stop,)
-    dec = _Decoder(model, cache, logits, uniforms, stop, max_new_tokens, V, params["top_n"], params)
+    dec = _Decoder(model, cache, stop, max_new_tokens, V, params)
     step_fn = torch.compile(dec.step, dynamic=False) if compile else dec.step
     graph = _capture_cuda_graph(dec, step_fn) if cuda_graph else None
     sync()
     t_capture = time.perf_counter()
+
+    # --- the loop: admit waiting samples into free slots, run steps, take finished rows back
+    keys = row_keys(prompts, G, seed)                                              # (R, 2)
+    queue = _Queue(model, prompts, G, V, prefill_tokens, S)
+    out = [torch.zeros(R, max_new_tokens, *buf.shape[2:], dtype=buf.dtype) for buf in dec.records]
+    n_tokens = torch.zeros(R, dtype=torch.long)
+    owner = [-1] * S                                                               # sample in each slot
+    free = list(range(S))
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=max_new_tokens, desc="sampling", unit="tok", leave=False)
+        bar = tqdm(total=R, desc="sampling", unit="sample", leave=False)
     steps = 0
-    for steps in range(1, max_new_tokens + 1):
-        graph.replay() if graph is not None else step_fn()
-        if bar is not None:
-            bar.update(1)
-        # `.all()` read on the host is a CPU-GPU sync: on CUDA only every check_every steps, so up to
-        # check_every - 1 steps may run after the last row finished (they are masked out anyway)
-        if steps % check_every == 0 and bool(dec.done.all()):
+    while True:
+        if queue and free and (schedule == "refill" or len(free) == S):
+            for ids, pre, rows, logits in queue.take(min(len(free), len(queue))):
+                slot_ids, free = free[:len(ids)], free[len(ids):]
+                dec.admit(slot_ids, pre, rows, logits, keys[ids])
+                for s, i in zip(slot_ids, ids):
+                    owner[s] = i
+        if len(free) == S:
             break
+        for _ in range(check_every):
+            graph.replay() if graph is not None else step_fn()
+        steps += check_every
+        # reading `alive` on the host is a CPU-GPU sync: on CUDA only every check_every steps, so a
+        # finished row's slot may idle up to check_every - 1 steps before it is refilled
+        alive = dec.alive.tolist()
+        done = [s for s in range(S) if owner[s] >= 0 and not alive[s]]
+        if done:
+            ids = [owner[s] for s in done]
+            n, records = dec.harvest(done)
+            n_tokens[ids] = n
+            for o, x in zip(out, records):
+                o[ids] = x
+            for s in done:
+                owner[s] = -1
+            free = sorted(free + done)
+            if bar is not None:
+                bar.update(len(done))
     if bar is not None:
         bar.close()
     sync()
     t_end = time.perf_counter()
-    if stats is not None:
-        stats.update(prefill_s=t_prefill - t0, capture_s=t_capture - t_prefill, decode_s=t_end - t_capture,
-                     steps=steps, rows=R)
 
-    # --- trim to the longest row and move to the CPU
-    mask = dec.mask[:, :steps].cpu()                                              # (R, L)
-    lengths = mask.sum(1)                                                         # (R,)
-    L = int(lengths.max())
-    done = dec.done.cpu()
+    # --- trim to the longest row
+    L = int(n_tokens.max())
+    tokens, logprobs, topn_ids, topn_probs, entropy = (o[:, :L].contiguous() for o in out)
+    mask = torch.arange(L) < n_tokens[:, None]                                     # (R, L)
+    stop_set = set(stop.tolist())
+    finish = ["stop" if n > 0 and int(tokens[i, n - 1]) in stop_set else "length"
+              for i, n in enumerate(n_tokens.tolist())]
+    if stats is not None:
+        prompt_len = torch.tensor([len(prompts[i // G]) for i in range(R)])
+        useful, row_steps = int(dec.useful), steps * S
+        stats.update(
+            prefill_s=queue.prefill_s, capture_s=t_capture - t0, decode_s=t_end - t_capture - queue.prefill_s,
+            steps=steps, rows=R, slots=S, schedule=schedule, attention=attention,
+            useful_tokens=useful, row_steps=row_steps,
+            kv_slots_read=int(dec.kv_read) if attention == "prefix" else row_steps * max_len,
+            kv_slots_min=int((n_tokens * prompt_len + n_tokens * (n_tokens + 1) // 2).sum()),
+            kv_slots_read_longest=int(dec.kv_longest),
+            prefill_tokens=queue.real_tokens, prefill_padded_tokens=queue.padded_tokens)
     del graph
-    return Rollout(
-        tokens=dec.tokens[:, :L].cpu(), mask=mask[:, :L].contiguous(), logprobs=dec.logprobs[:, :L].cpu(),
-        topn_ids=dec.topn_ids[:, :L].cpu(), topn_probs=dec.topn_probs[:, :L].cpu(),
-        entropy=dec.entropy[:, :L].cpu(), prompt_index=torch.arange(P).repeat_interleave(G),
-        finish_reason=["stop" if d else "length" for d in done.tolist()], lengths=lengths)
+    return Rollout(tokens=tokens, mask=mask, logprobs=logprobs, topn_ids=topn_ids, topn_probs=topn_probs,
+                   entropy=entropy, finish_reason=finish, lengths=n_tokens)

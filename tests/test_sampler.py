@@ -76,14 +76,16 @@ def test_greedy_equals_argmax_loop(model):
     assert r.mask.all() and r.finish_reason == ["length"] * 6
 
 
-@pytest.mark.parametrize("T,k,top_p", [(1.0, 0, 1.0), (0.7, 20, 0.9)])
-def test_candidate_distribution_and_logprobs_match_full_forward(model, T, k, top_p):
+@pytest.mark.parametrize("T,k,top_p,slots", [(1.0, 0, 1.0, None), (0.7, 20, 0.9, None), (1.0, 0, 1.0, 2)])
+def test_candidate_distribution_and_logprobs_match_full_forward(model, T, k, top_p, slots):
     """topn_ids/topn_probs equal topk(softmax(logits)) of a full forward pass over the generated sequence,
     entropy likewise (both at temperature 1 whatever the sampling temperature), and logprobs equal
-    log_softmax(masked logits / T) at the sampled token, which the mask allows (max abs diff < 1e-4)."""
+    log_softmax(masked logits / T) at the sampled token, which the mask allows (max abs diff < 1e-4);
+    also with 2 slots for 9 samples (refilled slots hold caches copied in mid-run), rows stopping early."""
     r = generate(model, PROMPTS, n_samples=3, max_new_tokens=10, temperature=T, top_k=k, top_p=top_p,
-                 top_n=4, vocab_size=V, seed=3)
-    assert r.topn_ids.shape == (9, 10, 4)
+                 top_n=4, vocab_size=V, seed=3, slots=slots, stop_ids=[] if slots is None else [5, 9, 40])
+    assert r.topn_ids.shape == (9, r.tokens.shape[1], 4) and r.tokens.shape[1] == 10
+    assert slots is None or 0 < int(r.lengths.min()) < 10
     for row in range(9):
         n = int(r.lengths[row])
         gen = r.tokens[row, :n]
@@ -223,15 +225,205 @@ def test_ids_at_or_above_vocab_size_never_sampled():
 
 
 def test_rollout_layout(model):
-    """Shapes, dtypes, CPU placement, prompt_index = row // n_samples, tokens 0 outside the mask."""
+    """Shapes, dtypes, CPU placement, lengths = mask.sum(1), tokens 0 outside the mask."""
     r = generate(model, PROMPTS, n_samples=2, max_new_tokens=9, vocab_size=V, stop_ids=[1, 2], top_n=3)
     R, L = 6, r.tokens.shape[1]
     assert r.mask.shape == r.logprobs.shape == r.entropy.shape == (R, L) and r.topn_probs.shape == (R, L, 3)
-    assert r.tokens.dtype == r.topn_ids.dtype == r.prompt_index.dtype == r.lengths.dtype == torch.long
+    assert r.tokens.dtype == r.topn_ids.dtype == r.lengths.dtype == torch.long
     assert r.mask.dtype == torch.bool and r.logprobs.dtype == r.topn_probs.dtype == torch.float32
     assert all(t.device.type == "cpu" for t in (r.tokens, r.mask, r.logprobs, r.topn_ids, r.entropy))
-    assert r.prompt_index.tolist() == [0, 0, 1, 1, 2, 2] and len(r.finish_reason) == R
+    assert torch.equal(r.lengths, r.mask.sum(1)) and L == int(r.lengths.max()) and len(r.finish_reason) == R
     assert not r.tokens[~r.mask].any() and (r.logprobs[r.mask] < 0).all()
+
+
+# ----------------------------------------------------------------------------- scheduling: slots, refill, static
+
+def successor_model(vocab=16):
+    """A model whose next token is (last token + 1) mod vocab, by a margin of 40 logits: one-hot embeddings
+    (hidden size = vocab), attention and MLP outputs zeroed (the residual stream is the embedding of the
+    current token), and an untied output layer whose row j reads the one-hot of j - 1. Response lengths
+    are then known by hand: a prompt ending in token a answers a+1, a+2, ... until a stop id."""
+    cfg = ModelConfig(vocab_size=vocab, hidden_size=vocab, intermediate_size=8, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=False)
+    m = Transformer(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        for norm in (m.model.norm, m.model.layers[0].input_layernorm, m.model.layers[0].post_attention_layernorm):
+            norm.weight.fill_(1.0)
+        m.model.embed_tokens.weight.copy_(torch.eye(vocab))
+        m.lm_head.weight.copy_(10.0 * torch.eye(vocab).roll(1, dims=0))   # row j = e_{j-1}: logit 40 at a+1
+    return m
+
+
+# Prompts (call order A, B, C, D) with stop id 15 and a cap of 6 tokens, answered by successor_model:
+#   A = [3, 14]          -> 15                 1 token, stops at its first token
+#   B = [1, 2, 14]       -> 15                 1 token
+#   C = [5, 8]           -> 9 10 11 12 13 14   6 tokens, hits the cap
+#   D = [0, 0, 0, 0, 12] -> 13 14 15           3 tokens
+# Admission order is the prefill plan's (by prompt length): A, C, B, D. The minimum KV read is, per sample,
+# sum over its tokens t of (prompt length + t + 1): A 3, C 3+4+5+6+7+8 = 33, B 4, D 6+7+8 = 21; 61 in all.
+HAND_PROMPTS = [[3, 14], [1, 2, 14], [5, 8], [0, 0, 0, 0, 12]]
+HAND_TOKENS = [[15], [15], [9, 10, 11, 12, 13, 14], [13, 14, 15]]
+
+
+@pytest.mark.parametrize("schedule,slots,attention,steps,kv_read,kv_longest", [
+    # refill, 2 slots: step 1 A|C, A ends -> B; step 2 B|C, B ends -> D; steps 3-5 D|C, D ends;
+    # step 6 idle|C, C hits the cap. 12 rows computed; the one idle row-step attends 1 position.
+    # Longest-live-row kernel: (max length + 1) x 2 per step = 3x2 + 4x2 + 6x2 + 7x2 + 8x2 + 8x2 = 72.
+    ("refill", 2, "prefix", 6, 61 + 1, 72),
+    # static, 2 slots: batch A|C runs 6 steps (A idles for 5), then batch B|D runs 3 (B idles for 2).
+    ("static", 2, "prefix", 9, 61 + 7, 3 * 2 + 4 * 2 + 5 * 2 + 6 * 2 + 7 * 2 + 8 * 2 + 6 * 2 + 7 * 2 + 8 * 2),
+    # every sample at once (the default): 4 rows x 6 steps, 13 idle row-steps; the longest live row is
+    # D (positions 5, 6, 7) for 3 steps, then C (5, 6, 7).
+    ("refill", None, "prefix", 6, 61 + 13, 4 * (6 + 7 + 8 + 6 + 7 + 8)),
+    # the whole buffer (5 + 6 positions, rounded up to one 128-position block) for every row and step
+    ("refill", 2, "full", 6, 12 * 128, 72),
+])
+def test_work_counters_hand_computed(schedule, slots, attention, steps, kv_read, kv_longest):
+    """useful_tokens, row_steps, kv_slots_read (and its minimum, and what a kernel reading every row up to
+    the longest live row would read) equal the hand-computed values above, as do the tokens, lengths and
+    finish reasons: rows ending at their first token and a row hitting the cap, with slots refilled."""
+    stats = {}
+    r = generate(successor_model(), HAND_PROMPTS, n_samples=1, max_new_tokens=6, stop_ids=[15], greedy=True,
+                 schedule=schedule, slots=slots, attention=attention, stats=stats)
+    assert [r.tokens[i, :n].tolist() for i, n in enumerate(r.lengths.tolist())] == HAND_TOKENS
+    assert r.finish_reason == ["stop", "stop", "length", "stop"] and r.tokens.shape == (4, 6)
+    n_slots = slots or 4
+    assert stats["steps"] == steps and stats["slots"] == n_slots
+    assert stats["useful_tokens"] == 11 and stats["row_steps"] == steps * n_slots
+    assert stats["kv_slots_min"] == 61 and stats["kv_slots_read"] == kv_read
+    assert stats["kv_slots_read_longest"] == kv_longest
+    # the prefill plan, by length A C B D: 4 slots: [A, C, B] (9 padded tokens for 7: 22% padding), then
+    # [D] alone (5 for 5: with it, 20 for 12); 2 slots: chunks of 2 prompts, [A, C] (4), [B, D] (10 for 8)
+    assert stats["prefill_tokens"] == 12 and stats["prefill_padded_tokens"] == (9 + 5 if slots is None else 4 + 10)
+
+
+def compare_rollouts(a, b, tol=0.0):
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask) and torch.equal(a.lengths, b.lengths)
+    assert torch.equal(a.topn_ids, b.topn_ids) and a.finish_reason == b.finish_reason
+    for x, y in ((a.logprobs, b.logprobs), (a.topn_probs, b.topn_probs), (a.entropy, b.entropy)):
+        assert torch.equal(x, y) if tol == 0 else (x - y).abs().max() <= tol
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_refill_equals_static(dtype, tol):
+    """Same seed: refill and static scheduling give the same tokens, log-probs, top-N records, entropies
+    and finish reasons, BIT FOR BIT with the same number of slots (float64 and float32: each row's
+    arithmetic does not depend on which rows share its step nor on its slot), on mixed prompt lengths,
+    a duplicated prompt, rows ending at their first token, rows hitting the cap, 5 slots for 21 samples.
+    Against every sample at once (other batch shapes: other matmul blocking) the tokens are equal and the
+    floats within `tol` (float64: 1e-12; float32: 1e-5)."""
+    m = small_model().to(dtype)
+    prompts = PROMPTS + [PROMPTS[1], [7] * 14, [30, 31]]                          # PROMPTS[1] twice
+    kw = dict(n_samples=3, max_new_tokens=12, vocab_size=V, seed=4)
+    free = generate(m, prompts, **kw)
+    stop = {int(free.tokens[0, 0]), int(free.tokens[7, 4])}                     # row 0 ends at its first token
+    runs = {s: generate(m, prompts, **kw, stop_ids=stop, slots=5, schedule=s) for s in ("refill", "static")}
+    compare_rollouts(runs["refill"], runs["static"])
+    compare_rollouts(runs["refill"], generate(m, prompts, **kw, stop_ids=stop), tol)
+    r = runs["refill"]
+    assert int(r.lengths[0]) == 1 and int(r.lengths.max()) == 12 and "stop" in r.finish_reason
+    assert "length" in r.finish_reason and not torch.equal(r.tokens[3:6], r.tokens[9:12])   # duplicate: fresh
+
+
+def test_rl_workload_counters():
+    """bench.py's RL workload at CPU scale (lengths / 23: mean ~30, cap 132 = 3072 / 700 x 30, ~1-3% of the
+    responses truncated; 32 prompts x 8 samples on 8 slots, as the paper's 1024 x 8 on 256 slots):
+    with refill, utilization (useful tokens / rows computed) >= 0.9 and KV slots read <= 1.3x the minimum
+    sum over samples and positions t of (prompt length + t + 1), the minimum recomputed here from the
+    lengths. Printed beside it: static scheduling on the same samples (computed from their lengths: each
+    batch of 8 runs until its longest row ends), the sampler before issue 14, utilization ~0.3."""
+    from bench import rl_workload
+    m = small_model(vocab_rows=1024, std=0.02)
+    prompts, stop_ids = rl_workload(1024, 32, mean_len=30, prompt_lens=(8, 32), seed=0)
+    G, S, cap = 8, 8, 132
+    stats = {}
+    r = generate(m, prompts, n_samples=G, max_new_tokens=cap, stop_ids=stop_ids, slots=S, stats=stats)
+    n = r.lengths
+    prompt_len = torch.tensor([len(prompts[i // G]) for i in range(len(n))])
+    minimum = int((n * prompt_len + n * (n + 1) // 2).sum())
+    assert stats["useful_tokens"] == int(n.sum()) and stats["kv_slots_min"] == minimum
+    assert stats["row_steps"] == stats["steps"] * S
+    by_length = sorted(range(len(prompts)), key=lambda p: len(prompts[p]))     # the admission order
+    order = [p * G + g for p in by_length for g in range(G)]
+    static_row_steps = sum(S * int(n[order[i:i + S]].max()) for i in range(0, len(order), S))
+    util, static_util = stats["useful_tokens"] / stats["row_steps"], int(n.sum()) / static_row_steps
+    print(f"mean length {n.float().mean():.1f}, {(n == cap).float().mean():.1%} truncated; utilization refill "
+          f"{util:.3f}, static {static_util:.3f}; KV read / minimum {stats['kv_slots_read'] / minimum:.3f} "
+          f"(a longest-live-row kernel: {stats['kv_slots_read_longest'] / minimum:.2f})")
+    assert 0.01 <= (n == cap).float().mean() <= 0.05 and 20 <= n.float().mean() <= 45
+    assert util >= 0.9 and stats["kv_slots_read"] <= 1.3 * minimum
+    assert static_util < 0.5
+
+
+def test_prefill_pads_at_most_a_quarter():
+    """Issue 15: 64 prompts of MATH-500-like lengths (30..338 tokens) are prefilled in chunks of at most
+    25% padding, not padded to the longest as one chunk; the samples do not change."""
+    from sampler import prefill_plan
+    lengths = [30 + (i ** 3 * 308) // 63 ** 3 for i in range(64)]                # 30 .. 338, most short
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in lengths[::-1]]
+    stats = {}
+    r = generate(small_model(), prompts, n_samples=1, max_new_tokens=2, vocab_size=V, stats=stats)
+    real, padded = stats["prefill_tokens"], stats["prefill_padded_tokens"]
+    print(f"prefill: {real} real tokens, {padded} padded (one chunk padded to the longest: {64 * 338})")
+    assert real == sum(lengths) and padded <= real / 0.75 and padded < 64 * 338 / 2
+    one_chunk = generate(small_model(), prompts, n_samples=1, max_new_tokens=2, vocab_size=V,
+                         prefill_tokens=10**9)
+    assert torch.equal(r.tokens, one_chunk.tokens)
+    # the plan itself, on random lengths: every prompt once, sorted, each chunk within both bounds
+    for seed in range(20):
+        lens = torch.randint(1, 400, (int(torch.randint(1, 60, (1,))),), generator=g.manual_seed(seed)).tolist()
+        plan = prefill_plan(lens, max_tokens=2000, max_prompts=7)
+        flat = [i for chunk in plan for i in chunk]
+        assert sorted(flat) == list(range(len(lens))) and [lens[i] for i in flat] == sorted(lens)
+        for chunk in plan:
+            longest, total = max(lens[i] for i in chunk), sum(lens[i] for i in chunk)
+            assert len(chunk) == 1 or (len(chunk) <= 7 and len(chunk) * longest <= 2000
+                                       and total >= 0.75 * len(chunk) * longest)
+
+
+def test_slots_and_arguments(model):
+    """slots beyond the number of samples are clamped, one slot works, bad arguments are refused."""
+    kw = dict(n_samples=2, max_new_tokens=5, vocab_size=V, seed=1)
+    stats = {}
+    a = generate(model, PROMPTS, **kw, slots=100, stats=stats)
+    assert stats["slots"] == 6 and torch.equal(a.tokens, generate(model, PROMPTS, **kw, slots=1).tokens)
+    for bad in (dict(schedule="greedy"), dict(attention="paged"), dict(slots=0)):
+        with pytest.raises(ValueError):
+            generate(model, PROMPTS, **kw, **bad)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_prefix_attention_kernel_matches_masked_kernel():
+    """The length-aware kernel that CUDA runs (PrefixAttention: FlexAttention over each row's filled
+    blocks; here its unfused reference), set as KVCache.attend, gives the logits of the dense masked kernel
+    over 6 decode steps of right-padded rows of different lengths (float64, < 1e-12); its block counts
+    are ceil((length + 1) / 128) and its block mask lists exactly those blocks."""
+    from sampler import BLOCK, PrefixAttention
+    m = small_model().double()
+    prompts = [[5] * 3, [9] * 140, [1] * 129, [7] * 127]                          # around the 128 boundary
+    forced = torch.randint(0, V, (4, 6), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for name in ("dense", "prefix"):
+        with torch.no_grad():
+            pre, first = prefill(m, prompts, V)
+            cache = KVCache(m.config, 4, 2 * BLOCK, dtype=torch.float64)
+            cache.copy_rows_(pre, torch.arange(4))
+            attention = PrefixAttention(4, 2 * BLOCK, "cpu", compiled=False) if name == "prefix" else None
+            cache.attend = attention
+            out = [first]
+            for t in range(6):
+                if attention is not None:
+                    attention.set_lengths(cache.lengths)
+                out.append(decode_one_token(m, forced[:, t], cache, V))
+            logits[name] = torch.stack(out)
+    assert (logits["dense"] - logits["prefix"]).abs().max() < 1e-12
+    attention.set_lengths(torch.tensor([0, 127, 128, 255]))
+    assert attention.num_blocks.view(-1).tolist() == [1, 1, 2, 2]
+    assert attention.block_mask.to_dense()[:, 0, 0].tolist() == [[1, 0], [1, 0], [1, 1], [1, 1]]
 
 
 # ----------------------------------------------------------------------------- the sampled distribution
@@ -282,16 +474,41 @@ def test_sampled_frequencies_match_softmax(T, top_k, top_p):
 @pytest.mark.parametrize("compile", [False, True])
 def test_cuda_graph_matches_plain_path(compile):
     """On CUDA the graph-captured decode step (optionally torch.compile'd) gives the same greedy tokens as the
-    plain eager step, and the same sampled tokens for the same seed (float32)."""
+    plain eager step, and the same sampled tokens for the same seed (float32): with the length-aware kernel
+    (FlexAttention, compiled) and the whole-buffer kernel, every sample at once and on 5 refilled slots
+    (also with schedule="static"); and the same greedy tokens as the CPU."""
     m = small_model().cuda()
     kw = dict(n_samples=4, max_new_tokens=40, vocab_size=V, stop_ids=[3])
     for extra in (dict(greedy=True), dict(seed=1, top_p=0.9)):
-        plain = generate(m, PROMPTS, cuda_graph=False, **kw, **extra)
-        fast = generate(m, PROMPTS, cuda_graph=True, compile=compile, **kw, **extra)
-        assert torch.equal(plain.tokens, fast.tokens) and torch.equal(plain.mask, fast.mask)
-        assert (plain.logprobs - fast.logprobs).abs().max() < TOL
+        plain = generate(m, PROMPTS, cuda_graph=False, attention="full", **kw, **extra)
+        for attention, slots, schedule in (("full", None, "refill"), ("prefix", None, "refill"),
+                                           ("prefix", 5, "refill"), ("prefix", 5, "static"), ("full", 5, "refill")):
+            stats = {}
+            fast = generate(m, PROMPTS, cuda_graph=True, compile=compile, attention=attention, slots=slots,
+                            schedule=schedule, stats=stats, **kw, **extra)
+            assert torch.equal(plain.tokens, fast.tokens) and torch.equal(plain.mask, fast.mask)
+            assert (plain.logprobs - fast.logprobs).abs().max() < TOL
+            assert stats["useful_tokens"] == int(fast.lengths.sum())
         cpu = generate(small_model(), PROMPTS, **kw, **extra)
         if extra.get("greedy"):  # float32 without TF32: argmax flips between devices are ~1e-3 likely
             assert torch.equal(cpu.tokens, plain.tokens)
     short = generate(m, PROMPTS, n_samples=2, max_new_tokens=1, vocab_size=V, compile=compile)
     assert short.tokens.shape == (6, 1)
+
+
+@pytest.mark.gpu
+def test_cuda_prefix_kernel_reads_each_rows_blocks():
+    """The compiled FlexAttention kernel on CUDA equals the dense masked kernel for rows of lengths around
+    the 128-position block boundaries (float32), so its per-row block lists are right."""
+    from sampler import BLOCK, PrefixAttention
+    B, S = 6, 4 * BLOCK
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(B, 12, 1, 128, device="cuda", generator=g)
+    k, v = (torch.randn(B, 2, S, 128, device="cuda", generator=g) for _ in range(2))
+    lengths = torch.tensor([0, 126, 127, 128, 300, S - 1], device="cuda")
+    attention = PrefixAttention(B, S, "cuda", compiled=True)
+    attention.set_lengths(lengths)
+    mask = torch.arange(S, device="cuda")[None, :] <= lengths[:, None]
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :],
+                                                           enable_gqa=True)
+    assert (attention(q, k, v) - ref).abs().max() < 1e-4

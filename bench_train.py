@@ -58,9 +58,10 @@ def ours_step_fn(config, state, batch, device, chunk_size):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        head = lambda h, w: casp_loss_from_hidden(h, w, seq[:, 1:], old, adv, mask, chunk_size=chunk_size)[0]
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(seq[:, :-1], head=head)
+            hidden = model(seq[:, :-1], return_hidden=True)                               # (B, T-1, D)
+        loss, _ = casp_loss_from_hidden(hidden, model.output_weight, seq[:, 1:], old, adv, mask,
+                                        chunk_size=chunk_size)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -27,8 +27,8 @@ sampling settings; resuming with different ones is refused. OUT/results.json hol
 
 Randomness: the sampler draws every row from its own counter-based stream keyed by (seed, prompt, sample
 index), so a problem's n samples do not depend on which problems share its batch, and a resumed run
-produces the samples an uninterrupted one would have. When n exceeds --max-rows, the samples of a problem
-are drawn in chunks with seeds seed, seed + 1000003, ... (chunk j's sample i is a different stream).
+produces the samples an uninterrupted one would have. At most --max-rows rows are decoded at once (the
+KV cache's memory); which rows share the decoder does not change any sample.
 
 The paper's theory check on the number of distinct responses is in theory.py.
 
@@ -319,54 +319,32 @@ def _bar(total, desc, enabled):
 
 
 def evaluate_benchmark(model, tokenizer, bench: str, problems: list[dict], args, path: Path) -> list[dict]:
-    """Sample, verify and append one record per unfinished problem to `path`; return all records."""
-    import sampler
-    from verifier import verify_batch
+    """Sample, verify and append one record per unfinished problem to `path`; return all records.
+    Problems go through rollout.rollout (the training step's own sample + decode + verify) in groups of
+    --batch-prompts, at most --max-rows rows decoded at once; each group is on disk before the next."""
+    from rollout import rollout
 
     done = {r["id"]: r for r in read_samples(path, repair=True)}
     todo = [p for p in problems if p["id"] not in done]
     per_call = args.batch_prompts or max(1, args.max_rows // args.n)
-    chunk = min(args.n, args.max_rows)
     bar = _bar(len(problems), bench, args.progress)
     bar.update(len(problems) - len(todo))
     with open(path, "a", encoding="utf-8") as f:
         for i in range(0, len(todo), per_call):
             group = todo[i:i + per_call]
-            prompts = [p["prompt_ids"] for p in group]
-            texts = [[] for _ in group]
-            lengths = [[] for _ in group]
-            finish = [[] for _ in group]
-            cand = [{"n_tokens": 0, "topn": None, "entropy": 0.0} for _ in group]
-            for j, start in enumerate(range(0, args.n, chunk)):
-                m = min(chunk, args.n - start)
-                ro = sampler.generate(model, prompts, n_samples=m, max_new_tokens=args.max_new_tokens,
-                                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                      stop_ids=tokenizer.stop_ids, top_n=args.top_n, seed=args.seed + j * 1_000_003,
-                                      vocab_size=tokenizer.vocab_size)
-                for q in range(len(group)):
-                    rows = slice(q * m, (q + 1) * m)
-                    mask = ro.mask[rows]                                                     # (m, L)
-                    texts[q] += [tokenizer.decode(t[mk].tolist()) for t, mk in zip(ro.tokens[rows], mask)]
-                    lengths[q] += ro.lengths[rows].tolist()
-                    finish[q] += ro.finish_reason[rows]
-                    topn = ro.topn_probs[rows][mask].double().sum(0)                         # (N,)
-                    c = cand[q]
-                    c["topn"] = topn if c["topn"] is None else c["topn"] + topn
-                    c["entropy"] += float(ro.entropy[rows][mask].double().sum())
-                    c["n_tokens"] += int(mask.sum())
-            flat = [t for ts in texts for t in ts]
-            owner = [q for q in range(len(group)) for _ in texts[q]]
-            verdicts = verify_batch(flat, [group[q]["answer"] for q in owner],
-                                    task=[group[q].get("task", "math") for q in owner],
-                                    fields=[data.verifier_fields(group[q]) for q in owner],
-                                    max_workers=args.workers, mode=args.answer_mode)
+            ro = rollout(model, tokenizer, group, args.n, max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, top_n=args.top_n,
+                         seed=args.seed, slots=args.max_rows, answer_mode=args.answer_mode,
+                         truncated_scores_zero=False, workers=args.workers)
             for q, prob in enumerate(group):
-                c = cand[q]
-                tok = max(c["n_tokens"], 1)
-                stats = {"n_tokens": c["n_tokens"], "topn_probs": (c["topn"] / tok).tolist(),
-                         "entropy": c["entropy"] / tok}
-                vs = [v for v, o in zip(verdicts, owner) if o == q]
-                rec = problem_record(prob, bench, texts[q], vs, lengths[q], finish[q], stats)
+                rows = slice(q * args.n, (q + 1) * args.n)
+                mask = ro.mask[rows]                                                         # (n, L)
+                tok = max(int(mask.sum()), 1)
+                cand = {"n_tokens": int(mask.sum()),                                      # sampler's, temperature 1
+                        "topn_probs": (ro.topn_probs[rows][mask].double().sum(0) / tok).tolist(),
+                        "entropy": float(ro.entropy[rows][mask].double().sum()) / tok}
+                rec = problem_record(prob, bench, ro.texts[rows], ro.verdicts[rows], ro.lengths[rows].tolist(),
+                                     ro.finish_reason[rows], cand)
                 f.write(json.dumps(rec) + "\n")
                 done[prob["id"]] = rec
             f.flush()      # each finished problem is on disk before the next batch is sampled

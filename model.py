@@ -489,14 +489,14 @@ class Transformer(nn.Module):
         """(V, D) matrix of the output layer, for losses that apply it chunk by chunk."""
         return self.lm_head.weight
 
-    def forward(self, tokens, kv_cache: KVCache | None = None, return_hidden: bool = False, head=None):
-        """tokens (B, T) long -> logits (B, T, V), or the final normed hidden states (B, T, D).
+    def forward(self, tokens, kv_cache: KVCache | None = None, return_hidden: bool = False):
+        """tokens (B, T) long -> logits (B, T, V), or with return_hidden the final normed hidden states
+        (B, T, D), for a loss that applies the output layer (`output_weight`) chunk by chunk. (Under
+        FSDP2 the root module's parameters, the output weight among them, stay gathered from forward to
+        backward, so the caller may read `output_weight` after forward.)
 
         With `kv_cache`, token t of row b sits at position kv_cache.lengths[b] + t, and the cache lengths
         are advanced by T afterwards. Without it, positions are 0..T-1 (causal, no cache).
-        `head(hidden, output_weight)`, if given, replaces the output layer and its result is returned: a
-        loss that applies the output layer chunk by chunk runs inside forward, where FSDP has gathered
-        the root's parameters (the output weight among them).
         """
         B, T = tokens.shape
         if kv_cache is None:
@@ -514,8 +514,6 @@ class Transformer(nn.Module):
         if kv_cache is not None:
             kv_cache.lengths += T
         x = self.model.norm(x)                                                         # (B, T, D)
-        if head is not None:
-            return head(x, self.output_weight)
         return x if return_hidden else self.lm_head(x)                                 # (B, T, V)
 
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None):

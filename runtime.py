@@ -17,6 +17,7 @@ import json
 import os
 import random
 import resource
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +222,26 @@ def claim_run_folder(out: Path, resume: bool, overwrite: bool):
     for name in held + [p.name for p in out.glob(".tmp-ckpt-*")]:
         p = out / name
         shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def start_metrics_file(path: Path, resumed_step: int):
+    """metrics.jsonl for a run starting at `resumed_step`: the lines of steps up to it are kept; those of
+    later steps are dropped, since the resumed run computes them again (equal: resume is exact)."""
+    keep = [line for line in path.read_text().splitlines()
+            if json.loads(line)["step"] <= resumed_step] if resumed_step and path.exists() else []
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+def interrupted_message(out: Path, argv: list[str]) -> str:
+    """What Ctrl-C prints: the last complete checkpoint and the command that resumes from it."""
+    last = latest_checkpoint(out)
+    if last is None:
+        return f"interrupted; no checkpoint in {out} yet (nothing to resume)"
+    again = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+    again += [] if "--out" in argv else ["--out", str(out)]
+    return f"interrupted; last complete checkpoint: {last}; resume with: python train.py {shlex.join(again)}"
 
 
 def check_resume_config(out: Path, new: dict):

@@ -5,16 +5,20 @@ train.py: the GRPO / CaSP training loop (RLVR on one GPU, several GPUs through F
     python train.py --model qwen-1.5b                # the paper's setting on MATH train (one GPU)
     torchrun --nproc_per_node 8 train.py --model qwen-7b --fsdp
 
-One step (the paper's Algorithm, as the released verl code runs it):
+One step (the paper's Algorithm, as the released verl code runs it), `rl_step` top to bottom:
     1. draw `prompts_per_step` problems                                   (PromptStream: seeded, resumable)
-    2. sample G = `group_size` responses per prompt                        (sampler.generate, KV cache)
-    3. verify every response -> reward r in {0, 1}                         (verifier.reward)
+    2. sample G = `group_size` responses per prompt                        (rollout.rollout -> sampler.generate)
+    3. verify every response -> reward r in {0, 1}; truncated -> 0        (rollout.rollout -> verifier.verify)
     4. A_i = (r_i - mean_group) / (std_group + 1e-6)                       (casp.group_advantages)
-    5. old log-probs pi_old(y_t) recomputed by the training forward pass   (no grad; logged vs the sampler's)
-    6. split the prompts into `mini_batches` mini-batches; for each, accumulate the gradient of the
-       CaSP (or GRPO) loss over micro-batches of at most `micro_batch_tokens` tokens, each divided by the
-       valid-token count of the WHOLE mini-batch (token-mean), clip the grad norm, AdamW step
+    5. old log-probs pi_old(y_t) recomputed by the training forward pass   (old_logprobs; no grad)
+    6. `update`: split the prompts into `mini_batches` mini-batches; for each, for each micro-batch of at
+       most `micro_batch_tokens` tokens: hidden states -> candidate statistics (token_stats, the output
+       layer in chunks) -> casp.policy_loss (CaSP or GRPO, one LossConfig) divided by the valid-token count
+       of the WHOLE mini-batch (token-mean) -> backward; then clip the grad norm and take an AdamW step
     7. log one line and one JSON object (metrics.jsonl); eval and save periodically
+
+Around it: runtime.py (processes and FSDP2, the memory pre-flight, the run folder, checkpoints), tiny.py
+(the CPU demo's task, tokenizer and warm start), rollout.py (sample + decode + verify, shared with eval.py).
 
 Numerics. At lr 1e-6 an AdamW update moves a weight by ~1e-6, far below bfloat16's resolution (~4e-3
 of the weight): bf16 weights would silently drop almost every update. So the trained weights and the
@@ -34,9 +38,7 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import random
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -48,14 +50,14 @@ from tqdm import tqdm
 
 import data
 import tiny
-from casp import casp_loss_from_hidden, candidate_stats_from_hidden, grpo_loss_from_hidden, group_advantages
+from casp import LossConfig, add_metrics, candidate_stats_from_hidden, group_advantages, mean_metrics, policy_loss
 from data import UserError, at_least, between, positive
 from model import MODEL_NAMES, ModelConfig, Transformer, casp_home, load_model, load_tokenizer, resolve_model_path
 from runtime import (Dist, check_resume_config, claim_run_folder, estimate_memory, latest_checkpoint,
-                     load_checkpoint, current_memory, peak_memory_gb, preflight, save_checkpoint, setup_dist, shard_model,
-                     write_json_atomic)
-from sampler import generate
-from verifier import batch_reward, reward as verify_reward
+                     interrupted_message, load_checkpoint, current_memory, peak_memory_gb, preflight, save_checkpoint, setup_dist, shard_model,
+                     start_metrics_file, write_json_atomic)
+from eval import pass_at_k
+from rollout import rollout
 
 # -----------------------------------------------------------------------------
 # Configuration: one argparse block, logged verbatim (vars(args)) as the run's config.
@@ -136,6 +138,12 @@ def get_args(argv=None):
     if args.model == "tiny":  # the demo's own defaults, unless given on the command line
         p.set_defaults(**DEMO_DEFAULTS)
         args = p.parse_args(argv)
+    return check_args(p, args)
+
+
+def check_args(p: argparse.ArgumentParser, args):
+    """The checks that involve several flags (one flag's own range is checked by its type), and the
+    defaults that depend on others."""
     if args.dtype is None:
         args.dtype = "bfloat16" if str(args.device).startswith("cuda") else "float32"
     if args.prompts_per_step % args.mini_batches:
@@ -197,7 +205,99 @@ def load_problems(args, tokenizer):
 
 
 # -----------------------------------------------------------------------------
-# Rollout: sample, verify, build the training batch
+# One RL step, top to bottom: the paper's algorithm (module docstring, steps 2-7)
+
+
+def rl_step(step: int, model, policy, opt, tokenizer, problems: list[dict], cfg: LossConfig, args,
+            dist: Dist) -> dict:
+    """Sample -> verify -> advantages -> old log-probs -> update (mini-batches of micro-batches) ->
+    metrics. `problems` are this rank's prompts of the step; `policy` samples, `model` is trained."""
+    dev = dist.device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.time()
+
+    # 2-3. G responses per prompt from the sampling copy, each verified: r in {0, 1} (truncated: 0)
+    policy.eval()
+    seed = args.seed * 1_000_003 + step * 7919 + dist.rank * 104729     # every rank its own samples
+    ro = rollout(policy, tokenizer, problems, args.group_size, max_new_tokens=args.max_response_len,
+                 temperature=args.temperature, top_p=args.top_p, top_n=cfg.top_n, seed=seed,
+                 slots=args.rollout_batch, answer_mode=args.answer_mode)
+    t_sample = time.time() - t0
+
+    # 4. A_i = (r_i - mean_group) / (std_group + 1e-6), broadcast to the response's tokens
+    batch = build_batch(problems, ro, args.group_size, normalize_std=not args.no_std_norm)
+    active = torch.nonzero(batch.adv != 0).flatten()   # A = 0 rows: zero loss and gradient, skipped
+
+    # 5. pi_old(y_t): the training forward pass re-scores the sampled tokens (no grad)
+    model.train()
+    old = old_logprobs(model, batch, active, cfg, args, dist)                           # (R, S)
+
+    # 6. mini-batches of whole prompt groups; gradients accumulated over micro-batches; clip; AdamW
+    t1 = time.time()
+    m = update(model, opt, batch, old, cfg, args, dist)
+    refresh_sampling_copy(policy, model)
+    t_update = time.time() - t1
+
+    # 7. metrics: the loss's (over the tokens it saw), the rollout's, the system's
+    m.update(rollout_metrics(ro, batch, old, args.group_size, dist),
+             step=step + 1, lr=opt.param_groups[0]["lr"], time_sample=t_sample - ro.verify_s,
+             time_verify=ro.verify_s, time_update=t_update, peak_mem_gb=peak_memory_gb(dev),
+             tokens_per_s=float(ro.mask.sum()) / max(time.time() - t0, 1e-9))
+    return m
+
+
+def update(model, opt, batch: Batch, old: torch.Tensor, cfg: LossConfig, args, dist: Dist) -> dict:
+    """`mini_batches` AdamW steps, one pass over the batch. Each micro-batch's loss is divided by the
+    valid-token count of its WHOLE mini-batch (token-mean), so accumulating micro-batches gives the
+    mini-batch's gradient exactly. Returns the loss metrics, means over every token the loss saw."""
+    dev = dist.device
+    sums, grad_norms, nan_skipped = {}, [], 0
+    for rows in mini_batches(batch.group, args.mini_batches):
+        # the one denominator, summed over ranks; FSDP averages gradients over ranks, hence the world factor
+        loss_denom = max(dist.all_sum(float(batch.resp_mask[rows].sum())), 1.0) / dist.world
+        opt.zero_grad(set_to_none=True)
+        finite = True
+        for idx, S, mask in micro_batches(batch, rows[batch.adv[rows] != 0], args.micro_batch_tokens, dist):
+            stats = token_stats(model, batch.seq[idx, :S], mask, cfg, args.dtype, dev)
+            loss, m = policy_loss(stats, old[idx, 1:S].to(dev), batch.adv[idx].to(dev), mask.to(dev), cfg,
+                                  loss_denom=loss_denom)
+            loss.backward()   # even when NaN: under FSDP every rank must run the same passes
+            finite &= bool(torch.isfinite(loss))   # a host sync per micro-batch
+            add_metrics(sums, m)
+        if dist.all_sum(0.0 if finite else 1.0) > 0:   # a NaN on any rank: every rank skips this step
+            opt.zero_grad(set_to_none=True)
+            nan_skipped += 1
+            continue
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
+        opt.step()
+    out = mean_metrics(all_sum_metrics(sums, dist)) if sums else {}
+    out.update(grad_norm=float(np.mean(grad_norms)) if grad_norms else float("nan"), nan_skipped=nan_skipped)
+    return out
+
+
+@torch.no_grad()
+def old_logprobs(model, batch: Batch, rows: torch.Tensor, cfg: LossConfig, args, dist: Dist) -> torch.Tensor:
+    """log pi_old(y_t) of the sampled tokens of `rows` under the training forward pass, (R, S) float32, 0
+    elsewhere. (The sampler's own numbers differ by kernel rounding and, in bf16, by the weight copy;
+    their gap is logged as logprob_mismatch.)"""
+    old = torch.zeros(batch.seq.shape)                                                  # (R, S)
+    for idx, S, mask in micro_batches(batch, rows, args.micro_batch_tokens, dist):
+        stats = token_stats(model, batch.seq[idx, :S], mask, cfg, args.dtype, dist.device)
+        old[idx, 1:S] = old[idx, 1:S].masked_scatter(mask, stats.logp_y.float().cpu())
+    return old
+
+
+# -----------------------------------------------------------------------------
+# The pieces of the step
+
+
+def loss_config(args) -> LossConfig:
+    """The loss's hyperparameters, built once from the command line (casp.LossConfig)."""
+    return LossConfig(loss=args.loss, top_n=args.top_n, alpha=args.alpha, neg_scale=args.neg_scale,
+                      entropy_quantile=None if args.no_entropy_gate else args.entropy_quantile,
+                      clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, temperature=args.temperature)
 
 
 @dataclass
@@ -215,196 +315,111 @@ class Batch:
                      self.rewards[idx], self.group[idx])
 
 
-def score(responses: list[str], problems: list[dict], finish_reasons: list[str], mode: str) -> torch.Tensor:
-    """Reward of each response. A response cut off at --max-response-len ("length") scores 0 without
-    being read (the paper's setting: a truncated text has no final answer, and any number in it is noise).
-    The verifier never raises; `mode` is its answer extraction (--answer-mode). Math and logic are
-    verified in this process (~10k responses/s); code runs in sandboxed worker processes."""
-    tasks = [p.get("task", "math") for p in problems]
-    answers = [p["answer"] for p in problems]
-    fields = [data.verifier_fields(p) for p in problems]
-    if "code" in tasks:
-        rewards = batch_reward(responses, answers, task=tasks, fields=fields, mode=mode)
-    else:
-        rewards = [verify_reward(r, a, task=t, mode=mode, **f) for r, a, t, f in zip(responses, answers, tasks, fields)]
-    return torch.tensor([0.0 if why == "length" else r for r, why in zip(rewards, finish_reasons)],
-                        dtype=torch.float32)
-
-
-def sample_and_score(policy, tokenizer, problems, args, seed, n_samples):
-    """Sample n_samples responses per problem in chunks of --rollout-batch rows; verify them.
-
-    Every chunk gets the same seed: the sampler keys each row by (seed, prompt ids, occurrence of that
-    prompt in the call, sample index), so the samples do not depend on --rollout-batch. (A prompt that
-    occurs twice in one step, in two different chunks, would draw the same samples twice.)"""
-    per_call = max(1, args.rollout_batch // n_samples)
-    rollouts, texts = [], []
-    for i in range(0, len(problems), per_call):
-        chunk = problems[i:i + per_call]
-        ro = generate(policy, [p["prompt_ids"] for p in chunk], n_samples=n_samples,
-                      max_new_tokens=args.max_response_len, temperature=args.temperature, top_p=args.top_p,
-                      stop_ids=tokenizer.stop_ids, top_n=args.top_n, seed=seed,
-                      vocab_size=tokenizer.vocab_size)
-        rollouts.append(ro)
-        texts += [tokenizer.decode(t[m].tolist()) for t, m in zip(ro.tokens, ro.mask)]
-    # rows are prompt-major across chunks: row r answers problems[r // n_samples]
-    expanded = [p for p in problems for _ in range(n_samples)]
-    t0 = time.time()
-    finish = [why for ro in rollouts for why in ro.finish_reason]
-    rewards = score(texts, expanded, finish, args.answer_mode)
-    return rollouts, rewards, time.time() - t0
-
-
-def build_batch(problems, rollouts, rewards, args) -> Batch:
+def build_batch(problems, ro, group_size: int, normalize_std: bool = True) -> Batch:
     """Right-padded rows [prompt, response] for every sampled response, with the group advantages."""
-    responses = [(t[m], lp[m]) for ro in rollouts for t, m, lp in zip(ro.tokens, ro.mask, ro.logprobs)]
-    group = torch.arange(len(responses)) // args.group_size                        # (R,) prompt of each row
+    R = ro.tokens.shape[0]
+    group = torch.arange(R) // group_size                                            # (R,) prompt of each row
     prompts = [problems[g]["prompt_ids"] for g in group.tolist()]
-    S = max(len(p) + len(t) for p, (t, _) in zip(prompts, responses))
-    seq = torch.zeros(len(responses), S, dtype=torch.long)                         # (R, S)
-    resp = torch.zeros(len(responses), S, dtype=torch.bool)                        # (R, S)
-    slp = torch.zeros(len(responses), S)                                           # (R, S)
-    for i, (p, (toks, lp)) in enumerate(zip(prompts, responses)):
-        a, b = len(p), len(p) + len(toks)
+    lengths = ro.mask.sum(1).tolist()                                                # (R,) response lengths
+    S = max(len(p) + n for p, n in zip(prompts, lengths))
+    seq = torch.zeros(R, S, dtype=torch.long)                                        # (R, S)
+    resp = torch.zeros(R, S, dtype=torch.bool)                                       # (R, S)
+    slp = torch.zeros(R, S)                                                          # (R, S)
+    for i, (p, n) in enumerate(zip(prompts, lengths)):
+        a, b = len(p), len(p) + n
         seq[i, :a] = torch.tensor(p)
-        seq[i, a:b] = toks
+        seq[i, a:b] = ro.tokens[i, :n]
         resp[i, a:b] = True
-        slp[i, a:b] = lp
-    adv = group_advantages(rewards, args.group_size, normalize_std=not args.no_std_norm)
-    return Batch(seq, resp, slp, adv.float(), rewards, group)
+        slp[i, a:b] = ro.logprobs[i, :n]
+    adv = group_advantages(ro.rewards, group_size, normalize_std=normalize_std)
+    return Batch(seq, resp, slp, adv.float(), ro.rewards, group)
 
 
-def micro_batches(batch: Batch, rows: torch.Tensor, max_tokens: int):
-    """Split `rows` into micro-batches of at most max_tokens padded tokens (rows sorted by length, so
-    that rows of similar length share padding). Each micro-batch is trimmed to its longest row."""
+def mini_batches(group: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Rows of each of n mini-batches of consecutive whole prompt groups (verl's ppo_mini_batch_size)."""
+    P = int(group.max()) + 1
+    per = math.ceil(P / n)
+    return [torch.nonzero((group >= k * per) & (group < (k + 1) * per)).flatten() for k in range(n)]
+
+
+def micro_batches(batch: Batch, rows: torch.Tensor, max_tokens: int, dist: Dist):
+    """(row indices, length S, response mask (b, S-1)) of micro-batches of at most max_tokens padded
+    tokens: rows sorted by length so similar lengths share padding, each micro-batch trimmed to its
+    longest row. Under FSDP every forward/backward is a collective, so every rank runs as many as the
+    busiest one: a rank with fewer gets passes over one row with an all-False mask (zero loss, zero
+    gradient, same collectives)."""
     length = batch.seq.shape[1] - batch.resp_mask.flip(1).int().argmax(1)     # (R,) end of each row
-    length[~batch.resp_mask.any(1)] = 1
-    order = rows[torch.argsort(length[rows], descending=True, stable=True)]
-    out, cur = [], []
-    for r in order.tolist():
-        longest = int(length[cur[0]]) if cur else int(length[r])
-        if cur and (len(cur) + 1) * longest > max_tokens:
-            out.append(cur)
+    length[~batch.resp_mask.any(1)] = 2
+    order = rows[torch.argsort(length[rows], descending=True, stable=True)].tolist()
+    groups, cur = [], []
+    for r in order:
+        if cur and (len(cur) + 1) * int(length[cur[0]]) > max_tokens:
+            groups.append(cur)
             cur = []
         cur.append(r)
-    if cur:
-        out.append(cur)
-    return [(torch.tensor(c), int(length[c[0]])) for c in out]
+    groups += [cur] if cur else []
+    out = [(torch.tensor(g), int(length[g[0]])) for g in groups]
+    out = [(idx, S, batch.resp_mask[idx, 1:S]) for idx, S in out]
+    idle = (torch.tensor([0]), 2, torch.zeros(1, 1, dtype=torch.bool))
+    return out + [idle] * (int(dist.all_max(len(out))) - len(out))
 
 
-def synced_micro_batches(batch: Batch, rows: torch.Tensor, max_tokens: int, dist: Dist):
-    """micro_batches(), padded with None to the same count on every rank: under FSDP each forward and
-    backward is a collective (it all-gathers parameters), so every rank must run as many as the busiest
-    one. A None stands for a pass that contributes exactly zero (see `zero_pass`)."""
-    mbs = micro_batches(batch, rows, max_tokens)
-    return mbs + [None] * (int(dist.all_max(len(mbs))) - len(mbs))
+def token_stats(model, seq: torch.Tensor, mask: torch.Tensor, cfg: LossConfig, dtype: str, dev):
+    """The candidate statistics of the response tokens: hidden states of the training model, then the
+    output layer applied in chunks of 1024 tokens, so the (b, S-1, V) float32 logits never exist whole.
+    Under FSDP2 the root module (embeddings, output layer) stays gathered after forward until backward,
+    so its weight is the full matrix here."""
+    with torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext():
+        hidden = model(seq[:, :-1].to(dev), return_hidden=True)                            # (b, S-1, D)
+    return candidate_stats_from_hidden(hidden, model.output_weight, seq[:, 1:].to(dev), mask.to(dev),
+                                       top_n=cfg.top_n, temperature=cfg.temperature)
 
 
-def zero_pass(model, batch: Batch, args, device, backward: bool):
-    """A forward (and backward) whose loss and gradients are exactly 0: keeps the FSDP collectives of a
-    rank with fewer micro-batches in step with the others."""
-    head = lambda h, w: h.sum() * 0.0 + w.sum() * 0.0
-    loss = run_head(model, batch.seq[:1, :2], head, args, device)
-    if backward:
-        loss.backward()
+def all_sum_metrics(sums: dict, dist: Dist) -> dict:
+    """Metric sums and counts added over ranks (every rank holds the same keys), so that the means are
+    over every token of the step."""
+    if dist.world == 1:
+        return sums
+    return {k: (torch.tensor([dist.all_sum(float(x)) for x in v.flatten()]).view(v.shape) if torch.is_tensor(v)
+                else dist.all_sum(float(v))) for k, v in sums.items()}
 
 
-# -----------------------------------------------------------------------------
-# The update: old log-probs, then mini-batches of micro-batches
+def rollout_metrics(ro, batch: Batch, old: torch.Tensor, group_size: int, dist: Dist) -> dict:
+    """What the sampler saw (sampler_*: the sampling copy's distribution at the sampled tokens, all
+    responses) and how the rollout went; means over ranks under FSDP."""
+    mask = ro.mask                                                                   # (R, L)
+    n = max(int(mask.sum()), 1)
+    groups = ro.rewards.view(-1, group_size)                                         # (P, G)
+    active = batch.resp_mask & (batch.adv != 0)[:, None]
+    mismatch = (old - batch.sampler_logprobs).abs()[active]
+    m = dict(reward_mean=float(ro.rewards.mean()),
+             frac_mixed_groups=float((groups.min(1).values != groups.max(1).values).float().mean()),
+             response_len=float(mask.sum()) / mask.shape[0],
+             truncated_frac=float(np.mean([r == "length" for r in ro.finish_reason])),
+             sampler_entropy=float(ro.entropy[mask].sum()) / n,
+             sampler_topn_probs=(ro.topn_probs[mask].sum(0) / n).tolist(),
+             logprob_mismatch=float(mismatch.mean()) if mismatch.numel() else 0.0)
+    if dist.world > 1:
+        m = {k: ([dist.all_sum(x) / dist.world for x in v] if isinstance(v, list) else dist.all_sum(v) / dist.world)
+             for k, v in m.items()}
+    return m
 
 
-def autocast(args, device):
-    if args.dtype == "bfloat16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def run_head(model, seq, head, args, device):
-    """model(seq[:, :-1]) with `head(hidden, output_weight)` in place of the output layer, so that the
-    (b, S-1, V) float32 logits are never built whole (casp.py applies the output layer in chunks)."""
-    with autocast(args, device):
-        return model(seq[:, :-1].to(device), head=head)
-
-
-@torch.no_grad()
-def recompute_old_logprobs(model, batch: Batch, rows, args, dist: Dist) -> torch.Tensor:
-    """pi_old(y_t) under the training forward pass (the sampler's numbers differ by kernel rounding and,
-    in bf16, by the weight copy): (R, S) float32, 0 outside responses."""
-    device = dist.device
-    old = torch.zeros(batch.seq.shape, dtype=torch.float32)
-    for mb in synced_micro_batches(batch, rows, args.micro_batch_tokens, dist):
-        if mb is None:
-            zero_pass(model, batch, args, device, backward=False)
-            continue
-        idx, S = mb
-        seq, mask = batch.seq[idx, :S], batch.resp_mask[idx, 1:S]
-        head = lambda h, w: candidate_stats_from_hidden(h, w, seq[:, 1:].to(device), mask.to(device),
-                                                        top_n=args.top_n, temperature=args.temperature)
-        lp = torch.zeros(mask.shape)
-        lp[mask] = run_head(model, seq, head, args, device).logp_y.float().cpu()
-        old[idx, 1:S] = lp
-    return old
-
-
-def policy_loss(model, batch: Batch, idx, S, old, args, device, loss_denom):
-    """(loss, metrics) of micro-batch `idx` (rows trimmed to S tokens): CaSP or the GRPO reference."""
-    seq = batch.seq[idx, :S]
-    inputs = dict(tokens=seq[:, 1:].to(device), old_logprobs=old[idx, 1:S].to(device),
-                  advantages=batch.adv[idx].to(device), mask=batch.resp_mask[idx, 1:S].to(device),
-                  temperature=args.temperature, clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high,
-                  loss_denom=loss_denom, top_n=args.top_n)
-    if args.loss == "grpo":
-        head = lambda h, w: grpo_loss_from_hidden(h, w, **inputs)
-    else:
-        gate = None if args.no_entropy_gate else args.entropy_quantile
-        head = lambda h, w: casp_loss_from_hidden(h, w, alpha=args.alpha, neg_scale=args.neg_scale,
-                                                  entropy_quantile=gate, **inputs)
-    return run_head(model, seq, head, args, device)
-
-
-def update(model, opt, batch: Batch, old, args, dist: Dist):
-    """`mini_batches` AdamW steps over the batch (one pass). Returns metrics averaged over tokens."""
-    device = dist.device
-    P = int(batch.group.max()) + 1
-    groups_per_mb = math.ceil(P / args.mini_batches)
-    sums, n_tok_total, grad_norms, nan_skipped = {}, 0.0, [], 0
-    for mb in range(args.mini_batches):
-        in_mb = (batch.group >= mb * groups_per_mb) & (batch.group < (mb + 1) * groups_per_mb)
-        rows = torch.nonzero(in_mb).flatten()
-        # the one denominator: valid tokens of the whole mini-batch (over all ranks); FSDP averages the
-        # gradients over ranks, hence the world-size factor that turns the average back into a sum
-        n_valid = dist.all_sum(float(batch.resp_mask[rows].sum()))
-        loss_denom = max(n_valid, 1.0) / dist.world
-        active = rows[batch.adv[rows] != 0]  # A = 0 rows: zero loss and gradient, tokens still counted
-        opt.zero_grad(set_to_none=True)
-        finite = True
-        for mb in synced_micro_batches(batch, active, args.micro_batch_tokens, dist):
-            if mb is None:
-                zero_pass(model, batch, args, device, backward=True)
-                continue
-            idx, S = mb
-            loss, m = policy_loss(model, batch, idx, S, old, args, device, loss_denom)
-            loss.backward()  # even when NaN: under FSDP every rank must run the same passes
-            if not torch.isfinite(loss):  # a host sync per micro-batch; the mini-batch is dropped below
-                finite = False
-                continue
-            n = float(batch.resp_mask[idx, 1:S].sum())
-            for k, v in m.items():  # kept on the device: converted once per step, not per micro-batch
-                if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1):
-                    sums[k] = sums.get(k, 0.0) + v * n
-            n_tok_total += n
-        if not dist.all_sum(0.0 if finite else 1.0) == 0:  # every rank skips together
-            opt.zero_grad(set_to_none=True)
-            nan_skipped += 1
-            continue
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        grad_norms.append(float(norm))
-        opt.step()
-    out = {k: float(v) / max(n_tok_total, 1.0) for k, v in sums.items()}
-    out["grad_norm"] = float(np.mean(grad_norms)) if grad_norms else float("nan")
-    out["nan_skipped"] = nan_skipped
-    return out
+def log_line(m: dict) -> str:
+    """One line per step; the fields are explained in README.md ("The log line")."""
+    topn = "/".join(f"{p:.2f}" for p in m.get("topn_probs", []))
+    gated = "/".join(f"{m[k]:.2f}" for k in ("gated_top1_prob", "gated_top2_prob", "gated_top3_prob") if k in m)
+    s = (f"step {m['step']:4d} | reward {m['reward_mean']:.3f} | mixed {m['frac_mixed_groups']:.2f} | "
+         f"len {m['response_len']:6.1f} | H {m.get('entropy', float('nan')):.3f} | p1..N {topn}"
+         + (f" | gated {gated}" if gated else "") +
+         f" | clip {m.get('clip_frac', 0):.3f} | gnorm {m['grad_norm']:.3f} | "
+         f"t {m['time_sample']:.1f}+{m['time_verify']:.1f}+{m['time_update']:.1f}s | "
+         f"{m['tokens_per_s']:.0f} tok/s | mem {m['peak_mem_gb']:.1f} GB")
+    if "heldout_pass@1" in m:
+        s += f" | held-out pass@1 {m['heldout_pass@1']:.3f}"
+    if m.get("nan_skipped"):
+        s += f" | NaN loss: {m['nan_skipped']} mini-batch(es) skipped"
+    return s
 
 
 # -----------------------------------------------------------------------------
@@ -437,14 +452,14 @@ def make_sampling_copy(model: Transformer, args, dist: Dist):
 
 
 def heldout_pass(policy, tokenizer, problems, args, n: int, seed: int) -> dict:
-    """pass@1 (and pass@n) on held-out problems, n samples each at the training temperature."""
-    from eval import pass_at_k
+    """pass@1 (and pass@n) on held-out problems, n samples each at the training temperature, scored
+    as in training (--answer-mode; truncated responses 0)."""
     if not problems:
         return {}
-    _, rewards, _ = sample_and_score(policy, tokenizer, problems, args, seed, n)
-    correct = rewards.view(len(problems), n).sum(1).long().tolist()
-    out = {f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for c in correct])) for k in sorted({1, n})}
-    return out
+    ro = rollout(policy, tokenizer, problems, n, max_new_tokens=args.max_response_len, temperature=args.temperature,
+                 top_p=args.top_p, top_n=args.top_n, seed=seed, slots=args.rollout_batch, answer_mode=args.answer_mode)
+    correct = ro.rewards.view(len(problems), n).sum(1).long().tolist()
+    return {f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for c in correct])) for k in sorted({1, n})}
 
 
 # -----------------------------------------------------------------------------
@@ -486,9 +501,28 @@ def memory_check(args, config: ModelConfig, dist: Dist, longest_prompt: int) -> 
     return preflight(parts, dist.device), expected
 
 
-def run(args, argv: list[str]):
+@dataclass
+class Run:
+    """Everything a run holds between steps (made by `setup`)."""
+    dist: Dist
+    out: Path
+    model: Transformer            # float32 master weights (sharded under FSDP), trained
+    policy: Transformer           # the sampling copy (bf16 on CUDA; the model itself in float32)
+    opt: torch.optim.Optimizer
+    tokenizer: object
+    train_set: list[dict]
+    heldout: list[dict]
+    n_skipped: int                # training prompts over --max-prompt-len
+    stream: PromptStream
+    start: int                    # steps already done (resumed runs)
+    loss_cfg: LossConfig
+    expected_gb: float            # the memory pre-flight's expected peak
+
+
+def setup(args) -> Run:
+    """Processes, run folder, model, data, optimizer; refuses (UserError) before anything large is
+    allocated when the run folder, the resume or the memory does not allow the run."""
     dist = setup_dist(args.fsdp, args.device)
-    device = dist.device
     out = Path(args.out)
     claim_run_folder(out, args.resume, args.overwrite and dist.main)
     if args.resume:
@@ -496,12 +530,9 @@ def run(args, argv: list[str]):
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
-    compute_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-
-    # --- model, tokenizer, data; nothing large is allocated before the memory pre-flight
     if args.model == "tiny" and not (casp_home() / "tiny" / "config.json").is_file() and dist.main:
         print(f"[warm start] training the tiny model on the built-in task -> {casp_home() / 'tiny'}")
-        tiny.warm_start_tiny(casp_home() / "tiny", args.warm_start_steps, args.seed, device)
+        tiny.warm_start_tiny(casp_home() / "tiny", args.warm_start_steps, args.seed, dist.device)
     dist.barrier()
     try:
         config = model_config(args)
@@ -511,22 +542,11 @@ def run(args, argv: list[str]):
     train_set, heldout, n_skipped = load_problems(args, tokenizer)
     memory, expected_gb = memory_check(args, config, dist, max(len(p["prompt_ids"]) for p in train_set))
     ckpt = latest_checkpoint(out) if args.resume else None
-    model = load_model(ckpt / "model" if ckpt else args.model, device=device, dtype=torch.float32,
-                       init="checkpoint" if ckpt else args.init, seed=args.seed)
-    model.gradient_checkpointing = args.grad_checkpoint
-    if args.fsdp:
-        model = shard_model(model, compute_dtype)
-    # fused AdamW (one kernel, no full-size temporaries) on a single GPU; FSDP's DTensors take the default
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                            betas=(0.9, 0.999), eps=1e-8, fused=device.type == "cuda" and not args.fsdp)
-    stream = PromptStream(len(train_set), args.seed)
-    start = 0
+    model, opt = build_model(args, ckpt, dist)
+    stream, start = PromptStream(len(train_set), args.seed), 0
     if ckpt:
         start, stream_state = load_checkpoint(ckpt, opt, dist)
         stream.load_state_dict(stream_state)
-    policy = make_sampling_copy(model, args, dist)
-
-    metrics_file = out / "metrics.jsonl"
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", vars(args))
@@ -534,59 +554,65 @@ def run(args, argv: list[str]):
         print(f"[run] {out}" + (f" (resumed from {ckpt} at step {start})" if ckpt else ""))
         print(f"[model] {args.model}: {config.num_params() / 1e6:.1f}M parameters; prompts: {tokenizer.chat_source}")
         print(f"[data] {len(train_set)} training prompts ({n_skipped} over --max-prompt-len skipped), "
-              f"{len(heldout)} held-out")
-        print(memory)
-        # a resumed run re-runs the steps after its checkpoint: their old lines go (written again, equal)
-        keep = [line for line in metrics_file.read_text().splitlines()
-                if json.loads(line)["step"] <= start] if ckpt and metrics_file.exists() else []
-        tmp = out / ".metrics.jsonl.tmp"
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, metrics_file)
+              f"{len(heldout)} held-out\n{memory}")
+        start_metrics_file(out / "metrics.jsonl", start)
+    return Run(dist, out, model, make_sampling_copy(model, args, dist), opt, tokenizer, train_set, heldout,
+               n_skipped, stream, start, loss_config(args), expected_gb)
 
-    demo = args.model == "tiny"
-    if demo and start == 0 and dist.main:
-        before = heldout_pass(policy, tokenizer, heldout, args, n=8, seed=10**6)
+
+def run(args, argv: list[str]):
+    """The RL loop: a step, its log line, the periodic held-out pass@1 and checkpoint."""
+    r = setup(args)
+    dist, demo = r.dist, args.model == "tiny"
+    if demo and r.start == 0 and dist.main:
+        before = heldout_pass(r.policy, r.tokenizer, r.heldout, args, n=8, seed=10**6)
         print(f"[before] held-out pass@1 {before['pass@1']:.3f} | pass@8 {before['pass@8']:.3f}")
-
-    # --- the loop
-    bar = tqdm(range(start, args.steps), desc=f"RL ({args.loss})", initial=start, total=args.steps,
+    bar = tqdm(range(r.start, args.steps), desc=f"RL ({args.loss})", initial=r.start, total=args.steps,
                disable=not dist.main, dynamic_ncols=True)
     try:
         for step in bar:
-            m = train_step(step, model, policy, opt, tokenizer, train_set, stream, args, dist)
-            m["prompts_skipped_too_long"] = n_skipped
-            m["peak_mem_estimate_gb"] = expected_gb
+            # 1. this step's prompts: every rank draws the same list and keeps its share of whole groups
+            problems = [r.train_set[i] for i in r.stream.take(args.prompts_per_step)[dist.rank::dist.world]]
+            m = rl_step(step, r.model, r.policy, r.opt, r.tokenizer, problems, r.loss_cfg, args, dist)
+            m.update(prompts_skipped_too_long=r.n_skipped, peak_mem_estimate_gb=r.expected_gb)
             if args.eval_every and (step + 1) % args.eval_every == 0:
                 m.update({f"heldout_{k}": v for k, v in
-                          heldout_pass(policy, tokenizer, heldout, args, n=1, seed=10**6 + step).items()})
+                          heldout_pass(r.policy, r.tokenizer, r.heldout, args, n=1, seed=10**6 + step).items()})
             if dist.main:
-                with open(metrics_file, "a") as f:
+                with open(r.out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(m) + "\n")
                 bar.write(log_line(m))
             if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
-                save_checkpoint(out, step + 1, model, opt, stream.state_dict(), args.keep, dist,
-                                Path(tokenizer.source).parent)
+                save_checkpoint(r.out, step + 1, r.model, r.opt, r.stream.state_dict(), args.keep, dist,
+                                r.tokenizer.folder)
     except KeyboardInterrupt:
         bar.close()
         if dist.main:
-            last = latest_checkpoint(out)
-            again = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
-            if "--out" not in argv:
-                again += ["--out", str(out)]
-            print(f"\ninterrupted; last complete checkpoint: {last or 'none (nothing to resume)'}"
-                  + (f"; resume with: python train.py {shlex.join(again)}" if last else ""), file=sys.stderr)
+            print("\n" + interrupted_message(r.out, argv), file=sys.stderr)
         raise SystemExit(130) from None
-
     if demo and dist.main:
-        after = heldout_pass(policy, tokenizer, heldout, args, n=8, seed=10**6)
+        after = heldout_pass(r.policy, r.tokenizer, r.heldout, args, n=8, seed=10**6)
         print(f"[after {args.loss}] held-out pass@1 {after['pass@1']:.3f} | pass@8 {after['pass@8']:.3f}")
     if dist.main:
-        print(f"[done] run folder {out}: config.json, metrics.jsonl (one JSON line per step), "
-              f"checkpoint {latest_checkpoint(out)} (model/ loads in transformers and eval.py); "
-              f"plot: python eval.py --plot-metrics {metrics_file}")
+        print(f"[done] run folder {r.out}: config.json, metrics.jsonl (one JSON line per step), checkpoint "
+              f"{latest_checkpoint(r.out)} (model/ loads in transformers and eval.py); "
+              f"plot: python eval.py --plot-metrics {r.out / 'metrics.jsonl'}")
     if args.fsdp:
         torch.distributed.destroy_process_group()
-    return model
+    return r.model
+
+
+def build_model(args, ckpt: Path | None, dist: Dist):
+    """The float32 master model (from the checkpoint when resuming; sharded under FSDP) and its AdamW."""
+    model = load_model(ckpt / "model" if ckpt else args.model, device=dist.device, dtype=torch.float32,
+                       init="checkpoint" if ckpt else args.init, seed=args.seed)
+    model.gradient_checkpointing = args.grad_checkpoint
+    if args.fsdp:
+        model = shard_model(model, torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
+    # fused AdamW (one kernel, no full-size temporaries) on a single GPU; FSDP's DTensors take the default
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                            betas=(0.9, 0.999), eps=1e-8, fused=dist.device.type == "cuda" and not args.fsdp)
+    return model, opt
 
 
 def _model_dir(name):
@@ -594,77 +620,6 @@ def _model_dir(name):
         return resolve_model_path(name)
     except FileNotFoundError as e:
         raise UserError(f"{e}\n(the tokenizer comes from the model's folder: pass --tokenizer PATH to use another)") from None
-
-
-def train_step(step, model, policy, opt, tokenizer, train_set, stream, args, dist: Dist) -> dict:
-    """One RL step (see the module docstring). Returns its metrics."""
-    device = dist.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    # 1. prompts: every rank draws the same global list and keeps its own share of whole groups
-    idx = stream.take(args.prompts_per_step)[dist.rank::dist.world]
-    problems = [train_set[i] for i in idx]
-    # 2-3. sample and verify
-    t0 = time.time()
-    policy.eval()
-    rollouts, rewards, t_verify = sample_and_score(policy, tokenizer, problems, args,
-                                                   seed=args.seed * 1_000_003 + step * 7919 + dist.rank * 104729,
-                                                   n_samples=args.group_size)
-    t_sample = time.time() - t0 - t_verify
-    # 4. advantages, the padded batch
-    batch = build_batch(problems, rollouts, rewards, args)
-    # 5. old log-probs from the training forward pass
-    t1 = time.time()
-    model.train()
-    all_rows = torch.nonzero(batch.adv != 0).flatten()
-    old = recompute_old_logprobs(model, batch, all_rows, args, dist)
-    # 6. mini-batch updates
-    m = update(model, opt, batch, old, args, dist)
-    refresh_sampling_copy(policy, model)
-    t_update = time.time() - t1
-
-    mask = torch.cat([ro.mask.flatten() for ro in rollouts])
-    n_tokens = int(mask.sum())
-    topn = torch.cat([ro.topn_probs.flatten(0, 1) for ro in rollouts])[mask]               # (tokens, N)
-    ent = torch.cat([ro.entropy.flatten() for ro in rollouts])[mask]
-    groups = rewards.view(-1, args.group_size)
-    active = batch.adv != 0
-    mismatch = (old - batch.sampler_logprobs).abs()[batch.resp_mask & active[:, None]]
-    total_time = time.time() - t0
-    m.update(
-        step=step + 1,
-        reward_mean=float(rewards.mean()),
-        frac_mixed_groups=float(((groups.min(1).values != groups.max(1).values)).float().mean()),
-        response_len=n_tokens / max(len(rewards), 1),
-        entropy=float(ent.mean()) if n_tokens else 0.0,
-        topn_probs=topn.mean(0).tolist() if n_tokens else [],
-        lr=opt.param_groups[0]["lr"],
-        time_sample=t_sample,
-        time_verify=t_verify,
-        time_update=t_update,
-        tokens_per_s=n_tokens / max(total_time, 1e-9),
-        peak_mem_gb=peak_memory_gb(device),
-        logprob_mismatch=float(mismatch.mean()) if mismatch.numel() else 0.0,
-        finished_frac=float(np.mean([r == "stop" for ro in rollouts for r in ro.finish_reason])),
-    )
-    if dist.world > 1:  # rank 0 logs the means over ranks of the rollout statistics
-        for k in ("reward_mean", "frac_mixed_groups", "response_len", "entropy"):
-            m[k] = dist.all_sum(m[k]) / dist.world
-    return m
-
-
-def log_line(m: dict) -> str:
-    topn = "/".join(f"{p:.2f}" for p in m.get("topn_probs", []))
-    s = (f"step {m['step']:4d} | reward {m['reward_mean']:.3f} | mixed {m['frac_mixed_groups']:.2f} | "
-         f"len {m['response_len']:6.1f} | H {m['entropy']:.3f} | p1..N {topn} | "
-         f"clip {m.get('clip_frac', 0):.3f} | gnorm {m['grad_norm']:.3f} | "
-         f"t {m['time_sample']:.1f}+{m['time_verify']:.1f}+{m['time_update']:.1f}s | "
-         f"{m['tokens_per_s']:.0f} tok/s")
-    if "heldout_pass@1" in m:
-        s += f" | held-out pass@1 {m['heldout_pass@1']:.3f}"
-    if m.get("nan_skipped"):
-        s += f" | NaN loss: {m['nan_skipped']} mini-batch(es) skipped"
-    return s
 
 
 if __name__ == "__main__":

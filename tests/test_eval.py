@@ -101,7 +101,7 @@ def test_end_to_end_eval_and_rescore_reproduce_the_table(tiny_dir, tmp_path):
 def test_interrupted_eval_resumes_without_resampling(tiny_dir, tmp_path, monkeypatch, capsys):
     """Kill simulation: keep 2 finished records plus a torn half line. The rerun samples only the 2
     missing problems, and its samples equal the uninterrupted run's. Other sampling settings are refused."""
-    import sampler
+    import rollout
 
     full = tmp_path / "full"
     ev.main(eval_args(tiny_dir, full))
@@ -110,8 +110,8 @@ def test_interrupted_eval_resumes_without_resampling(tiny_dir, tmp_path, monkeyp
     f = run / "samples" / "synthetic.jsonl"
     lines = f.read_text().splitlines(keepends=True)
     f.write_text(lines[0] + lines[1] + lines[2][: len(lines[2]) // 2])
-    sampled, real = [], sampler.generate
-    monkeypatch.setattr(sampler, "generate", lambda model, prompts, **kw: sampled.append(len(prompts)) or
+    sampled, real = [], rollout.generate
+    monkeypatch.setattr(rollout, "generate", lambda model, prompts, **kw: sampled.append(len(prompts)) or
                         real(model, prompts, **kw))
     table = ev.main(eval_args(tiny_dir, run))
     assert sum(sampled) == 2

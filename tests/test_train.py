@@ -15,6 +15,7 @@ import torch
 import data
 import runtime
 import train
+from rollout import rollout
 from model import load_model, load_tokenizer
 
 
@@ -164,18 +165,19 @@ def rollout_batch(tiny_dir, problems_file, **overrides):
     model = load_model(tiny_dir)
     tok = load_tokenizer(tiny_dir)
     probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
-    rollouts, rewards, _ = train.sample_and_score(model, tok, probs, args, seed=7, n_samples=args.group_size)
-    batch = train.build_batch(probs, rollouts, rewards, args)
+    ro = rollout(model, tok, probs, args.group_size, max_new_tokens=args.max_response_len, seed=7,
+                 answer_mode=args.answer_mode)
+    batch = train.build_batch(probs, ro, args.group_size)
     assert (batch.adv != 0).any(), "the fixture model should give mixed groups"
     return model, batch, args
 
 
 def one_update(model, batch, args, opt_cls=torch.optim.SGD, lr=1.0):
     dist = train.Dist()
-    rows = torch.arange(batch.seq.shape[0])
-    old = train.recompute_old_logprobs(model, batch, rows, args, dist)
+    cfg = train.loss_config(args)
+    old = train.old_logprobs(model, batch, torch.arange(batch.seq.shape[0]), cfg, args, dist)
     opt = opt_cls(model.parameters(), lr=lr)
-    m = train.update(model, opt, batch, old, args, dist)
+    m = train.update(model, opt, batch, old, cfg, args, dist)
     return m, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -235,7 +237,8 @@ def test_nan_loss_skips_the_mini_batch(tiny_dir, problems_file):
     assert all(torch.equal(start[k], after[k]) for k in start)
     assert "NaN loss" in train.log_line({**m, "step": 1, "reward_mean": 0, "frac_mixed_groups": 0,
                                          "response_len": 0, "entropy": 0, "time_sample": 0,
-                                         "time_verify": 0, "time_update": 0, "tokens_per_s": 0})
+                                         "time_verify": 0, "time_update": 0, "tokens_per_s": 0,
+                                         "peak_mem_gb": 0})
 
 
 # -----------------------------------------------------------------------------
@@ -262,7 +265,7 @@ def _fsdp_worker(rank, world, port, tiny_dir, batch_file, out_file):
     dist = train.Dist(rank, world, torch.device("cpu"))
     old = saved["old"][mine]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    train.update(model, opt, local, old, args, dist)
+    train.update(model, opt, local, old, train.loss_config(args), args, dist)
     full = runtime.full_state_model(model, dist)
     if rank == 0:
         torch.save({k: v.clone() for k, v in full.state_dict().items()}, out_file)
@@ -281,7 +284,8 @@ def test_fsdp_two_processes_equal_one(tiny_dir, problems_file, tmp_path):
     args.micro_batch_tokens = 1
     batch.adv[batch.group == 2] = 0.0
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    old = train.recompute_old_logprobs(model, batch, torch.arange(batch.seq.shape[0]), args, train.Dist())
+    old = train.old_logprobs(model, batch, torch.arange(batch.seq.shape[0]), train.loss_config(args), args,
+                             train.Dist())
     _, single = one_update(model, batch, args)
     torch.save({"batch": batch, "args": args, "old": old}, tmp_path / "batch.pt")
     mp.start_processes(_fsdp_worker, args=(2, _free_port(), tiny_dir, tmp_path / "batch.pt", tmp_path / "w.pt"),
@@ -323,16 +327,11 @@ def test_one_bf16_step_on_the_gpu(tiny_dir, problems_file, tmp_path):
     assert m["peak_mem_gb"] > 0 and m["logprob_mismatch"] < 0.05
 
 
-def test_rollout_chunking_does_not_change_the_samples(tiny_dir, problems_file):
-    """--rollout-batch only bounds memory: sampling 4 problems x 8 in one call or in calls of 8 rows gives
-    the same tokens and rewards (the sampler keys rows by prompt, not by position in the call)."""
+def test_rollout_slots_do_not_change_the_samples(tiny_dir, problems_file):
+    """--rollout-batch only bounds memory: sampling 4 problems x 8 with 256 slots or with 8 gives the same
+    tokens and rewards (the sampler keys each sample's random stream by prompt and index, not by slot)."""
     model, tok = load_model(tiny_dir), load_tokenizer(tiny_dir)
     probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
-    out = []
-    for rollout_batch in (256, 8):
-        args = train.get_args(run_args(tiny_dir, problems_file, "unused", "--rollout-batch", str(rollout_batch)))
-        rollouts, rewards, _ = train.sample_and_score(model, tok, probs, args, seed=3, n_samples=8)
-        out.append((train.build_batch(probs, rollouts, rewards, args), len(rollouts)))
-    (one, n_one), (many, n_many) = out
-    assert (n_one, n_many) == (1, 4)
-    assert torch.equal(one.seq, many.seq) and torch.equal(one.rewards, many.rewards)
+    batches = [train.build_batch(probs, rollout(model, tok, probs, 8, max_new_tokens=40, seed=3, slots=slots), 8)
+               for slots in (256, 8)]
+    assert torch.equal(batches[0].seq, batches[1].seq) and torch.equal(batches[0].rewards, batches[1].rewards)

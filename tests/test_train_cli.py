@@ -20,7 +20,7 @@ import torch
 import data
 import runtime
 import train
-from model import MODEL_NAMES, load_model
+from model import MODEL_NAMES, load_model, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -193,9 +193,9 @@ def test_ctrl_c_prints_the_resume_command_and_the_resumed_run_matches(tiny_dir, 
 MIXED_REWARDS = """
 import sys, torch
 sys.path.insert(0, {root!r})
-import train
+import rollout, train
 # every group mixed (rewards 0, 1, 0, 1, ...), so every row runs forward/backward: the full update
-train.score = lambda texts, problems, finish, mode: torch.tensor([float(i % 2) for i in range(len(texts))])
+rollout.training_rewards = lambda verdicts, finish, zero: torch.tensor([float(i % 2) for i in range(len(verdicts))])
 train.main(sys.argv[1:])
 """
 
@@ -259,12 +259,19 @@ def test_preflight_refuses_with_the_breakdown_and_the_flags():
 # Rewards of truncated responses; training on prepared data
 
 
-def test_truncated_responses_score_zero():
-    """A response cut off at --max-response-len scores 0 even when its text holds the right answer."""
-    probs = [{"problem": "1+1", "answer": "2", "task": "math"}] * 3
-    texts = ["so \\boxed{2}", "so \\boxed{2}", "2"]
-    assert train.score(texts, probs, ["stop", "length", "stop"], "strict").tolist() == [1.0, 0.0, 0.0]
-    assert train.score(texts, probs, ["stop", "length", "stop"], "lenient").tolist() == [1.0, 0.0, 1.0]
+def test_truncated_responses_score_zero(tiny_dir):
+    """A response cut off at the length limit scores 0 in training even when the verifier accepts its
+    text; eval (truncated_scores_zero=False) keeps the verifier's verdict. On the tiny model with room for
+    3 new tokens every response is cut off: all training rewards are 0."""
+    from rollout import rollout, training_rewards
+    from verifier import verify
+    verdicts = [verify("so \\boxed{2}", "2"), verify("so \\boxed{2}", "2"), verify("so \\boxed{3}", "2")]
+    assert training_rewards(verdicts, ["stop", "length", "stop"]).tolist() == [1.0, 0.0, 0.0]
+    assert training_rewards(verdicts, ["stop", "length", "stop"], False).tolist() == [1.0, 1.0, 0.0]
+    tok = load_tokenizer(tiny_dir)
+    probs, _ = data.encode_prompts(data.load_dataset("synthetic", limit=2), tok, 64)
+    ro = rollout(load_model(tiny_dir), tok, probs, 4, max_new_tokens=3, seed=0)
+    assert set(ro.finish_reason) == {"length"} and ro.rewards.sum() == 0
 
 
 def test_a_tiny_run_trains_on_prepared_files(tiny_dir, tmp_path):

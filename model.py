@@ -946,11 +946,6 @@ def load_tokenizer(path, chat_template: str = "auto") -> Tokenizer:
                      chat_source=f"template:{template_file}" if template is not None else f"builtin:{fmt}")
 
 
-def count_params(model: nn.Module) -> int:
-    """Distinct parameters (a tied matrix counts once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
 if __name__ == "__main__":
     # quick look at the named architectures
     for name, (repo, cfg) in MODEL_NAMES.items():

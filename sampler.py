@@ -32,7 +32,7 @@ Why per row, not per step: with refill the live rows have every age at once (a r
 to one at 2,000 tokens), so a kernel that reads every row up to the longest live row (CUDA graphs
 captured per cache-length bucket, switching to the smallest bucket that covers the longest live row)
 still reads ~2-2.6x the filled cache on the RL workload (stats["kv_slots_read_longest"] counts it:
-2.63x in bench.py --workload rl --tiny, 1.98x in tests/test_sampler.py), against ~1.0x per row. So on
+2.63x in bench/bench_sampler.py --workload rl --tiny, 1.98x in tests/test_sampler.py), against ~1.0x per row. So on
 CUDA: FlexAttention (torch.compile'd; its FlashDecoding backend for one-token queries) with a block
 mask that lists, per row, the 128-position blocks up to its length (PrefixAttention). The lengths and
 block counts are device tensors updated inside the step, so ONE CUDA graph per call serves every length:
@@ -43,7 +43,7 @@ values do not depend on which rows share its step or on its slot, bit for bit); 
 kernel was checked on the CPU too (the same tokens in generate; tests check its unfused reference).
 `attention="full"`: the dense masked kernel over the whole buffer on every device, as before.
 NOT MEASURED: the session that wrote this had no GPU, so FlexAttention's speed against the dense kernel
-on CUDA is unmeasured; bench.py --workload rl measures both (gpu_checks.sh).
+on CUDA is unmeasured; bench/bench_sampler.py --workload rl measures both (gpu_checks.sh).
 
 Work counters (machine-independent; `stats`): useful_tokens (generated tokens), row_steps (rows computed
 summed over decode steps: slots x steps, idle slots included), kv_slots_read (cache positions attended,

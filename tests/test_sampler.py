@@ -329,13 +329,13 @@ def test_refill_equals_static(dtype, tol):
 
 
 def test_rl_workload_counters():
-    """bench.py's RL workload at CPU scale (lengths / 23: mean ~30, cap 132 = 3072 / 700 x 30, ~1-3% of the
+    """bench/bench_sampler.py's RL workload at CPU scale (lengths / 23: mean ~30, cap 132 = 3072 / 700 x 30, ~1-3% of the
     responses truncated; 32 prompts x 8 samples on 8 slots, as the paper's 1024 x 8 on 256 slots):
     with refill, utilization (useful tokens / rows computed) >= 0.9 and KV slots read <= 1.3x the minimum
     sum over samples and positions t of (prompt length + t + 1), the minimum recomputed here from the
     lengths. Printed beside it: static scheduling on the same samples (computed from their lengths: each
     batch of 8 runs until its longest row ends), the sampler before issue 14, utilization ~0.3."""
-    from bench import rl_workload
+    from bench.bench_sampler import rl_workload
     m = small_model(vocab_rows=1024, std=0.02)
     prompts, stop_ids = rl_workload(1024, 32, mean_len=30, prompt_lens=(8, 32), seed=0)
     G, S, cap = 8, 8, 132

@@ -1,10 +1,10 @@
 """
-bench.py: our sampler (sampler.generate) measured in one run, one table per workload.
+bench/bench_sampler.py: our sampler (sampler.generate) measured in one run, one table per workload.
 
-    python bench.py                               # fixed shapes vs transformers generate (CUDA)
-    python bench.py --workload rl                 # RL-shaped lengths: static vs refill scheduling (CUDA)
-    python bench.py --device cpu --tiny           # smoke tests of this script on a CPU (seconds)
-    python bench.py --device cpu --tiny --workload rl
+    python bench/bench_sampler.py                               # fixed shapes vs transformers generate (CUDA)
+    python bench/bench_sampler.py --workload rl                 # RL-shaped lengths: static vs refill scheduling (CUDA)
+    python bench/bench_sampler.py --device cpu --tiny           # smoke tests of this script on a CPU (seconds)
+    python bench/bench_sampler.py --device cpu --tiny --workload rl
 
 Both workloads use random weights (default: Qwen2.5-1.5B-shaped, bf16) and sample at temperature 1
 (no top-k, no top-p).
@@ -37,11 +37,14 @@ reading every row up to the longest live row would read (CUDA graphs per length 
 tokens/s (whole call). All variants produce the same samples (checked on the samples they share).
 """
 import argparse
+import sys
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules
 from model import ModelConfig, Transformer, load_model
 from sampler import generate
 

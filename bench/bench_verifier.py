@@ -1,6 +1,6 @@
 """Math verification throughput (responses/s on one core) on the real reference solutions. Not a test.
 
-    python bench_verifier.py [--data ../shared/data] [--n 3000] [--mode strict lenient]
+    python bench/bench_verifier.py [--data ../shared/data] [--n 3000] [--mode strict lenient]
 
 Each row times `reward(solution, gold, mode=...)` serially in this process (one core) for one data set,
 with every memo cache of the verifier cleared first so repeated golds do not flatter the numbers, and
@@ -10,11 +10,13 @@ strict mode GSM8K's reference solutions (which end in "#### 18", not a box) scor
 The last row is the slowest single call over a few 100k-character adversarial responses.
 """
 import argparse
+import sys
 import json
 import random
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules
 import verifier
 
 
@@ -40,7 +42,7 @@ ADVERSARIAL = ["$1 " * 33_000, "The answer is " + "a b " * 25_000, "\\boxed{1}, 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parent.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data")
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--mode", nargs="+", default=list(verifier.MODES), choices=verifier.MODES)
     ap.add_argument("--repeats", type=int, default=3)

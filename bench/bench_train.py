@@ -1,9 +1,9 @@
 """
-bench_train.py: the update phase of one RL step (forward + backward + AdamW, activation checkpointing),
+bench/bench_train.py: the update phase of one RL step (forward + backward + AdamW, activation checkpointing),
 ours against Hugging Face transformers, on the same model shape and batch, in one run.
 
-    python bench_train.py                         # Qwen2.5-1.5B shape, B=16, T=1024, one GPU
-    python bench_train.py --device cpu --smoke    # a tiny shape, to check the script itself
+    python bench/bench_train.py                         # Qwen2.5-1.5B shape, B=16, T=1024, one GPU
+    python bench/bench_train.py --device cpu --smoke    # a tiny shape, to check the script itself
 
 Ours: float32 master weights and AdamW state (fused), bf16 autocast compute, per-block activation
 checkpointing, the CaSP loss applied to the final hidden states chunk by chunk (casp_loss_from_hidden:
@@ -14,10 +14,13 @@ the same GRPO-style token loss on them.
 Both see identical random weights and tokens. Prints one table: tokens/s, peak memory, and the ratios.
 """
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules
 from casp import casp_loss_from_hidden
 from model import MODEL_NAMES, ModelConfig, Transformer, load_model
 

@@ -335,3 +335,28 @@ def test_rollout_slots_do_not_change_the_samples(tiny_dir, problems_file):
     batches = [train.build_batch(probs, rollout(model, tok, probs, 8, max_new_tokens=40, seed=3, slots=slots), 8)
                for slots in (256, 8)]
     assert torch.equal(batches[0].seq, batches[1].seq) and torch.equal(batches[0].rewards, batches[1].rewards)
+
+
+def test_step_metrics_equal_a_direct_computation(tiny_dir, problems_file):
+    """The update's logged loss metrics over one mini-batch, accumulated over one-row micro-batches, equal
+    a direct computation from the policy's full logits over the response tokens of the rows with A != 0:
+    n_tokens is their count; entropy, p(1..3) (all tokens and the gate-selected ones) and the gate fraction
+    are their means; clip_frac is 0 (rho = 1 exactly before the first optimizer step)."""
+    import torch.nn.functional as F
+    from casp import entropy_gate
+    model, batch, args = rollout_batch(tiny_dir, problems_file, mini_batches=1)
+    args.micro_batch_tokens = 1
+    rows = torch.nonzero(batch.adv != 0).flatten()
+    with torch.no_grad():
+        logp = F.log_softmax(model(batch.seq[rows, :-1]).double(), -1)                   # (r, S-1, V)
+    mask = batch.resp_mask[rows, 1:]                                                      # (r, S-1)
+    ent = -(logp.exp() * logp).sum(-1)                                                    # (r, S-1)
+    top = logp.exp().topk(3, -1).values                                                   # (r, S-1, 3)
+    gate = entropy_gate(ent, mask, 0.8)                                                   # (r, S-1)
+    m, _ = one_update(model, batch, args)
+    assert m["n_tokens"] == int(mask.sum())
+    assert m["entropy"] == pytest.approx(ent[mask].mean().item(), abs=1e-5)
+    assert m["topn_probs"] == pytest.approx(top[mask].mean(0).tolist(), abs=1e-5)
+    assert m["gate_frac"] == pytest.approx((gate & mask).sum().item() / mask.sum().item(), abs=1e-6)
+    assert m["gated_top1_prob"] == pytest.approx(top[gate][:, 0].mean().item(), abs=1e-5)
+    assert m["clip_frac"] == 0.0 and 0 < m["gate_frac"] < 1

@@ -1,9 +1,9 @@
 """
 miniature.py: the paper's mechanism in miniature, exactly on a token tree and visibly on the tiny model.
 
-    python miniature.py tree --out DIR      # exact, ~1 min on 2 CPU cores -> DIR/tree.json, DIR/tree.png
-    python miniature.py lm --out DIR        # the tiny language model, <= 15 min on 2 CPU cores
-    python miniature.py lm --full --out DIR # longer RL, more seeds: better resolved (about an hour)
+    python miniature.py tree --out DIR      # exact; ~90 s of CPU time in 2 processes -> tree.json, tree.png
+    python miniature.py lm --out DIR        # the tiny language model (3 seeds x 2 losses, 256 x 64 eval)
+    python miniature.py lm --full --out DIR # 200 RL steps, 5 seeds, 512 problems: better resolved (hours)
     python miniature.py --replot DIR        # redraw every figure of DIR from its saved results
 
 What the paper says (arXiv 2510.14807): under GRPO the next-token distribution concentrates on its top-1
@@ -37,6 +37,7 @@ lambda times harder on the top-1 of wrong answers (both only at high-entropy tok
                                     response of the policy passes, of the k-th largest probability
                                     (what a sampler would log at those tokens), mean over problems
      p1_all                         the same over every token (dominated by the deterministic ones)
+     entropy_forks                  the entropy at the forks, likewise
      pass1                          mean probability of a correct answer
      n_correct_1pct                 correct answers holding >= 1% of the mass, per problem
      top_correct_share              largest correct answer's share of the correct mass (problems with
@@ -46,7 +47,7 @@ lambda times harder on the top-1 of wrong answers (both only at high-entropy tok
    casp_lambda_only, casp_alpha=A (lambda 1.1), casp_lambda=L (alpha 0.01), casp_gate_off, and the same with
    "shared_" in front for the shared policy. Each M has
      seeds                      how many seeds (instances) it averages
-     p1_forks, p2_forks, p3_forks, p1_all, pass1, n_correct_1pct, top_correct_share
+     p1_forks, p2_forks, p3_forks, p1_all, entropy_forks, pass1, n_correct_1pct, top_correct_share
                                 per training step (index 0 = before training), mean over seeds
      <same>_std                 their standard deviation over seeds
      passk, passk_std           final exact pass@K ({"1": .., "256": ..}), mean and std over seeds
@@ -67,7 +68,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -628,7 +629,7 @@ def lm_settings(args) -> dict:
         v = getattr(args, k, None)
         if v is not None:
             st[k] = v
-    st["methods"] = {m.split(":")[0] if ":" not in m else m: parse_method(m) for m in args.methods}
+    st["methods"] = {m.replace(":", "_").replace(",", "_"): parse_method(m) for m in args.methods}
     st["task"], st["model"], st["paper"] = LM_TASK, LM_MODEL, PAPER
     return st
 
@@ -907,8 +908,8 @@ def format_lm(res: dict) -> str:
     lines = ["| policy | seeds | " + " | ".join(f"pass@{k}" for k in ks) + " | answers | correct responses | "
              "first lines (correct) | valid solutions | p(1..3) gated | p(1..3) all |", "|" + "---|" * (len(ks) + 8)]
     for name, p in res["policies"].items():
-        cells = [f"{100 * p['passk'][str(k)]:.1f} [{100 * p['passk_lo'][str(k)]:.1f}, {100 * p['passk_hi'][str(k)]:.1f}]"
-                 for k in ks]
+        cells = [f"{100 * p['passk'][str(k)]:.1f} "
+                 f"[{100 * p['passk_lo'][str(k)]:.1f}, {100 * p['passk_hi'][str(k)]:.1f}]" for k in ks]
         last = [s[-1] for s in p["stats"]]
         g = "/".join(f"{sum(s['p_gated'][i] for s in last) / len(last):.3f}" for i in range(3))
         a = "/".join(f"{sum(s['p_all'][i] for s in last) / len(last):.3f}" for i in range(3))
@@ -961,7 +962,8 @@ def plot_lm(res: dict, folder: Path) -> list[Path]:
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.minorticks_off()
     warm_stats = res["policies"]["warm start"]["stats"][0][0]
-    for ax, key, title in ((axes[2], "p_gated", "p(1..3) at gated tokens"), (axes[3], "p_all", "p(1..3) at all tokens")):
+    for ax, key, title in ((axes[2], "p_gated", "p(1..3) at gated tokens"),
+                           (axes[3], "p_all", "p(1..3) at all tokens")):
         for name, p in res["policies"].items():
             if name == "warm start":
                 continue
@@ -983,8 +985,7 @@ def plot_lm(res: dict, folder: Path) -> list[Path]:
         xs = [i + (j - 1) * 0.27 for i in range(len(names))]
         ax.bar(xs, vals, 0.26, yerr=[[v - c[0] for v, c in zip(vals, ci)], [c[1] - v for v, c in zip(vals, ci)]],
                capsize=3, color=[colors[n] for n in names], alpha=(0.9, 0.6, 0.35)[j], edgecolor="k", lw=0.5)
-        for x, v in zip(xs, vals):
-            ax.text(x, v, label.split()[0], ha="center", va="bottom", fontsize=6, rotation=90)
+        ax.bar([0], [0], 0, color="gray", alpha=(0.9, 0.6, 0.35)[j], edgecolor="k", lw=0.5, label=label)
     ax.set_xticks(range(len(names)), names)
     ax.set(ylabel=f"distinct per problem (of {p0['n']} samples)",
            title="distinct answers / correct responses / first lines")

@@ -280,10 +280,12 @@ def test_lm_summaries_from_saved_samples(tmp_path):
             recs.append({"id": f"lm/{p}", "benchmark": "heldout", "task": "math", "answer": str(eval(p)), "n": 4,
                          "n_correct": c, "rewards": [1.0] * c + [0.0] * (4 - c),
                          "extracted": [str(eval(p))] * c + ["0"] * (4 - c), "responses": resp,
-                         "lengths": [10] * 4, "finish": ["stop"] * 4, "cand": {"n_tokens": 0, "topn_probs": [], "entropy": 0}})
+                         "lengths": [10] * 4, "finish": ["stop"] * 4,
+                         "cand": {"n_tokens": 0, "topn_probs": [], "entropy": 0}})
         (folder / "eval" / "samples").mkdir(parents=True)
         (folder / "eval" / "samples" / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-        (folder / "stats.json").write_text(json.dumps([{"step": 0, "p_all": [0.8, 0.1, 0.05], "p_gated": [0.5, 0.2, 0.1]}]))
+        stats = [{"step": 0, "p_all": [0.8, 0.1, 0.05], "p_gated": [0.5, 0.2, 0.1]}]
+        (folder / "stats.json").write_text(json.dumps(stats))
 
     write(tmp_path / "warm", [1, 2, 0])
     write(tmp_path / "grpo-seed0", [4, 0, 0])

@@ -1,5 +1,6 @@
 """Shared test setup: the repository root on sys.path, the read-only ../shared folder, the gpu marker."""
 import copy
+import json
 import os
 import random
 import sys
@@ -43,6 +44,24 @@ def qwen_tokenizer_dir():
     if not (QWEN_TOKENIZER / "tokenizer.json").is_file():
         pytest.skip(f"Qwen2.5 tokenizer not found at {QWEN_TOKENIZER} (set CASP_SHARED)")
     return QWEN_TOKENIZER
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls: one intra-op thread is faster, and far faster when the cores are shared (2 threads
+    spin-wait against other processes). Test files that run the tiny model use it for every test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def problems_file(tmp_path_factory):
+    """The 4 synthetic problems the session's tiny model was fitted to, as a JSONL data file."""
+    path = tmp_path_factory.mktemp("data") / "four.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in data.load_dataset("synthetic", limit=4)))
+    return path
 
 
 # -----------------------------------------------------------------------------

@@ -9,25 +9,17 @@ import sys
 from fractions import Fraction
 
 import pytest
-import torch
 
 import data
 import eval as ev
 from eval import pass_at_k
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one intra-op thread is faster, and 35x faster when the cores are shared (2 threads
-    spin-wait against other processes)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -----------------------------------------------------------------------------
 # pass@k
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pass_at_k_equals_enumeration_over_all_subsets():

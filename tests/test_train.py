@@ -15,27 +15,11 @@ import torch
 import data
 import runtime
 import train
-from rollout import rollout
 from model import load_model, load_tokenizer
+from rollout import rollout
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one intra-op thread is faster (and far faster when the 2 cores are shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def problems_file(tmp_path_factory):
-    """The 4 synthetic problems the tiny model was fitted to, as a JSONL data file."""
-    path = tmp_path_factory.mktemp("data") / "four.jsonl"
-    with open(path, "w") as f:
-        for p in data.load_dataset("synthetic", limit=4):
-            f.write(json.dumps(p) + "\n")
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_args(tiny_dir, problems_file, out, *extra):

@@ -22,23 +22,10 @@ import runtime
 import train
 from model import MODEL_NAMES, load_model, load_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def problems_file(tmp_path_factory):
-    """The 4 synthetic problems the session's tiny model was fitted to (tests/conftest.py)."""
-    path = tmp_path_factory.mktemp("data") / "four.jsonl"
-    path.write_text("".join(json.dumps(p) + "\n" for p in data.load_dataset("synthetic", limit=4)))
-    return path
 
 
 def tiny_args(tiny_dir, problems_file, out, *extra):

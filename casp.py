@@ -486,16 +486,18 @@ def grpo_loss_from_hidden(hidden, out_weight, tokens, old_logprobs, advantages, 
                           loss_denom=None, **hyper):
     """grpo_loss(hidden @ out_weight.T, ...): same loss, gradients (w.r.t. hidden and out_weight) and
     metrics, without materializing the (B, T, V) float32 logits."""
-    cfg = config_for("grpo", hyper)
-    stats = candidate_stats_from_hidden(hidden, out_weight, tokens, mask, top_n=cfg.top_n,
-                                        temperature=cfg.temperature, chunk_size=chunk_size)
-    return policy_loss(stats, old_logprobs, advantages, mask, cfg, loss_denom=loss_denom)
+    return loss_from_hidden(config_for("grpo", hyper), hidden, out_weight, tokens, old_logprobs, advantages,
+                            mask, chunk_size, loss_denom)
 
 
 def casp_loss_from_hidden(hidden, out_weight, tokens, old_logprobs, advantages, mask, *, chunk_size=1024,
                           loss_denom=None, **hyper):
     """casp_loss(hidden @ out_weight.T, ...) on the memory-efficient path, as grpo_loss_from_hidden."""
-    cfg = config_for("casp", hyper)
+    return loss_from_hidden(config_for("casp", hyper), hidden, out_weight, tokens, old_logprobs, advantages,
+                            mask, chunk_size, loss_denom)
+
+
+def loss_from_hidden(cfg, hidden, out_weight, tokens, old_logprobs, advantages, mask, chunk_size, loss_denom):
     stats = candidate_stats_from_hidden(hidden, out_weight, tokens, mask, top_n=cfg.top_n,
                                         temperature=cfg.temperature, chunk_size=chunk_size)
     return policy_loss(stats, old_logprobs, advantages, mask, cfg, loss_denom=loss_denom)

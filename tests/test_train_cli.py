@@ -55,6 +55,8 @@ def test_a_run_folder_is_never_clobbered(tiny_dir, problems_file, tmp_path, caps
     every file byte-identical; --overwrite replaces it; the default --out depends on model and loss."""
     out = tmp_path / "run"
     train.main(tiny_args(tiny_dir, problems_file, out, "--steps", "1"))
+    m = json.loads((out / "metrics.jsonl").read_text())
+    assert m["peak_mem_gb"] > 0.1   # on the CPU: the process's peak RSS (it was 0.0 there)
     before = snapshot(out)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:

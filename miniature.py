@@ -820,38 +820,49 @@ def summarize_lm(folder: Path, st: dict) -> dict:
     res = {"settings": st, "ks": ks, "policies": {}, "diff": {}}
 
     def policy_summary(jobs):
+        import numpy as np
         arrs = [eval_arrays(Path(j) / "eval", ks) for j in jobs]
         ids = arrs[0]["ids"]
         assert all(a["ids"] == ids for a in arrs), "evaluations on different problems"
-        import numpy as np
-        pk = np.mean([a["passk"] for a in arrs], axis=0)                     # (problems, K), mean of seeds
-        m, lo, hi = _bootstrap(pk)
+        per_seed = np.array([a["passk"] for a in arrs])                      # (seeds, problems, K)
+        m, lo, hi = _bootstrap(per_seed.mean(0))                             # per problem: mean of seeds
         out = {"seeds": len(arrs), "problems": len(ids), "n": arrs[0]["n"],
                "passk": dict(zip(map(str, ks), m)), "passk_lo": dict(zip(map(str, ks), lo)),
                "passk_hi": dict(zip(map(str, ks), hi)),
-               "passk_seeds": [dict(zip(map(str, ks), np.mean(a["passk"], axis=0).tolist())) for a in arrs]}
+               "passk_seeds": [dict(zip(map(str, ks), a.mean(0).tolist())) for a in per_seed]}
         for key in ("paths", "answers", "valid_frac", "correct_texts", "first_lines"):
             v = np.mean([a[key] for a in arrs], axis=0)
-            mm, l, h = _bootstrap(v)
-            out[f"distinct_{key}"], out[f"distinct_{key}_ci"] = mm[0], [l[0], h[0]]
+            mm, lo1, hi1 = _bootstrap(v)
+            out[f"distinct_{key}"], out[f"distinct_{key}_ci"] = mm[0], [lo1[0], hi1[0]]
             out[f"distinct_{key}_seeds"] = [float(np.mean(a[key])) for a in arrs]
         out["stats"] = [json.loads((Path(j) / "stats.json").read_text()) for j in jobs]
-        return out, pk
+        return out, per_seed
 
-    warm, warm_pk = policy_summary([folder / "warm"])
-    res["policies"]["warm start"] = warm
+    def seeded(name):
+        jobs = sorted(folder.glob(f"{name}-seed*"), key=lambda j: int(j.name.rsplit("seed", 1)[1]))
+        return [j for j in jobs if (j / "eval").is_dir() and (j / "stats.json").is_file()]
+
+    res["policies"]["warm start"], _ = policy_summary([folder / "warm"])
     per_problem = {}
     for name in st["methods"]:
-        jobs = sorted(folder.glob(f"{name}-seed*"))
-        jobs = [j for j in jobs if (j / "eval").is_dir() and (j / "stats.json").is_file()]
+        jobs = seeded(name)
         if jobs:
             res["policies"][name], per_problem[name] = policy_summary(jobs)
-    names = [n for n in st["methods"] if n in per_problem and n != "grpo"]
     if "grpo" in per_problem:
-        for name in names:
-            m, lo, hi = _bootstrap(per_problem[name] - per_problem["grpo"])
-            res["diff"][f"{name} - grpo"] = {"passk": dict(zip(map(str, ks), m)),
-                                             "lo": dict(zip(map(str, ks), lo)), "hi": dict(zip(map(str, ks), hi))}
+        import numpy as np
+        for name in [n for n in st["methods"] if n in per_problem and n != "grpo"]:
+            n_common = min(len(per_problem[name]), len(per_problem["grpo"]))
+            d = per_problem[name][:n_common] - per_problem["grpo"][:n_common]   # paired by seed index
+            m, lo, hi = _bootstrap(d.mean(0))
+            # seeds and problems resampled (paired seeds): the interval with the seed-to-seed spread in it
+            rng = np.random.default_rng(1)
+            boot = np.array([d[rng.integers(0, n_common, n_common)][:, rng.integers(0, d.shape[1], d.shape[1])]
+                             .mean((0, 1)) for _ in range(2000)])
+            slo, shi = np.percentile(boot, [2.5, 97.5], axis=0)
+            key = lambda v: dict(zip(map(str, ks), np.atleast_1d(v).tolist()))  # noqa: E731
+            res["diff"][f"{name} - grpo"] = {"passk": key(m), "lo": key(lo), "hi": key(hi), "seeds": n_common,
+                                             "lo_seeds": key(slo), "hi_seeds": key(shi),
+                                             "per_seed": [key(x) for x in d.mean(1)]}
     return res
 
 
@@ -917,9 +928,13 @@ def format_lm(res: dict) -> str:
                      f" | {p['distinct_answers']:.2f} | {p['distinct_correct_texts']:.2f} | "
                      f"{p['distinct_first_lines']:.2f} | {100 * p['distinct_valid_frac']:.1f}% | {g} | {a} |")
     for name, d in res["diff"].items():
-        lines.append(f"| {name} | | " + " | ".join(
+        lines.append(f"| {name} (CI: problems) | {d.get('seeds', '')} | " + " | ".join(
             f"{100 * d['passk'][str(k)]:+.1f} [{100 * d['lo'][str(k)]:+.1f}, {100 * d['hi'][str(k)]:+.1f}]"
             for k in ks) + " | | | | | | |")
+        if "lo_seeds" in d:
+            lines.append(f"| {name} (CI: seeds and problems) | {d['seeds']} | " + " | ".join(
+                f"{100 * d['passk'][str(k)]:+.1f} [{100 * d['lo_seeds'][str(k)]:+.1f}, "
+                f"{100 * d['hi_seeds'][str(k)]:+.1f}]" for k in ks) + " | | | | | | |")
     return "\n".join(lines)
 
 
@@ -954,9 +969,15 @@ def plot_lm(res: dict, folder: Path) -> list[Path]:
     for name, d in res["diff"].items():
         c = colors.get(name.split(" - ")[0], "tab:blue")
         ax.plot(ks, [d["passk"][str(k)] for k in ks], color=c, marker="o", ms=3, label=name)
-        ax.fill_between(ks, [d["lo"][str(k)] for k in ks], [d["hi"][str(k)] for k in ks], color=c, alpha=0.2, lw=0)
+        ax.fill_between(ks, [d["lo"][str(k)] for k in ks], [d["hi"][str(k)] for k in ks], color=c, alpha=0.25, lw=0,
+                        label="95%: problems resampled")
+        if "lo_seeds" in d:
+            ax.fill_between(ks, [d["lo_seeds"][str(k)] for k in ks], [d["hi_seeds"][str(k)] for k in ks], color=c,
+                            alpha=0.1, lw=0, label="95%: seeds and problems resampled")
+            for i, ps in enumerate(d["per_seed"]):
+                ax.plot(ks, [ps[str(k)] for k in ks], color=c, lw=0.6, alpha=0.7, label="each seed" if i == 0 else None)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set(xlabel="K", ylabel="difference of pass@K", title="paired difference (95% bootstrap over problems)")
+    ax.set(xlabel="K", ylabel="difference of pass@K", title="paired difference (same seeds), 95% bootstrap")
     for ax in axes[:2]:
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])

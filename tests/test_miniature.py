@@ -266,8 +266,8 @@ def test_lm_valid_paths_and_method_specs():
 
 def test_lm_summaries_from_saved_samples(tmp_path):
     """pass@K per problem (unbiased estimator), distinct valid paths and answers from eval-style sample
-    files, then the mean of seeds per problem with a bootstrap interval that contains it, and the paired
-    difference of two methods."""
+    files, then the mean of seeds per problem with a bootstrap interval that contains it, and the
+    difference of two methods paired by seed (with intervals over problems and over seeds + problems)."""
     import tiny
     ks = [1, 2, 4]
     probs = ["1+2+3+4", "2+2+2+2", "3+1+4+1"]
@@ -301,8 +301,10 @@ def test_lm_summaries_from_saved_samples(tmp_path):
     want1 = (1.0 + 0.125 + 0.0) / 3                     # per problem mean of the two seeds' pass@1
     assert g["passk"]["1"] == pytest.approx(want1)
     assert g["passk_lo"]["1"] <= want1 <= g["passk_hi"]["1"]
-    d = res["diff"]["casp - grpo"]["passk"]["1"]
-    assert d == pytest.approx((2 + 2 + 1) / 12 - want1)
+    d = res["diff"]["casp - grpo"]      # paired by seed, over the seeds both have (casp has one)
+    assert d["seeds"] == 1 and d["passk"]["1"] == pytest.approx((2 + 2 + 1) / 12 - (1 + 0 + 0) / 3)
+    assert d["per_seed"][0]["1"] == pytest.approx(d["passk"]["1"])
+    assert d["lo_seeds"]["1"] <= d["passk"]["1"] <= d["hi_seeds"]["1"]
     assert "casp - grpo" in mn.format_lm(res)
 
 

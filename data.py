@@ -532,7 +532,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="data.py", description="Dataset files for train.py and eval.py.")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="write the dataset files from their public sources",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("names", nargs="*", metavar="NAME", help=f"datasets (default: all): {', '.join(SOURCES)}")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: $CASP_DATA, else ~/.cache/casp/data)")
     p.add_argument("--from", dest="from_dir", type=Path, default=None, metavar="DIR",

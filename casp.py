@@ -96,7 +96,8 @@ import torch
 @dataclass(frozen=True)
 class LossConfig:
     """The loss's hyperparameters (the paper's defaults), built once from the command line and passed
-    whole. GRPO reads only top_n (for the logged candidates), clip_eps, clip_eps_high and temperature."""
+    whole. GRPO's loss reads only clip_eps, clip_eps_high and temperature; its logged metrics use top_n
+    and, when set, entropy_quantile (p(1..N) at the tokens CaSP's gate would select, for comparison)."""
     loss: str = "casp"                    # "casp", or "grpo" (the reference)
     top_n: int = 3                        # N
     alpha: float = 0.01                   # a
@@ -260,15 +261,18 @@ def aggregate(l, loss_denom):
 
 
 def grpo_loss_from_stats(stats, old_logprobs, advantages, mask, *, clip_eps=0.2, clip_eps_high=None,
-                         loss_denom=None):
+                         loss_denom=None, gate_quantile=None):
     """GRPO's token-level PPO-clip loss, token-mean over the valid tokens. Returns (loss, metrics).
 
     stats: CandidateStats of the valid tokens of mask (B, T); old_logprobs (B, T); advantages (B,);
     padding may hold anything. clip_eps_high: DAPO's clip-higher. loss_denom: see the module docstring.
+    gate_quantile: diagnostics only (the loss is unchanged): also log p(1..N) at the tokens CaSP's entropy
+    gate would select, so that GRPO and CaSP runs compare where CaSP acts.
     """
     rho, adv = ratio_and_advantage(stats, old_logprobs, advantages, mask)  # (M,), (M,)
     l, clipped = ppo_clip(rho, adv, clip_eps, clip_eps_high)  # (M,)
-    return aggregate(l, loss_denom), loss_metrics(stats, rho, clipped)
+    w_gate = None if gate_quantile is None else gate_of_valid_tokens(stats, mask.bool(), gate_quantile)
+    return aggregate(l, loss_denom), loss_metrics(stats, rho, clipped, w_gate=w_gate)
 
 
 def casp_loss_from_stats(stats, old_logprobs, advantages, mask, *, alpha=0.01, entropy_quantile=0.8,
@@ -300,7 +304,8 @@ def policy_loss(stats, old_logprobs, advantages, mask, cfg: LossConfig, *, loss_
     stats must have been computed with cfg.top_n and cfg.temperature."""
     clip = dict(clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, loss_denom=loss_denom)
     if cfg.loss == "grpo":
-        return grpo_loss_from_stats(stats, old_logprobs, advantages, mask, **clip)
+        return grpo_loss_from_stats(stats, old_logprobs, advantages, mask, gate_quantile=cfg.entropy_quantile,
+                                    **clip)
     return casp_loss_from_stats(stats, old_logprobs, advantages, mask, alpha=cfg.alpha,
                                 entropy_quantile=cfg.entropy_quantile, neg_scale=cfg.neg_scale, **clip)
 
@@ -332,7 +337,8 @@ def loss_metrics(stats, rho, clipped, w_gate=None, negative=None, neg_scaled=Non
     of this call (or the subset count_of names) divided by their count. All of pi_theta, the policy
     being trained, at temperature T. Detached 0-dim tensors (n_tokens: a float; topn_probs: a list of
     N, kept for the public API), never .item(): that would be a CPU-GPU sync per micro-batch.
-    The gate's entries exist only for CaSP (w_gate given)."""
+    The gate's entries exist when w_gate is given (CaSP; GRPO through policy_loss, as a diagnostic of
+    where CaSP would act), the negative ones for CaSP only."""
     with torch.no_grad():
         rho = rho.detach()  # (M,)
         dtype = rho.dtype
@@ -351,9 +357,12 @@ def loss_metrics(stats, rho, clipped, w_gate=None, negative=None, neg_scaled=Non
             sums.update(
                 n_gated=w.sum(),                              # tokens with w_t = 1
                 gate_frac=w.sum(),                            # n_gated / n_tokens
+                **{f"gated_top{k + 1}_prob": g for k, g in enumerate(gated.unbind())},  # p(k) where CaSP acts
+            )
+        if negative is not None:
+            sums.update(
                 n_negative=negative.to(dtype).sum(),          # tokens with A < 0
                 neg_scaled_frac=neg_scaled.to(dtype).sum(),   # of those, the ones lambda scales
-                **{f"gated_top{k + 1}_prob": g for k, g in enumerate(gated.unbind())},  # p(k) where CaSP acts
             )
         means = divide_by_counts(sums)
         means["topn_probs"] = list(means["topn_probs"].unbind())
@@ -461,6 +470,8 @@ def config_for(loss, hyper):
     casp_only = sorted(hyper.keys() & {"alpha", "entropy_quantile", "neg_scale"}) if loss == "grpo" else []
     if casp_only:
         raise TypeError(f"GRPO takes no {casp_only}: those are CaSP's hyperparameters")
+    if loss == "grpo":  # no gate diagnostics either: GRPO's one-call metrics are GRPO's own
+        return LossConfig(loss=loss, entropy_quantile=None, **hyper)
     return LossConfig(loss=loss, **hyper)
 
 

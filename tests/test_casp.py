@@ -461,7 +461,10 @@ def test_loss_config():
     lg, mg = policy_loss(stats, old, adv, mask, LossConfig(loss="grpo", neg_scale=2.0))
     lc, mc = policy_loss(stats, old, adv, mask, LossConfig(neg_scale=2.0))
     assert lg.item() == grpo_loss(logits, tokens, old, adv, mask)[0].item() != lc.item()
-    assert "gate_frac" in mc and "gate_frac" not in mg
+    # GRPO logs where CaSP's gate would act (the same tokens), but nothing of CaSP's negative push
+    assert mg["gate_frac"] == mc["gate_frac"] and mg["gated_top1_prob"] == mc["gated_top1_prob"]
+    assert "n_negative" in mc and "n_negative" not in mg
+    assert "gate_frac" not in grpo_loss(logits, tokens, old, adv, mask)[1]   # the one-call GRPO: its own only
     hidden_and_weight = (logits[..., :4], torch.ones(12, 4, dtype=F64))
     for fn, args in ((grpo_loss, (logits,)), (grpo_loss_from_hidden, hidden_and_weight)):
         with pytest.raises(TypeError):

@@ -79,7 +79,8 @@ def test_grpo_runs_on_the_same_seed(tiny_dir, problems_file, tmp_path):
     train.main(run_args(tiny_dir, problems_file, tmp_path / "c", "--steps", "1"))
     g, c = metrics(tmp_path / "g")[0], metrics(tmp_path / "c")[0]
     assert g["reward_mean"] == c["reward_mean"] and g["response_len"] == c["response_len"]
-    assert "gate_frac" in c and "gate_frac" not in g
+    assert "n_negative" in c and "n_negative" not in g
+    assert "gated_top1_prob" in g    # where CaSP's gate would act: logged for GRPO runs too, to compare
 
 
 # -----------------------------------------------------------------------------

@@ -966,16 +966,17 @@ def plot_lm(res: dict, folder: Path) -> list[Path]:
     p0 = next(iter(res["policies"].values()))
     ax.set(xlabel="K", ylabel="pass@K", title=f"held-out pass@K ({p0['problems']} problems x {p0['n']} samples)")
     ax = axes[1]
-    for name, d in res["diff"].items():
+    for j, (name, d) in enumerate(res["diff"].items()):
         c = colors.get(name.split(" - ")[0], "tab:blue")
         ax.plot(ks, [d["passk"][str(k)] for k in ks], color=c, marker="o", ms=3, label=name)
         ax.fill_between(ks, [d["lo"][str(k)] for k in ks], [d["hi"][str(k)] for k in ks], color=c, alpha=0.25, lw=0,
-                        label="95%: problems resampled")
+                        label="95%: problems resampled" if j == 0 else None)
         if "lo_seeds" in d:
             ax.fill_between(ks, [d["lo_seeds"][str(k)] for k in ks], [d["hi_seeds"][str(k)] for k in ks], color=c,
-                            alpha=0.1, lw=0, label="95%: seeds and problems resampled")
+                            alpha=0.1, lw=0, label="95%: seeds and problems resampled" if j == 0 else None)
             for i, ps in enumerate(d["per_seed"]):
-                ax.plot(ks, [ps[str(k)] for k in ks], color=c, lw=0.6, alpha=0.7, label="each seed" if i == 0 else None)
+                ax.plot(ks, [ps[str(k)] for k in ks], color=c, lw=0.6, alpha=0.7,
+                        label="each seed" if i == 0 and j == 0 else None)
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xlabel="K", ylabel="difference of pass@K", title="paired difference (same seeds), 95% bootstrap")
     for ax in axes[:2]:
@@ -1007,7 +1008,7 @@ def plot_lm(res: dict, folder: Path) -> list[Path]:
         ax.bar(xs, vals, 0.26, yerr=[[v - c[0] for v, c in zip(vals, ci)], [c[1] - v for v, c in zip(vals, ci)]],
                capsize=3, color=[colors[n] for n in names], alpha=(0.9, 0.6, 0.35)[j], edgecolor="k", lw=0.5)
         ax.bar([0], [0], 0, color="gray", alpha=(0.9, 0.6, 0.35)[j], edgecolor="k", lw=0.5, label=label)
-    ax.set_xticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
     ax.set(ylabel=f"distinct per problem (of {p0['n']} samples)",
            title="distinct answers / correct responses / first lines")
     for ax in axes:

@@ -22,4 +22,4 @@ python bench/bench_train.py 2>&1 | tee "$LOG/bench_train.txt"
 python train.py --model qwen-1.5b --init random --tokenizer "$SHARED/tokenizers/qwen2.5" \
   --data "$SHARED/data/math_train.jsonl" --heldout "$SHARED/data/math500.jsonl" --prompts-per-step 64 \
   --mini-batches 4 --max-response-len 512 --steps 1 --eval-every 0 --save-every 0 --grad-checkpoint \
-  --out "$LOG/full_step" 2>&1 | tee "$LOG/full_step.txt"
+  --out "$LOG/full_step" --overwrite 2>&1 | tee "$LOG/full_step.txt"

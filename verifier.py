@@ -931,24 +931,31 @@ def _safe_eval(ast, env) -> complex | None:
 _OPEN, _CLOSE = "([{", ")]}"
 
 
-def _split_top(s: str, sep: str = ",") -> list[str]:
-    """Split at `sep` outside any bracket; intervals like [0,1) count as balanced."""
-    out, depth, start = [], 0, 0
-    i = 0
+def _split_at_top(s: str, find) -> tuple[list[str], list[str]]:
+    """Split s at the separators outside any bracket: find(s, i) gives the end of a separator starting at
+    i, or None. -> (the stripped parts, the separators). Intervals like [0,1) count as balanced."""
+    parts, seps, depth, start, i = [], [], 0, 0, 0
     while i < len(s):
         c = s[i]
         if c in _OPEN:
             depth += 1
         elif c in _CLOSE:
             depth -= 1
-        elif depth == 0 and s.startswith(sep, i):
-            out.append(s[start:i])
-            start = i + len(sep)
-            i += len(sep)
-            continue
+        elif depth == 0:
+            end = find(s, i)
+            if end is not None:
+                parts.append(s[start:i].strip())
+                seps.append(s[i:end])
+                start = i = end
+                continue
         i += 1
-    out.append(s[start:])
-    return [x.strip() for x in out]
+    parts.append(s[start:].strip())
+    return parts, seps
+
+
+def _split_top(s: str, sep: str = ",") -> list[str]:
+    """Split at `sep` outside any bracket."""
+    return _split_at_top(s, lambda t, i: i + len(sep) if t.startswith(sep, i) else None)[0]
 
 
 def _wraps(s: str) -> bool:
@@ -1362,25 +1369,10 @@ def _split_relation(s: str):
     """("x", "\\leq", "5") style split at top-level relation signs: (sides, canonical ops) or None."""
     if not ("<" in s or ">" in s or "\\leq" in s or "\\geq" in s or "\\neq" in s):
         return None
-    sides, ops, depth, start, i = [], [], 0, 0, 0
-    while i < len(s):
-        c = s[i]
-        if c in _OPEN:
-            depth += 1
-        elif c in _CLOSE:
-            depth -= 1
-        elif depth == 0:
-            m = _REL_TOKEN_RE.match(s, i)
-            if m:
-                sides.append(s[start:i].strip())
-                ops.append(_REL_OPS[m.group()])
-                start = i = m.end()
-                continue
-        i += 1
-    sides.append(s[start:].strip())
-    if not ops or not all(sides):
+    sides, seps = _split_at_top(s, lambda t, i: (m := _REL_TOKEN_RE.match(t, i)) and m.end())
+    if not seps or not all(sides):
         return None
-    return sides, ops
+    return sides, [_REL_OPS[x] for x in seps]
 
 
 def _real_value(s: str) -> float | None:

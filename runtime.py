@@ -99,7 +99,7 @@ def shard_model(model: Transformer, compute_dtype) -> Transformer:
 #              block inputs with --grad-checkpoint), the chunked loss's (chunk, V) float32 buffers
 # The peak is `always + max(rollout, update)`: the cache is freed before the update starts.
 # The activation factors are counts of (tokens, width) tensors a block keeps for backward; they were
-# checked against measured peaks on the CPU (tests/test_train.py: within 35%).
+# checked against measured peaks on the CPU (tests/test_train_cli.py: -15% / +35% allowed).
 
 ACT_PER_TOKEN_HIDDEN = 10    # (T, D) tensors a block keeps for backward: norms, q/k/v/o, residuals...
 ACT_PER_TOKEN_MLP = 4         # (T, I) tensors: gate, up, act(gate), their product
@@ -205,9 +205,10 @@ def write_json_atomic(path: Path, obj):
     os.replace(tmp, path)
 
 
-def claim_run_folder(out: Path, resume: bool, overwrite: bool):
+def claim_run_folder(out: Path, resume: bool, overwrite: bool, delete: bool = True):
     """Check that `out` may be written: a fresh run needs a folder without a run in it (or --overwrite,
-    which deletes that run's files); --resume needs a run with a checkpoint."""
+    which deletes that run's files: only where `delete`, i.e. on one rank under FSDP); --resume needs a
+    run with a checkpoint."""
     held = [m for m in RUN_MARKERS if (out / m).exists()] + sorted(p.name for p in out.glob("ckpt-*"))
     if resume:
         if not (out / "latest").is_file():
@@ -219,6 +220,8 @@ def claim_run_folder(out: Path, resume: bool, overwrite: bool):
     if not overwrite:
         raise UserError(f"{out} already holds a run ({', '.join(held)}). Continue it with --resume, "
                         f"start a new one with --out NEW_FOLDER, or replace it with --overwrite")
+    if not delete:
+        return
     for name in held + [p.name for p in out.glob(".tmp-ckpt-*")]:
         p = out / name
         shutil.rmtree(p) if p.is_dir() else p.unlink()

@@ -524,7 +524,8 @@ def setup(args) -> Run:
     allocated when the run folder, the resume or the memory does not allow the run."""
     dist = setup_dist(args.fsdp, args.device)
     out = Path(args.out)
-    claim_run_folder(out, args.resume, args.overwrite and dist.main)
+    claim_run_folder(out, args.resume, args.overwrite, delete=dist.main)
+    dist.barrier()   # the other ranks read the folder only after rank 0 has cleared it
     if args.resume:
         check_resume_config(out, vars(args))
     torch.manual_seed(args.seed)

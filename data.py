@@ -52,22 +52,6 @@ from typing import Callable
 # -----------------------------------------------------------------------------
 # Datasets by name
 
-# name -> (task, its public source). The file is always <data_dir>/<name>.jsonl; SOURCES (below) says how
-# `python data.py prepare` makes it.
-DATA_SOURCES: dict[str, tuple[str, str]] = {
-    "math_train": ("math", "MATH train (EleutherAI/hendrycks_math); answer = last \\boxed{} of the solution"),
-    "math500": ("math", "HuggingFaceH4/MATH-500"),
-    "aime2024": ("math", "AI-MO/aimo-validation-aime, 2024 rows (AIME 2024 I and II)"),
-    "aime2025": ("math", "opencompass/AIME2025 (AIME 2025 I and II)"),
-    "amc23": ("math", "AI-MO/aimo-validation-amc, 2023 rows (AMC 12 2023)"),
-    "minerva_math": ("math", "math-ai/minervamath (Minerva OCWCourses)"),
-    "olympiadbench": ("math", "Hothan/OlympiadBench, OE_TO_maths_en_COMP (fields unit, multiple_answers)"),
-    "gsm8k_train": ("math", "openai/gsm8k train; answer = the number after ####"),
-    "gsm8k_test": ("math", "openai/gsm8k test; answer = the number after ####"),
-    "humaneval": ("code", "openai/openai_humaneval (fields prompt, test, entry_point; problem = prompt)"),
-    "knights_knaves": ("logic", "reasoning-gym knights_knaves (fields names, solution, terms)"),
-    "zebra_puzzles": ("logic", "reasoning-gym zebra_puzzles (answer = one name)"),
-}
 # fields the verifier needs beyond problem/answer, per task
 TASK_FIELDS = {"math": (), "logic": (), "code": ("prompt", "test", "entry_point")}
 
@@ -254,6 +238,16 @@ class Source:
     convert: Callable | None = None  # source row -> JSONL row (dict) or the reason it is dropped (str)
     size: int = 0                    # reasoning-gym: how many puzzles
     settings: tuple = ()             # reasoning-gym: generator settings, (name, value) pairs
+    task: str = "math"               # which verifier branch scores its problems
+
+    @property
+    def about(self) -> str:
+        """One line for messages and listings: where the rows come from."""
+        if self.repo.startswith("reasoning-gym:"):
+            return (f"reasoning-gym {REASONING_GYM_VERSION} {self.repo.split(':', 1)[1]}, seed {LOGIC_SEED}, "
+                    f"{self.size} puzzles, " + ", ".join(f"{k}={v}" for k, v in self.settings))
+        configs = ", ".join(c for c in self.configs if c)
+        return f"{self.repo}{f' ({configs})' if configs else ''}, split {self.split}"
 
 
 def last_boxed(text: str) -> str | None:
@@ -391,13 +385,15 @@ SOURCES: dict[str, Source] = {
     # GSM8K (the paper's Llama runs), code and logic
     "gsm8k_train": Source("openai/gsm8k", "train", ("main",), convert_gsm8k),
     "gsm8k_test": Source("openai/gsm8k", "test", ("main",), convert_gsm8k),
-    "humaneval": Source("openai/openai_humaneval", "test", convert=convert_humaneval),
+    "humaneval": Source("openai/openai_humaneval", "test", convert=convert_humaneval, task="code"),
     "knights_knaves": Source("reasoning-gym:knights_knaves", convert=convert_knights_knaves, size=300,
-                             settings=(("n_people", 3), ("depth_constraint", 2), ("width_constraint", 2))),
+                             settings=(("n_people", 3), ("depth_constraint", 2), ("width_constraint", 2)),
+                             task="logic"),
     "zebra_puzzles": Source("reasoning-gym:zebra_puzzles", convert=convert_zebra, size=200,
-                            settings=(("num_people", 4), ("num_characteristics", 4))),
+                            settings=(("num_people", 4), ("num_characteristics", 4)), task="logic"),
 }
-assert SOURCES.keys() == DATA_SOURCES.keys()
+# name -> (task, source): the named datasets as load_dataset and the error messages see them
+DATA_SOURCES: dict[str, tuple[str, str]] = {name: (src.task, src.about) for name, src in SOURCES.items()}
 
 _DATA_FILES = (".parquet", ".jsonl", ".json")
 
@@ -425,7 +421,7 @@ def _read_rows(path: Path) -> list[dict]:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    rows = obj if isinstance(obj, list) else obj.get("data") or obj.get("rows") if isinstance(obj, dict) else None
+    rows = obj.get("data") or obj.get("rows") if isinstance(obj, dict) else obj
     if not isinstance(rows, list):
         raise UserError(f"{path}: expected a JSON list of rows")
     return rows
@@ -543,10 +539,8 @@ def main(argv=None):
     try:
         if args.command == "sources":
             for name, src in SOURCES.items():
-                how = (f"hf download --repo-type dataset {src.repo} --local-dir DIR/{name}"
-                       if not src.repo.startswith("reasoning-gym") else
-                       f"reasoning-gym {REASONING_GYM_VERSION}, seed {LOGIC_SEED}, {src.size} puzzles, "
-                       + ", ".join(f"{k}={v}" for k, v in src.settings))
+                how = (src.about if src.repo.startswith("reasoning-gym") else
+                       f"hf download --repo-type dataset {src.repo} --local-dir DIR/{name}")
                 print(f"{name:<15} {how}")
             return None
         unknown = [n for n in args.names if n not in SOURCES]

@@ -34,6 +34,7 @@ default and llama3, activations other than SiLU.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -144,6 +145,10 @@ class ModelConfig:
             raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model directory?)") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
         return cls.from_hf_dict(d, source=str(path))
 
     def to_hf_dict(self, dtype: torch.dtype | None = None) -> dict:
@@ -532,7 +537,38 @@ class Transformer(nn.Module):
 # Loading and saving in the Hugging Face layout
 
 
-def _read_safetensors(path: Path, device) -> dict[str, torch.Tensor]:
+class BadModelFile(ValueError):
+    """Weights that cannot be used: a truncated or unreadable file, a tensor missing, unexpected or of the
+    wrong shape, NaN or infinite values. The message names the file and the tensor."""
+
+
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024   # the format's own limit on the JSON header
+
+
+def safetensors_header(f: Path) -> dict:
+    """The header of a safetensors file ({name: {dtype, shape, data_offsets}}), after checking that the
+    file holds every byte the header promises: a truncated copy is named here instead of failing deep in
+    the reader (or, with the tensors' bytes cut off, not at all)."""
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little") if size >= 8 else -1
+        if not 0 < n <= min(size - 8, MAX_SAFETENSORS_HEADER):
+            raise BadModelFile(f"{f}: truncated or not a safetensors file ({size:,} bytes"
+                               + (f", header of {n:,} bytes)" if n >= 0 else ")"))
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise BadModelFile(f"{f}: not a safetensors file (unreadable header)") from None
+    if 8 + n + end > size:
+        raise BadModelFile(f"{f}: truncated: {size:,} bytes, its header describes {8 + n + end:,}")
+    return header
+
+
+def _read_safetensors(path: Path, device) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """(every tensor of the model folder, the file each came from), each file checked whole first."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     index = path / "model.safetensors.index.json"
@@ -542,18 +578,54 @@ def _read_safetensors(path: Path, device) -> dict[str, torch.Tensor]:
     elif index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{index}: not a valid safetensors index ({e})") from None
-        files = [path / f for f in sorted(set(weight_map.values()))]
+            files = [path / f for f in sorted(set(weight_map.values()))]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise BadModelFile(f"{index}: not a valid safetensors index ({e})") from None
         for f in files:
             if not f.is_file():
                 raise FileNotFoundError(f"{f}: shard named in {index} is missing")
     else:
         raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
-    state = {}
+    state, origin = {}, {}
     for f in files:
-        state.update(load_file(str(f), device=str(device)))
-    return state
+        safetensors_header(f)
+        try:
+            part = load_file(str(f), device=str(device))
+        except SafetensorError as e:
+            raise BadModelFile(f"{f}: unreadable ({e})") from None
+        state.update(part)
+        origin.update(dict.fromkeys(part, f))
+    return state, origin
+
+
+def check_weights(state: dict[str, torch.Tensor], origin: dict[str, Path], model: "Transformer", config_file: Path):
+    """Refuse (BadModelFile) weights that do not fit the architecture of config.json, tensor by tensor
+    (missing, unexpected, wrong shape: expected vs found), or that hold NaN or infinite values (a model
+    that trains on them logs `H nan`, scores 0 and saves more NaN)."""
+    tied = model.config.tie_word_embeddings
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    files = ", ".join(sorted({str(f) for f in origin.values()})) or str(config_file.parent)
+    arch = f"the {model.config.architecture} architecture of {config_file}"
+    if missing or unexpected:
+        listed = lambda names: ", ".join(names[:5]) + (f" ... ({len(names)})" if len(names) > 5 else "")
+        raise BadModelFile(f"{files}: the tensors do not match {arch}"
+                           + (f"; missing: {listed(missing)}" if missing else "")
+                           + (f"; unexpected: {listed(unexpected)}" if unexpected else ""))
+    for k, v in state.items():
+        if tuple(v.shape) != expected[k]:
+            hint = ""
+            if k in ("model.embed_tokens.weight", "lm_head.weight") and v.ndim == 2 and v.shape[0] != expected[k][0]:
+                hint = f" (config.json says vocab_size {expected[k][0]}, the weights have {v.shape[0]} rows)"
+            raise BadModelFile(f"{origin[k]}: tensor {k} has shape {list(v.shape)}, expected "
+                               f"{list(expected[k])} from {config_file}{hint}")
+    for k, v in state.items():
+        # one read of the tensor and no full-size temporary: the sum of finite weights is finite
+        if v.is_floating_point() and not torch.isfinite(v.sum(dtype=torch.float32)):
+            bad = int((~torch.isfinite(v)).sum())
+            if bad:
+                raise BadModelFile(f"{origin[k]}: tensor {k} holds {bad:,} NaN or infinite value(s) of "
+                                   f"{v.numel():,}: refusing to load it")
 
 
 def load_model(name_or_path, device="cpu", dtype=torch.float32, init: str = "checkpoint",
@@ -561,7 +633,8 @@ def load_model(name_or_path, device="cpu", dtype=torch.float32, init: str = "che
     """Load a Hugging Face Qwen2/Llama checkpoint (or `init="random"` weights of a named architecture).
 
     The model is built on the meta device (no memory, no init cost), then the checkpoint tensors are
-    assigned as parameters. The key check is strict: the error lists missing and unexpected keys.
+    assigned as parameters. Every file is checked whole and every tensor against the architecture before
+    it is used (check_weights): a damaged folder is one BadModelFile naming the file and the tensor.
     """
     device = torch.device(device)
     if init == "random":
@@ -580,17 +653,12 @@ def load_model(name_or_path, device="cpu", dtype=torch.float32, init: str = "che
 
     path = resolve_model_path(name_or_path)
     config = ModelConfig.from_json(path / "config.json")
-    state = _read_safetensors(path, device)
+    state, origin = _read_safetensors(path, device)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # some exports keep the shared matrix twice
     with torch.device("meta"):
         model = Transformer(config)
-    expected = {k for k in model.state_dict() if not (config.tie_word_embeddings and k == "lm_head.weight")}
-    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-    if missing or unexpected:
-        raise KeyError(f"{path}: checkpoint keys do not match the {config.architecture} architecture; "
-                       f"missing: {missing[:10]}{' ...' if len(missing) > 10 else ''}; "
-                       f"unexpected: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+    check_weights(state, origin, model, path / "config.json")
     for k, v in state.items():
         if v.is_floating_point():
             state[k] = v.to(dtype)
@@ -749,6 +817,12 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
+
+    @functools.cached_property
+    def longest_token_chars(self) -> int:
+        """Characters of the longest vocabulary entry: no token covers more text (data.encode_prompts
+        skips a text that surely cannot fit the prompt budget without tokenizing it)."""
+        return max(map(len, self.tok.get_vocab(with_added_tokens=True)))
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from model import (KVCache, MODEL_NAMES, ModelConfig, Transformer, copy_tokenizer_files,
+from model import (BadModelFile, KVCache, MODEL_NAMES, ModelConfig, Transformer, copy_tokenizer_files,
                    load_model, load_tokenizer, resolve_model_path, save_model)
 
 transformers = pytest.importorskip("transformers")
@@ -553,7 +553,7 @@ def test_wrong_key_is_named(tmp_path):
     state = load_file(tmp_path / "model.safetensors")
     state["model.layers.0.self_attn.qq_proj.weight"] = state.pop("model.layers.0.self_attn.q_proj.weight")
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(KeyError) as e:
+    with pytest.raises(BadModelFile) as e:
         load_model(tmp_path)
     assert "model.layers.0.self_attn.q_proj.weight" in str(e.value)
     assert "model.layers.0.self_attn.qq_proj.weight" in str(e.value)

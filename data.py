@@ -45,6 +45,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -64,6 +65,29 @@ INSTRUCTIONS = {"math": MATH_INSTRUCTION, "logic": MATH_INSTRUCTION, "code": COD
 class UserError(Exception):
     """A mistake in what the user gave (a path, a line of a file, a flag, a name): the command-line tools
     print `error: <message>` and exit with status 2, without a traceback. Unexpected errors keep theirs."""
+
+
+def check_output_folder(path, flag: str = "--out") -> Path:
+    """Refuse (UserError) an output folder that cannot be written, before anything is loaded or made: a
+    path that is a file or lies under one, a read-only or forbidden folder. Creates nothing (the nearest
+    existing folder on the path gets a probe file, removed at once)."""
+    path = Path(path)
+    existing = path
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot reach {existing} ({e.strerror})") from None
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a folder" if existing == path else
+                        f"{flag} {path}: {existing} is a file, so no folder can be made under it")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write in {existing} ({e.strerror})") from None
+    return path
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -125,20 +149,38 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("CASP_HOME", Path.home() / ".cache" / "casp")).expanduser() / "data"
 
 
+def _json_int(text: str):
+    """JSON integers as Python ints, except those too long for Python to convert (over 4300 digits, the
+    interpreter's limit): kept as their digit string, which is what an answer needs."""
+    return int(text) if len(text) <= 4300 else text
+
+
 def load_jsonl(path, required=("problem", "answer")) -> list[dict]:
-    """One dict per non-blank line. Errors name the file and the 1-based line number."""
+    """One dict per non-blank line. Errors name the file and the 1-based line number; bytes that are not
+    UTF-8 are named with their offset in the file. A numeric field becomes its string where a string is
+    required (huge integers keep every digit)."""
     path = Path(path)
     if not path.is_file():
         raise DataNotFound(f"{path}: data file not found")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    rows, offset = [], 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            start, offset = offset, offset + len(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {start + e.start}, "
+                                f"line {lineno})") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")   # a byte-order mark some editors write
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, parse_int=_json_int)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            except ValueError as e:   # e.g. a number too large to read
+                raise DataError(f"{path}:{lineno}: unreadable JSON ({e})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             missing = [k for k in required if k not in row]
@@ -205,6 +247,11 @@ def load_dataset(name_or_path, data_dir=None, limit: int | None = None) -> list[
         if missing:
             raise DataError(f"{path}:{row['_line']}: a {task} problem needs field(s) "
                              f"{', '.join(map(repr, missing))}")
+        if task != "code" and not row["answer"].strip():   # (code is scored by its tests, not the answer)
+            raise DataError(f"{path}:{row['_line']}: empty answer: the problem could never be scored "
+                            "right (it would count as 0 in every reward and pass@k)")
+        if not row["problem"].strip():
+            raise DataError(f"{path}:{row['_line']}: empty problem")
         prob = {k: v for k, v in row.items() if k != "_line"}
         prob["problem"] = clean_problem(prob["problem"])
         prob["task"] = task
@@ -578,15 +625,28 @@ def build_prompt(problem: dict, tokenizer) -> list[int]:
 
 def encode_prompts(problems: list[dict], tokenizer, max_prompt_tokens: int | None = None):
     """(problems with a `prompt_ids` field, number skipped): prompts over the limit are skipped and
-    counted, never fatal (CASP.md: max prompt 1024)."""
+    counted, never fatal (CASP.md: max prompt 1024). A problem whose text is so long that no tokenization
+    can fit it is skipped before it is tokenized: tokenizing a 50 MB row alone takes gigabytes."""
     kept, skipped = [], 0
+    longest = sure_too_long_chars(tokenizer, max_prompt_tokens)
     for prob in problems:
+        if len(prob["problem"]) > longest:
+            skipped += 1
+            continue
         ids = build_prompt(prob, tokenizer)
         if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
             skipped += 1
             continue
         kept.append(dict(prob, prompt_ids=ids))
     return kept, skipped
+
+
+def sure_too_long_chars(tokenizer, max_tokens: int | None) -> float:
+    """A text length (characters) above which a text surely takes more than max_tokens tokens: no token
+    covers more characters than the longest vocabulary entry (Qwen2.5: 128), and a factor 4 covers
+    normalizers that merge characters (NFC). inf when unknown."""
+    longest = getattr(tokenizer, "longest_token_chars", None)
+    return float("inf") if max_tokens is None or longest is None else 4 * max_tokens * longest
 
 
 def verifier_fields(problem: dict) -> dict:

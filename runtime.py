@@ -6,19 +6,30 @@ train.py holds the algorithm; everything here is the machinery around it, in fou
     processes    Dist (rank, world, device; sums/maxes across ranks), setup_dist, shard_model
     memory       estimate_memory (the peak of a step, broken down), preflight (refuse a run that cannot
                  fit before anything large is allocated), peak_memory_gb (what a step really used)
-    run folder   claim_run_folder (never clobber a run), check_resume_config (a resumed run is the same
-                 experiment), write_json_atomic
-    checkpoints  save_checkpoint / load_checkpoint / latest_checkpoint: atomic, exact resume (weights,
-                 AdamW state, RNG states, data position), readable by transformers as they are
+    run folder   lock_run_folder (one writer: a second run is refused naming the holder's PID),
+                 claim_run_folder (never clobber a run; a folder without a checkpoint starts over),
+                 check_resume_config (a resumed run is the same experiment), start_metrics_file,
+                 StopSignals (SIGINT/SIGTERM: save at the next step boundary), write_json_atomic
+    checkpoints  save_checkpoint / resume_checkpoint / latest_checkpoint: atomic, exact resume (weights,
+                 AdamW state, RNG states, data position), readable by transformers as they are; a damaged
+                 checkpoint is named, moved aside, and the newest complete one is used instead
+
+Nothing read from a run folder can run code: optimizer files are loaded with torch.load(weights_only=True)
+(tensors and plain values only) and everything else is JSON or safetensors.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import random
+import re
 import resource
 import shlex
 import shutil
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +37,7 @@ import numpy as np
 import torch
 
 from data import UserError
-from model import ModelConfig, Transformer, copy_tokenizer_files, save_model
+from model import BadModelFile, ModelConfig, Transformer, copy_tokenizer_files, save_model
 
 # -----------------------------------------------------------------------------
 # Processes (FSDP2). Single process: rank 0 of 1, no process group.
@@ -188,9 +199,13 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 # -----------------------------------------------------------------------------
-# The run folder: never clobbered, resumed only as the same experiment
+# The run folder: one writer, never clobbered, resumed only as the same experiment
 
 RUN_MARKERS = ("config.json", "metrics.jsonl", "latest")
+LOCK_FILE = ".lock"
+DAMAGED = "damaged-"           # prefix of a damaged checkpoint moved aside by resume_checkpoint
+# what a crash can leave behind: a half-written checkpoint and the temporary files of atomic writes
+STALE = (".tmp-ckpt-*", "latest.tmp", ".*.json.tmp", ".*.jsonl.tmp")
 # fields that may change on --resume: how long the run goes and how often it evaluates and saves, and
 # settings that change memory or speed but not the samples or the update (rows sampled at once, tokens
 # per micro-batch, activation checkpointing, the device)
@@ -199,52 +214,194 @@ RESUMABLE_CHANGES = {"steps", "eval_every", "eval_prompts", "save_every", "keep"
                      "warm_start_steps"}
 
 
+class WriteFailed(UserError):
+    """A file of the run could not be written (disk full, a file-size limit, an I/O error): nothing
+    written before is lost, and the message says what was being written."""
+
+
 def write_json_atomic(path: Path, obj):
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
 
 
-def claim_run_folder(out: Path, resume: bool, overwrite: bool, delete: bool = True):
-    """Check that `out` may be written: a fresh run needs a folder without a run in it (or --overwrite,
-    which deletes that run's files: only where `delete`, i.e. on one rank under FSDP); --resume needs a
-    run with a checkpoint."""
-    held = [m for m in RUN_MARKERS if (out / m).exists()] + sorted(p.name for p in out.glob("ckpt-*"))
+def _why(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    # torch's zip writer reports a short write as "[enforce fail at inline_container.cc] unexpected pos ..."
+    return "the file could not be written whole: is the disk full or a file-size limit reached?"
+
+
+_locks: dict[Path, tuple[int, list[Path]]] = {}   # run folder -> (lock file descriptor, folders we made)
+
+
+def lock_run_folder(out: Path):
+    """Make `out` and hold an exclusive lock on out/.lock until the run ends (release_run_folders) or the
+    process does: a run folder has one writer. flock: the kernel drops the lock however the process ends
+    (SIGKILL and crashes included), so a lock file left behind never blocks a later run; a second run is
+    refused naming the holder's PID. (On NFS, Linux maps flock to the server's byte-range locks.)"""
+    import fcntl
+    made = [p for p in [out, *out.parents] if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"{out} is in use by another run (PID {holder}): a run folder has one writer; wait "
+                        "for that run to end (or stop it), or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _locks[out] = (fd, made)
+
+
+def release_run_folders():
+    """Drop the locks of this process's run folders; a folder this process made and left empty (a run
+    refused before it wrote anything) is removed again, so a failed start leaves nothing behind."""
+    for out, (fd, made) in _locks.items():
+        with contextlib.suppress(OSError):
+            if made and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+                (out / LOCK_FILE).unlink()
+                for p in made:
+                    p.rmdir()
+        os.close(fd)
+    _locks.clear()
+
+
+def claim_run_folder(out: Path, resume: bool, overwrite: bool, delete: bool = True) -> str | None:
+    """Check that `out` (locked) may be written, and clear what a crash left there (STALE). A fresh run
+    needs a folder without a checkpoint in it, or --overwrite, which deletes that run's files; the files of
+    a run that never saved a checkpoint are not worth protecting: the run starts over in the folder and
+    says so. --resume needs a checkpoint. Files are deleted only where `delete` (one rank under FSDP).
+    -> a line to print, or None."""
+    ckpts = sorted(p.name for p in out.glob("ckpt-*")) + sorted(p.name for p in out.glob(f"{DAMAGED}ckpt-*"))
+    held = [m for m in RUN_MARKERS if (out / m).exists()] + ckpts
+    clear = [p for pattern in STALE for p in out.glob(pattern)]
+    note = None
     if resume:
-        if not (out / "latest").is_file():
+        if not ckpts:
             raise UserError(f"--resume: {out} has no checkpoint to resume from"
-                            + (f" (it has {', '.join(held)})" if held else " (no run there)"))
-        return
-    if not held:
-        return
-    if not overwrite:
+                            + (f" (it has {', '.join(held)}); run without --resume to start it over" if held
+                               else " (no run there)"))
+    elif not ckpts:
+        clear += [out / name for name in held]
+        note = f"[run] {out} holds no checkpoint ({', '.join(held)}): starting over in it" if held else None
+    elif not overwrite:
         raise UserError(f"{out} already holds a run ({', '.join(held)}). Continue it with --resume, "
                         f"start a new one with --out NEW_FOLDER, or replace it with --overwrite")
-    if not delete:
-        return
-    for name in held + [p.name for p in out.glob(".tmp-ckpt-*")]:
-        p = out / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    else:
+        clear += [out / name for name in held]
+    if delete:
+        for p in clear:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return note
 
 
-def start_metrics_file(path: Path, resumed_step: int):
+def start_metrics_file(path: Path, resumed_step: int) -> str | None:
     """metrics.jsonl for a run starting at `resumed_step`: the lines of steps up to it are kept; those of
-    later steps are dropped, since the resumed run computes them again (equal: resume is exact)."""
-    keep = [line for line in path.read_text().splitlines()
-            if json.loads(line)["step"] <= resumed_step] if resumed_step and path.exists() else []
+    later steps are dropped, since the resumed run computes them again (equal: resume is exact). A torn
+    last line (a write cut short by a full disk or a kill) is dropped with them; a malformed line elsewhere
+    is an error naming the line. -> a line to print when a torn line was dropped."""
+    keep, note = [], None
+    if resumed_step and path.exists():
+        lines = path.read_bytes().split(b"\n")
+        last = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
+        for i, raw in enumerate(lines):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+                step = row["step"]
+            except (ValueError, KeyError, TypeError):
+                if i == last:
+                    note = f"[resume] {path}: dropped a torn last line (its step is computed again)"
+                    continue
+                raise UserError(f"{path}:{i + 1}: malformed metrics line; move the file aside to resume") from None
+            if step <= resumed_step:
+                keep.append(raw.decode())
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
+    return note
 
 
-def interrupted_message(out: Path, argv: list[str]) -> str:
-    """What Ctrl-C prints: the last complete checkpoint and the command that resumes from it."""
-    last = latest_checkpoint(out)
-    if last is None:
-        return f"interrupted; no checkpoint in {out} yet (nothing to resume)"
+def append_metrics(path: Path, m: dict):
+    """One JSON line per step. A failed write (disk full) raises WriteFailed; the torn line it may leave
+    is dropped by start_metrics_file on --resume."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(m) + "\n")
+    except OSError as e:
+        raise WriteFailed(f"writing {path} failed ({_why(e)})") from None
+
+
+def resume_command(out: Path, argv: list[str]) -> str:
+    """The command line that continues this run: the same arguments with --resume (never --overwrite)."""
     again = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
     again += [] if "--out" in argv else ["--out", str(out)]
-    return f"interrupted; last complete checkpoint: {last}; resume with: python train.py {shlex.join(again)}"
+    return f"python train.py {shlex.join(again)}"
+
+
+def interrupted_message(out: Path, argv: list[str], what: str = "interrupted") -> str:
+    """What a stop prints: the last complete checkpoint and the command that resumes from it."""
+    last = latest_checkpoint(out)
+    if last is None:
+        return f"{what}; no checkpoint in {out} yet: run the same command again to start over"
+    return f"{what}; last complete checkpoint: {last}; resume with: {resume_command(out, argv)}"
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop at once: SIGTERM outside the training loop, or a second SIGINT/SIGTERM inside it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_now(signum, frame):
+    """A signal handler: SIGTERM stops the process the way Ctrl-C does (one line, no traceback)."""
+    raise Stopped(signum)
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (what Slurm and Kubernetes send before killing a job) as a request to
+    stop: the training loop finishes the step it is in, saves a checkpoint there and prints the resume
+    command. A second signal stops at once (Stopped: that step is lost; the last checkpoint stays). A
+    scheduler's grace period must therefore be longer than one step."""
+
+    def __init__(self):
+        self.signum, self._old = None, {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def install(self) -> "StopSignals":
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def restore(self):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise Stopped(signum)
+        self.signum = signum
+        # os.write, not print: the signal may arrive inside a print to stderr (tqdm's), and a buffered
+        # stream written again from its handler raises "reentrant call"
+        os.write(2, f"\n[{signal.Signals(signum).name}] stopping after this step to save a checkpoint "
+                    f"(send it again to stop at once: the step is lost)\n".encode())
+
+    def requested(self, dist: "Dist") -> bool:
+        """Whether to stop now; under FSDP every rank stops at the same step (a collective)."""
+        return dist.all_max(1.0 if self.signum else 0.0) > 0
 
 
 def check_resume_config(out: Path, new: dict):
@@ -253,8 +410,10 @@ def check_resume_config(out: Path, new: dict):
     path = out / "config.json"
     try:
         saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise UserError(f"--resume: cannot read {path} ({e})") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"--resume: {path} is not a JSON object")
     diff = [f"{k}: {saved.get(k)!r} (saved) vs {new.get(k)!r} (now)" for k in sorted(set(saved) | set(new))
             if k not in RESUMABLE_CHANGES and saved.get(k) != new.get(k)]
     if diff:
@@ -289,55 +448,155 @@ def save_checkpoint(out: Path, step: int, model, opt, stream_state: dict, keep: 
     """out/ckpt-STEP: the model in the HF layout (float32 master weights), the optimizer state (one file
     per rank under FSDP), RNG states and the data position. Written to a temporary folder and renamed,
     then the `out/latest` pointer is replaced atomically: a crash at any point leaves the previous
-    checkpoint complete and pointed to. Every tokenizer and chat-template file of the source model is
-    copied beside the weights, so that ckpt-STEP/model loads as it is in transformers, serving engines
-    and eval.py (model.copy_tokenizer_files)."""
+    checkpoint complete and pointed to. A failed write (disk full) removes the temporary folder and raises
+    WriteFailed. Every tokenizer and chat-template file of the source model is copied beside the weights,
+    so that ckpt-STEP/model loads as it is in transformers, serving engines and eval.py
+    (model.copy_tokenizer_files)."""
     final, tmp = out / f"ckpt-{step:06d}", out / f".tmp-ckpt-{step:06d}"
     full = full_state_model(model, dist)  # a collective under FSDP: every rank takes part
+    try:
+        if dist.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        torch.save(opt.state_dict(), tmp / optimizer_file(dist))
+        dist.barrier()
+        if dist.main:
+            save_model(full, tmp / "model")
+            if tokenizer_dir is not None:
+                copy_tokenizer_files(tokenizer_dir, tmp / "model")
+            # plain JSON: loading a checkpoint never unpickles anything but the optimizer's tensors
+            rng = {"torch": torch.get_rng_state().tolist(), "python": random.getstate(),
+                   "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()]}
+            state = {"step": step, "stream": stream_state, "world": dist.world, "rng": rng}
+            (tmp / "trainer_state.json").write_text(json.dumps(state))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            write_pointer(out, final)
+    except BaseException as e:
+        if dist.main:   # a half-written checkpoint is never left to be mistaken for one
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, RuntimeError)):   # RuntimeError: torch's zip writer on a short write
+            raise WriteFailed(f"writing checkpoint {final} failed ({_why(e)})") from None
+        raise
     if dist.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    torch.save(opt.state_dict(), tmp / optimizer_file(dist))
-    dist.barrier()
-    if dist.main:
-        save_model(full, tmp / "model")
-        if tokenizer_dir is not None:
-            copy_tokenizer_files(tokenizer_dir, tmp / "model")
-        rng = {"torch": torch.get_rng_state().tolist(), "python": random.getstate(),
-               "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()]}
-        state = {"step": step, "stream": stream_state, "world": dist.world, "rng": rng}
-        (tmp / "trainer_state.json").write_text(json.dumps(state))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        pointer = out / "latest.tmp"
-        pointer.write_text(final.name)
-        os.replace(pointer, out / "latest")
-        for old in sorted(out.glob("ckpt-*"))[:-keep]:
+        for old in checkpoints(out)[keep:]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
 
 
+class DamagedCheckpoint(Exception):
+    """A checkpoint file that is missing, truncated or unreadable; the message names the file."""
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The ckpt-STEP folders of a run, newest first."""
+    found = [p for p in out.glob("ckpt-*") if re.fullmatch(r"ckpt-\d+", p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
+
+
+def read_trainer_state(ckpt: Path) -> dict:
+    f = ckpt / "trainer_state.json"
+    try:
+        state = json.loads(f.read_bytes().decode("utf-8"))
+        step = state["step"]
+        state["stream"]["pos"], state["world"], state["rng"]["torch"]   # all there
+    except FileNotFoundError:
+        raise DamagedCheckpoint(f"{f}: missing") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DamagedCheckpoint(f"{f}: unreadable ({type(e).__name__})") from None
+    if step != int(ckpt.name[5:]):
+        raise DamagedCheckpoint(f"{f}: says step {step!r}, its folder is {ckpt.name}")
+    return state
+
+
 def load_checkpoint(ckpt: Path, opt, dist: Dist) -> tuple[int, dict]:
     """Restore the optimizer and the RNG states (the model was loaded from ckpt/model).
-    -> (step, the data stream's state)."""
-    state = json.loads((ckpt / "trainer_state.json").read_text())
+    -> (step, the data stream's state). DamagedCheckpoint names a file that is missing or unreadable;
+    a file that holds more than tensors and plain values is refused (UserError): loading it could run code."""
+    state = read_trainer_state(ckpt)
     if state["world"] != dist.world:
         raise UserError(f"{ckpt} was written by {state['world']} processes, this run has {dist.world}")
-    opt.load_state_dict(torch.load(ckpt / optimizer_file(dist), map_location=dist.device, weights_only=False))
-    rng = state["rng"]
-    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
-    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-    np_state = rng["numpy"]
-    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    f = ckpt / optimizer_file(dist)
+    try:
+        saved = torch.load(f, map_location=dist.device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise UserError(f"{f}: refused: it holds Python objects, not only tensors and plain values, and "
+                            "loading it could run code; a checkpoint written by train.py never does") from None
+        raise DamagedCheckpoint(f"{f}: unreadable (not a torch file)") from None
+    except FileNotFoundError:
+        raise DamagedCheckpoint(f"{f}: missing") from None
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise DamagedCheckpoint(f"{f}: truncated or unreadable ({str(e).splitlines()[0][:80]})") from None
+    try:
+        opt.load_state_dict(saved)
+        rng = state["rng"]
+        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+        np_state = rng["numpy"]
+        np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise DamagedCheckpoint(f"{ckpt}: its optimizer or RNG state does not fit this run ({e})") from None
     return state["step"], state["stream"]
 
 
+def resume_checkpoint(out: Path, build, dist: Dist):
+    """Load the newest usable checkpoint of `out`: build(ckpt) -> (model, opt) loads the weights (every
+    file checked whole, model.load_model), then load_checkpoint the optimizer, RNG states and data position.
+    A damaged checkpoint (a file missing, truncated or unreadable, NaN weights) is named, moved aside to
+    damaged-ckpt-STEP and the next older one is used, announced; a refused file (it could run code) or a
+    checkpoint of another world size stops the run. -> (ckpt, model, opt, step, stream state)"""
+    damaged = []
+    for ckpt in checkpoints(out):
+        problem = refused = None
+        try:
+            model, opt = build(ckpt)
+            step, stream = load_checkpoint(ckpt, opt, dist)
+        except (DamagedCheckpoint, BadModelFile, FileNotFoundError) as e:
+            problem = str(e)
+        except UserError as e:
+            refused = e
+        except ValueError as e:   # config.json of ckpt/model unreadable
+            problem = str(e)
+        status = dist.all_max(2.0 if refused else 1.0 if problem else 0.0)   # every rank decides alike
+        if status == 2:
+            raise refused or UserError(f"{ckpt}: refused on another rank")
+        if status == 0:
+            break
+        damaged.append((ckpt, problem or "damaged on another rank"))
+    else:
+        raise UserError(f"--resume: no usable checkpoint in {out}"
+                        + "".join(f"; {c.name}: {why}" for c, why in damaged)
+                        + ". Start over with --overwrite (it deletes the run's files)")
+    if damaged and dist.main:
+        for c, why in damaged:
+            aside = out / f"{DAMAGED}{c.name}"
+            while aside.exists():
+                aside = aside.with_name(aside.name + "+")
+            os.replace(c, aside)
+            print(f"[resume] {c.name} is damaged: {why}; moved aside to {aside}", file=sys.stderr)
+        print(f"[resume] resuming from {ckpt}, the newest complete checkpoint", file=sys.stderr)
+        write_pointer(out, ckpt)
+    dist.barrier()
+    return ckpt, model, opt, step, stream
+
+
+def write_pointer(out: Path, ckpt: Path):
+    pointer = out / "latest.tmp"
+    pointer.write_text(ckpt.name)
+    os.replace(pointer, out / "latest")
+
+
 def latest_checkpoint(out: Path) -> Path | None:
-    pointer = out / "latest"
-    if not pointer.is_file():
-        return None
-    ckpt = out / pointer.read_text().strip()
-    if not (ckpt / "trainer_state.json").is_file():
-        raise UserError(f"{pointer} names {ckpt}, which is incomplete")
-    return ckpt
+    """The last complete checkpoint, for messages: the one `out/latest` names, else (the pointer unreadable
+    or naming a folder that is gone) the newest ckpt-STEP folder with its trainer state; None without."""
+    try:
+        name = (out / "latest").read_bytes().decode("utf-8").strip()
+        if re.fullmatch(r"ckpt-\d+", name) and (out / name / "trainer_state.json").is_file():
+            return out / name
+    except (OSError, ValueError):
+        pass
+    return next((c for c in checkpoints(out) if (c / "trainer_state.json").is_file()), None)

@@ -39,6 +39,7 @@ import contextlib
 import json
 import math
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -51,11 +52,12 @@ from tqdm import tqdm
 import data
 import tiny
 from casp import LossConfig, add_metrics, candidate_stats_from_hidden, group_advantages, mean_metrics, policy_loss
-from data import UserError, at_least, between, positive
+from data import UserError, at_least, between, check_output_folder, positive
 from model import MODEL_NAMES, ModelConfig, Transformer, casp_home, load_model, load_tokenizer, resolve_model_path
-from runtime import (Dist, check_resume_config, claim_run_folder, estimate_memory, latest_checkpoint,
-                     interrupted_message, load_checkpoint, current_memory, peak_memory_gb, preflight, save_checkpoint, setup_dist, shard_model,
-                     start_metrics_file, write_json_atomic)
+from runtime import (Dist, StopSignals, WriteFailed, append_metrics, check_resume_config, claim_run_folder,
+                     estimate_memory, latest_checkpoint, interrupted_message, lock_run_folder, current_memory,
+                     peak_memory_gb, preflight, release_run_folders, resume_checkpoint, save_checkpoint,
+                     setup_dist, shard_model, start_metrics_file, stop_now, write_json_atomic)
 from eval import pass_at_k
 from rollout import rollout
 
@@ -469,11 +471,19 @@ def heldout_pass(policy, tokenizer, problems, args, n: int, seed: int) -> dict:
 def main(argv=None):
     """The command line: parse, run, and turn a user's mistake into one `error:` line (exit status 2)."""
     args = get_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    sigterm = signal.signal(signal.SIGTERM, stop_now)   # until the loop takes over: SIGTERM acts as Ctrl-C
     try:
-        return run(args, sys.argv[1:] if argv is None else list(argv))
+        return run(args, argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as e:   # before the first step (warm start, loading); the loop has its own
+        print("\n" + interrupted_message(Path(args.out), argv), file=sys.stderr)
+        raise SystemExit(128 + getattr(e, "signum", signal.SIGINT)) from None
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        release_run_folders()
 
 
 def model_config(args) -> ModelConfig:
@@ -521,10 +531,22 @@ class Run:
 
 def setup(args) -> Run:
     """Processes, run folder, model, data, optimizer; refuses (UserError) before anything large is
-    allocated when the run folder, the resume or the memory does not allow the run."""
+    allocated when the run folder, the resume or the memory does not allow the run. The output folder is
+    checked first (a file, read-only), then locked for the run's life (one writer), before any model loads."""
     dist = setup_dist(args.fsdp, args.device)
     out = Path(args.out)
-    claim_run_folder(out, args.resume, args.overwrite, delete=dist.main)
+    check_output_folder(out)
+    refused = None
+    if dist.main:
+        try:
+            lock_run_folder(out)
+        except UserError as e:
+            refused = e
+    if dist.all_max(1.0 if refused else 0.0):
+        raise refused or UserError(f"{out} is in use by another run")
+    note = claim_run_folder(out, args.resume, args.overwrite, delete=dist.main)
+    if note and dist.main:
+        print(note)
     dist.barrier()   # the other ranks read the folder only after rank 0 has cleared it
     if args.resume:
         check_resume_config(out, vars(args))
@@ -542,21 +564,23 @@ def setup(args) -> Run:
         raise UserError(str(e)) from None
     train_set, heldout, n_skipped = load_problems(args, tokenizer)
     memory, expected_gb = memory_check(args, config, dist, max(len(p["prompt_ids"]) for p in train_set))
-    ckpt = latest_checkpoint(out) if args.resume else None
-    model, opt = build_model(args, ckpt, dist)
-    stream, start = PromptStream(len(train_set), args.seed), 0
-    if ckpt:
-        start, stream_state = load_checkpoint(ckpt, opt, dist)
+    stream, ckpt, start = PromptStream(len(train_set), args.seed), None, 0
+    if args.resume:   # the newest complete checkpoint (a damaged one is named and skipped)
+        ckpt, model, opt, start, stream_state = resume_checkpoint(out, lambda c: build_model(args, c, dist), dist)
         stream.load_state_dict(stream_state)
+    else:
+        model, opt = build_model(args, None, dist)
     if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", vars(args))
+        try:
+            write_json_atomic(out / "config.json", vars(args))
+            torn = start_metrics_file(out / "metrics.jsonl", start)
+        except OSError as e:
+            raise WriteFailed(f"writing {out} failed ({e.strerror})") from None
         print("config:", json.dumps(vars(args)))
         print(f"[run] {out}" + (f" (resumed from {ckpt} at step {start})" if ckpt else ""))
         print(f"[model] {args.model}: {config.num_params() / 1e6:.1f}M parameters; prompts: {tokenizer.chat_source}")
         print(f"[data] {len(train_set)} training prompts ({n_skipped} over --max-prompt-len skipped), "
-              f"{len(heldout)} held-out\n{memory}")
-        start_metrics_file(out / "metrics.jsonl", start)
+              f"{len(heldout)} held-out\n{memory}" + (f"\n{torn}" if torn else ""))
     return Run(dist, out, model, make_sampling_copy(model, args, dist), opt, tokenizer, train_set, heldout,
                n_skipped, stream, start, loss_config(args), expected_gb)
 
@@ -570,8 +594,19 @@ def run(args, argv: list[str]):
         print(f"[before] held-out pass@1 {before['pass@1']:.3f} | pass@8 {before['pass@8']:.3f}")
     bar = tqdm(range(r.start, args.steps), desc=f"RL ({args.loss})", initial=r.start, total=args.steps,
                disable=not dist.main, dynamic_ncols=True)
+    stop = StopSignals().install()   # from here SIGINT/SIGTERM finish the step, save, print the resume command
+    done = saved = r.start           # steps finished; the step of the last checkpoint
     try:
         for step in bar:
+            if stop.requested(dist):   # a signal came during the step before: save it, then stop
+                bar.close()
+                if done > saved:
+                    save_checkpoint(r.out, done, r.model, r.opt, r.stream.state_dict(), args.keep, dist,
+                                    r.tokenizer.folder)
+                if dist.main:
+                    print(interrupted_message(r.out, argv, f"interrupted ({stop.name}) after step {done}"),
+                          file=sys.stderr)
+                raise SystemExit(128 + stop.signum)
             # 1. this step's prompts: every rank draws the same list and keeps its share of whole groups
             problems = [r.train_set[i] for i in r.stream.take(args.prompts_per_step)[dist.rank::dist.world]]
             m = rl_step(step, r.model, r.policy, r.opt, r.tokenizer, problems, r.loss_cfg, args, dist)
@@ -580,17 +615,23 @@ def run(args, argv: list[str]):
                 m.update({f"heldout_{k}": v for k, v in
                           heldout_pass(r.policy, r.tokenizer, r.heldout, args, n=1, seed=10**6 + step).items()})
             if dist.main:
-                with open(r.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(m) + "\n")
+                append_metrics(r.out / "metrics.jsonl", m)
                 bar.write(log_line(m))
+            done = step + 1
             if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
                 save_checkpoint(r.out, step + 1, r.model, r.opt, r.stream.state_dict(), args.keep, dist,
                                 r.tokenizer.folder)
-    except KeyboardInterrupt:
+                saved = done
+    except KeyboardInterrupt as e:   # a second signal, or an interrupt from elsewhere: stop at once
         bar.close()
         if dist.main:
             print("\n" + interrupted_message(r.out, argv), file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(128 + getattr(e, "signum", signal.SIGINT)) from None
+    except WriteFailed as e:   # a full disk: what failed, and how to go on once there is room
+        bar.close()
+        raise UserError(f"{e}; {interrupted_message(r.out, argv, 'stopped')}") from None
+    finally:
+        stop.restore()
     if demo and dist.main:
         after = heldout_pass(r.policy, r.tokenizer, r.heldout, args, n=8, seed=10**6)
         print(f"[after {args.loss}] held-out pass@1 {after['pass@1']:.3f} | pass@8 {after['pass@8']:.3f}")
@@ -605,8 +646,13 @@ def run(args, argv: list[str]):
 
 def build_model(args, ckpt: Path | None, dist: Dist):
     """The float32 master model (from the checkpoint when resuming; sharded under FSDP) and its AdamW."""
-    model = load_model(ckpt / "model" if ckpt else args.model, device=dist.device, dtype=torch.float32,
-                       init="checkpoint" if ckpt else args.init, seed=args.seed)
+    try:
+        model = load_model(ckpt / "model" if ckpt else args.model, device=dist.device, dtype=torch.float32,
+                           init="checkpoint" if ckpt else args.init, seed=args.seed)
+    except (FileNotFoundError, ValueError) as e:
+        if ckpt:
+            raise   # resume_checkpoint names the damaged checkpoint and tries the previous one
+        raise UserError(str(e)) from None
     model.gradient_checkpointing = args.grad_checkpoint
     if args.fsdp:
         model = shard_model(model, torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)

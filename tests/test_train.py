@@ -4,6 +4,7 @@ float32 master weights keep updates that bfloat16 weights lose, saves are atomic
 All runs use the session's `tiny_dir` model (tests/conftest.py: 2 layers, fitted to 4 synthetic problems,
 sometimes right) on those 4 problems, so that groups have mixed rewards and the loss has a gradient.
 """
+import argparse
 import json
 import os
 import socket
@@ -240,8 +241,8 @@ def _fsdp_worker(rank, world, port, tiny_dir, batch_file, out_file):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    saved = torch.load(batch_file, weights_only=False)
-    batch, args = saved["batch"], saved["args"]
+    saved = torch.load(batch_file, weights_only=True)   # tensors and plain values only, as everywhere
+    batch, args = train.Batch(**saved["batch"]), argparse.Namespace(**saved["args"])
     # rank r keeps the prompt groups r, r + world, ... (as train_step does), renumbered locally
     mine = torch.nonzero(batch.group % world == rank).flatten()
     local = batch.rows(mine)
@@ -272,10 +273,10 @@ def test_fsdp_two_processes_equal_one(tiny_dir, problems_file, tmp_path):
     old = train.old_logprobs(model, batch, torch.arange(batch.seq.shape[0]), train.loss_config(args), args,
                              train.Dist())
     _, single = one_update(model, batch, args)
-    torch.save({"batch": batch, "args": args, "old": old}, tmp_path / "batch.pt")
+    torch.save({"batch": vars(batch), "args": vars(args), "old": old}, tmp_path / "batch.pt")
     mp.start_processes(_fsdp_worker, args=(2, _free_port(), tiny_dir, tmp_path / "batch.pt", tmp_path / "w.pt"),
                        nprocs=2, join=True, start_method="spawn")
-    sharded = torch.load(tmp_path / "w.pt")
+    sharded = torch.load(tmp_path / "w.pt", weights_only=True)
     diff = max((single[k] - sharded[k]).abs().max().item() for k in single)
     moved = max((single[k] - start[k]).abs().max().item() for k in single)
     print(f"max |W_1proc - W_fsdp2| = {diff:.2e} (update size {moved:.2e})")

@@ -41,6 +41,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import sys
 from pathlib import Path
 
@@ -358,19 +360,38 @@ def _bench_label(name: str) -> str:
     return p.stem if p.suffix == ".jsonl" else name
 
 
+def default_out(model) -> Path:
+    """runs/eval/NAME. A train.py checkpoint, RUN/ckpt-STEP/model, is named RUN-STEP (runs/tiny-casp/
+    ckpt-000030/model -> runs/eval/tiny-casp-000030), so the checkpoints of a run, whose folders are all
+    called `model`, never share one; any other model is named by its folder or its name."""
+    p = Path(str(model).rstrip("/"))
+    step = re.fullmatch(r"ckpt-(\d+)", p.parent.name)
+    return Path("runs") / "eval" / (f"{p.parent.parent.name}-{step[1]}" if p.name == "model" and step
+                                    and p.parent.parent.name else p.name)
+
+
 def _check_config(out: Path, args):
+    """Write OUT/eval_config.json, or, where OUT already holds samples, refuse when they were drawn with
+    other settings (a resumed evaluation must sample as the first part did). A folder without samples
+    (an evaluation that failed or stopped before its first problem) never blocks: it is reused."""
     cfg = {k: getattr(args, k) for k in SAMPLING_KEYS}
     f = out / "eval_config.json"
-    if f.is_file():
-        old = json.loads(f.read_text())
+    has_samples = any(p.stat().st_size for p in (out / "samples").glob("*.jsonl"))
+    if has_samples:
+        try:
+            old = json.loads(f.read_text())
+        except (OSError, ValueError):
+            raise data.UserError(f"{out} holds samples but no readable eval_config.json (their settings are "
+                                 "unknown); use another --out to start fresh") from None
         diff = {k: (old.get(k), v) for k, v in cfg.items() if old.get(k) != v}
         if diff:
             raise data.UserError(f"{out} holds samples drawn with other settings "
                                  f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
                                  "use another --out to start fresh")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        f.write_text(json.dumps(cfg, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".eval_config.json.tmp"
+    tmp.write_text(json.dumps(cfg, indent=2))
+    os.replace(tmp, f)
 
 
 def run_eval(args) -> dict:
@@ -381,17 +402,15 @@ def run_eval(args) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
              "auto": torch.bfloat16 if device.startswith("cuda") else torch.float32}[args.dtype]
-    out = Path(args.out or Path("runs") / "eval" / Path(str(args.model)).name)
-    _check_config(out, args)
-    (out / "samples").mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else default_out(args.model)
+    # everything is checked before the model loads and before anything is written: the output location,
+    # the tokenizer, every benchmark; a failed start leaves no folder behind
+    data.check_output_folder(out)
     try:
         tokenizer = load_tokenizer(args.tokenizer or resolve_model_path(args.model))
-        model = load_model(args.model, device=device, dtype=dtype)
     except (FileNotFoundError, ValueError) as e:
         raise data.UserError(str(e)) from None
-    model.eval()
-    print(f"[model] {args.model} on {device} ({dtype}); prompts: {tokenizer.chat_source}; answers: {args.answer_mode}")
-    records = []
+    benchmarks = []
     for name in args.data:
         bench = _bench_label(name)
         problems = data.load_dataset(name, args.data_dir, limit=args.limit)
@@ -401,6 +420,17 @@ def run_eval(args) -> dict:
         if not problems:
             print(f"{bench}: no problem left to evaluate")
             continue
+        benchmarks.append((bench, problems))
+    try:
+        model = load_model(args.model, device=device, dtype=dtype)
+    except (FileNotFoundError, ValueError) as e:
+        raise data.UserError(str(e)) from None
+    model.eval()
+    _check_config(out, args)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    print(f"[model] {args.model} on {device} ({dtype}); prompts: {tokenizer.chat_source}; answers: {args.answer_mode}")
+    records = []
+    for bench, problems in benchmarks:
         records += evaluate_benchmark(model, tokenizer, bench, problems, args, out / "samples" / f"{bench}.jsonl")
     table = summarize_run(records, args.k)
     print(format_table(table, args.k))
@@ -448,7 +478,8 @@ def get_args(argv=None):
     g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     g.add_argument("--workers", type=at_least(1), default=None, help="verifier processes (default: all cores)")
     g = ap.add_argument_group("output, rescoring, comparison, plots")
-    g.add_argument("--out", default=None, help="output folder (default: runs/eval/<model name>)")
+    g.add_argument("--out", default=None, help="output folder (default: runs/eval/<model name>; a checkpoint "
+                   "RUN/ckpt-STEP/model: runs/eval/RUN-STEP)")
     g.add_argument("--rescore", default=None, metavar="DIR_OR_FILE", help="the table from saved samples, no model")
     g.add_argument("--compare", nargs="+", default=None, metavar="RUN",
                    help="saved sample folders/files: one table and compare.png")
@@ -471,26 +502,40 @@ def main(argv=None) -> dict:
     """Run the CLI; returns the table ({benchmark: metrics}, or {run: {benchmark: metrics}} for --compare).
     A user's mistake (a path, a file line, a setting) ends in one `error:` line and exit status 2."""
     args = get_args(argv)
+    sigterm = signal.signal(signal.SIGTERM, _stop)   # SIGTERM (a scheduler's) acts as Ctrl-C
     try:
         return _main(args)
     except data.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
+    except OSError as e:   # a full disk, an I/O error: what failed; finished problems are on disk
+        print(f"error: {e}; every finished problem is saved: run the same command again to resume",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt as e:
         print("\ninterrupted; every finished problem is saved: run the same command again to resume",
               file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(128 + getattr(e, "signum", signal.SIGINT)) from None
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+
+
+def _stop(signum, frame):
+    e = KeyboardInterrupt()
+    e.signum = signum
+    raise e
 
 
 def _main(args) -> dict:
     if args.plot_metrics:
-        out = Path(args.out) if args.out else Path(args.plot_metrics[0]).parent
+        out = data.check_output_folder(Path(args.out) if args.out else Path(args.plot_metrics[0]).parent)
         p = plot_metrics(args.plot_metrics, out / "metrics.png") if args.plot else None
         if p:
             print(f"wrote {p}")
         if not (args.compare or args.rescore or args.model):
             return {}
     if args.compare:
+        data.check_output_folder(args.out or Path("runs") / "compare")
         runs, labels = {}, set()
         all_records = {r: load_run(r) for r in args.compare}
         ks = _ks_for(args, [x for recs in all_records.values() for x in recs])
@@ -511,6 +556,8 @@ def _main(args) -> dict:
             print(f"wrote {p}")
         return runs
     if args.rescore:
+        if args.out:
+            data.check_output_folder(args.out)
         records = load_run(args.rescore)
         ks = _ks_for(args, records)
         table = summarize_run(records, ks)

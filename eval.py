@@ -23,7 +23,8 @@ Samples are written one line per problem as soon as the problem is verified:
                                      "topn_probs", "entropy"}}
 so an interrupted run resumes where it stopped (finished problems are never resampled; a torn last line is
 dropped) and every table can be recomputed without the model (--rescore). OUT/eval_config.json holds the
-sampling settings; resuming with different ones is refused. OUT/results.json holds the table.
+sampling settings; resuming with different ones is refused (a folder without samples is simply reused).
+One evaluation writes a folder at a time (OUT/.lock). OUT/results.json holds the table.
 
 Randomness: the sampler draws every row from its own counter-based stream keyed by (seed, prompt, sample
 index), so a problem's n samples do not depend on which problems share its batch, and a resumed run
@@ -397,14 +398,15 @@ def _check_config(out: Path, args):
 def run_eval(args) -> dict:
     import torch
 
-    from model import load_model, load_tokenizer, resolve_model_path
+    from model import load_tokenizer, resolve_model_path
+    from runtime import lock_run_folder, release_run_folders
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
              "auto": torch.bfloat16 if device.startswith("cuda") else torch.float32}[args.dtype]
     out = Path(args.out) if args.out else default_out(args.model)
     # everything is checked before the model loads and before anything is written: the output location,
-    # the tokenizer, every benchmark; a failed start leaves no folder behind
+    # the tokenizer, every benchmark; a failed start leaves no folder behind (the lock's is removed again)
     data.check_output_folder(out)
     try:
         tokenizer = load_tokenizer(args.tokenizer or resolve_model_path(args.model))
@@ -421,6 +423,16 @@ def run_eval(args) -> dict:
             print(f"{bench}: no problem left to evaluate")
             continue
         benchmarks.append((bench, problems))
+    lock_run_folder(out)   # one evaluation per folder (two would interleave their sample lines)
+    try:
+        return _evaluate(args, out, tokenizer, benchmarks, device, dtype)
+    finally:
+        release_run_folders()
+
+
+def _evaluate(args, out: Path, tokenizer, benchmarks, device, dtype) -> dict:
+    from model import load_model
+
     try:
         model = load_model(args.model, device=device, dtype=dtype)
     except (FileNotFoundError, ValueError) as e:

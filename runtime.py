@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from data import UserError
 from model import BadModelFile, ModelConfig, Transformer, copy_tokenizer_files, save_model
@@ -228,8 +229,9 @@ def write_json_atomic(path: Path, obj):
 def _why(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    # torch's zip writer reports a short write as "[enforce fail at inline_container.cc] unexpected pos ..."
-    return "the file could not be written whole: is the disk full or a file-size limit reached?"
+    # torch's zip writer reports a short write as "[enforce fail at inline_container.cc] unexpected pos ...",
+    # safetensors as "Error while serializing: I/O error: ..."
+    return f"{str(e).strip().splitlines()[0][:120]}: is the disk full or a file-size limit reached?"
 
 
 _locks: dict[Path, tuple[int, list[Path]]] = {}   # run folder -> (lock file descriptor, folders we made)
@@ -476,7 +478,7 @@ def save_checkpoint(out: Path, step: int, model, opt, stream_state: dict, keep: 
     except BaseException as e:
         if dist.main:   # a half-written checkpoint is never left to be mistaken for one
             shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, (OSError, RuntimeError)):   # RuntimeError: torch's zip writer on a short write
+        if isinstance(e, (OSError, RuntimeError, SafetensorError)):   # how torch and safetensors report a short write
             raise WriteFailed(f"writing checkpoint {final} failed ({_why(e)})") from None
         raise
     if dist.main:
@@ -521,10 +523,14 @@ def load_checkpoint(ckpt: Path, opt, dist: Dist) -> tuple[int, dict]:
     try:
         saved = torch.load(f, map_location=dist.device, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+        # a pickle that names a function or class (os.system, ...) was made to run code when loaded: refused,
+        # never treated as damage; any other unpickling error is a damaged file (torch writes neither)
+        named = re.search(r"GLOBAL (\S+)", str(e))
+        if named or "Can only create new object" in str(e) or "Can only build" in str(e):
             raise UserError(f"{f}: refused: it holds Python objects, not only tensors and plain values, and "
-                            "loading it could run code; a checkpoint written by train.py never does") from None
-        raise DamagedCheckpoint(f"{f}: unreadable (not a torch file)") from None
+                            f"loading it would call {named[1] if named else 'code'}; a checkpoint written by "
+                            "train.py never does") from None
+        raise DamagedCheckpoint(f"{f}: garbage or truncated (not a torch file)") from None
     except FileNotFoundError:
         raise DamagedCheckpoint(f"{f}: missing") from None
     except torch.OutOfMemoryError:

@@ -9,6 +9,7 @@ printed), never on sleeps, so the tests hold on a loaded machine.
 """
 import json
 import os
+import pickle
 import re
 import shlex
 import shutil
@@ -119,19 +120,25 @@ class Payload:
         return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
-def test_a_crafted_optimizer_file_is_refused_and_runs_nothing(saved_run, tiny_dir, problems_file, tmp_path):
-    """optimizer.pt replaced by a pickle whose object runs `touch MARKER` when loaded: --resume refuses it
-    in one line naming the file (status 2), the command never runs, and the checkpoint is left as it is
-    (refused, not treated as damaged and moved aside)."""
+def test_a_crafted_optimizer_file_is_refused_and_runs_nothing(saved_run, tiny_dir, problems_file, tmp_path, capsys):
+    """optimizer.pt replaced by a pickle whose object runs `touch MARKER` when loaded (torch's zip format,
+    then a plain pickle): --resume refuses it in one line naming the file and the function it would call
+    (status 2), the command never runs, and the checkpoint is left as it is (refused, not treated as
+    damaged and moved aside)."""
     out = tmp_path / "run"
     shutil.copytree(saved_run, out)
     marker = tmp_path / "MARKER"
     torch.save({"state": Payload(marker), "param_groups": []}, out / "ckpt-000005" / "optimizer.pt")
     r = cli(*tiny_args(tiny_dir, problems_file, out, "--steps", STEPS + 1, "--resume"))
     line = one_error_line(r.stderr)
-    assert r.returncode == 2 and "ckpt-000005/optimizer.pt: refused" in line, line
+    assert r.returncode == 2 and "ckpt-000005/optimizer.pt: refused" in line and "posix.system" in line, line
     assert not marker.exists()
     assert (out / "ckpt-000005").is_dir() and not list(out.glob("damaged-*"))
+    # the same object as a plain (not zip) pickle, the format torch.load also reads
+    (out / "ckpt-000005" / "optimizer.pt").write_bytes(pickle.dumps({"state": Payload(marker)}, protocol=2))
+    with pytest.raises(SystemExit) as e:
+        train.main(tiny_args(tiny_dir, problems_file, out, "--steps", str(STEPS + 1), "--resume"))
+    assert e.value.code == 2 and "refused" in one_error_line(capsys.readouterr().err) and not marker.exists()
 
 
 def test_every_torch_load_in_the_repository_is_weights_only():
@@ -255,6 +262,7 @@ def truncate(path: Path):
 DAMAGE = {
     "model.safetensors truncated": lambda c: truncate(c / "model" / "model.safetensors"),
     "optimizer.pt truncated": lambda c: truncate(c / "optimizer.pt"),
+    "optimizer.pt garbage": lambda c: (c / "optimizer.pt").write_bytes(os.urandom((c / "optimizer.pt").stat().st_size)),
     "trainer_state.json garbage": lambda c: (c / "trainer_state.json").write_bytes(b"\x93\xff garbage {"),
     "model config.json missing": lambda c: (c / "model" / "config.json").unlink(),
     "NaN weights": lambda c: save_model(nan_model(c / "model"), c / "model"),
@@ -281,6 +289,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(damage, save
     train.main(tiny_args(tiny_dir, problems_file, out, "--steps", S, "--resume"))
     err = capsys.readouterr().err
     named = {"model.safetensors truncated": "model.safetensors: truncated", "optimizer.pt truncated": "optimizer.pt",
+             "optimizer.pt garbage": "optimizer.pt: garbage or truncated",
              "trainer_state.json garbage": "trainer_state.json: unreadable",
              "model config.json missing": "config.json", "NaN weights": "model.norm.weight holds 1 NaN"}[damage]
     assert f"ckpt-000005 is damaged: {out / 'ckpt-000005'}" in err and named in err, err
@@ -526,6 +535,21 @@ def test_failed_evaluations_leave_nothing_and_empty_folders_never_block(tiny_dir
     assert ev.default_out("runs/tiny-casp/ckpt-000030/model") == Path("runs/eval/tiny-casp-000030")
     assert ev.default_out("runs/tiny-casp/ckpt-000030/model/") == Path("runs/eval/tiny-casp-000030")
     assert ev.default_out("qwen-1.5b") == Path("runs/eval/qwen-1.5b")
+
+
+def test_a_second_evaluation_into_a_folder_in_use_is_refused(tiny_dir, tmp_path, capsys):
+    """eval.py into a folder whose lock another process holds (here: this one, through another open file)
+    is refused in one line naming that PID, before the model loads; the holder's files are untouched."""
+    out = tmp_path / "ev"
+    runtime.lock_run_folder(out)
+    try:
+        with pytest.raises(SystemExit) as e:
+            ev.main(["--model", str(tiny_dir), "--data", "synthetic", "--limit", "1", "--n", "1", "--out", str(out)])
+        line = one_error_line(capsys.readouterr().err)
+        assert e.value.code == 2 and f"in use by another run (PID {os.getpid()})" in line, line
+        assert [p.name for p in out.iterdir()] == [runtime.LOCK_FILE]
+    finally:
+        runtime.release_run_folders()
 
 
 def test_a_run_folder_without_a_checkpoint_starts_over(tiny_dir, problems_file, tmp_path, capsys):

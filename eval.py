@@ -32,6 +32,12 @@ KV cache's memory); which rows share the decoder does not change any sample.
 
 The paper's theory check on the number of distinct responses is in theory.py.
 
+Seeing the tokens (explore.py): with --explore each problem's record also gets an "explore" field (the problem
+text and, for its first --explore-samples responses, every token's id, log-prob, entropy and top-N candidates,
+about 60 bytes per token; explore.py gives the format) and the run ends by writing OUT/explore.html. A run
+without --explore stores nothing of it. --explore RUN draws the page from saved samples; --explore-compare
+puts two runs side by side.
+
 matplotlib is optional (imported only to draw); without it the tables are printed and no PNG is written.
 torch, the model and the sampler are imported only when sampling, so verifier worker processes and
 --rescore start fast.

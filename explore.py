@@ -2,9 +2,9 @@
 explore.py: the sampled responses of an evaluation, token by token, with their top-N candidates, as ONE
 self-contained HTML page (inline CSS and JavaScript, nothing loaded from the network).
 
-    python eval.py --model M --data math500 --n 64 --explore --out runs/eval/casp     # sample, then the page
-    python eval.py --explore runs/eval/casp                                           # the page again, no model
-    python eval.py --explore-compare runs/eval/grpo runs/eval/casp --out runs/cmp      # two runs side by side
+    python eval.py --model M --data math500 --limit 64 --n 8 --explore --out runs/eval/casp   # sample, then the page
+    python eval.py --explore runs/eval/casp                                             # the page again, no model
+    python eval.py --explore-compare runs/eval/grpo runs/eval/casp --out runs/cmp        # two runs side by side
 
 What the paper wants seen: at a few "forking" tokens the policy hesitates between candidates; GRPO makes
 the top-1 swallow them, CaSP keeps them alive. The sampler records at every generated token the top-N
@@ -19,7 +19,10 @@ The page (OUT/explore.html; OUT/explore_compare.html for two runs)
                   extracted answer, drawn as their text token by token:
                     shade      the token's entropy H_t, or 1 - p(1) (a switch); one scale per page
                     outline    the entropy gate w_t = 1: casp.entropy_gate over the response's own tokens
-                               (H_t strictly above its tau-quantile, tau = 0.8), the tokens CaSP acts on
+                               (H_t strictly above its tau-quantile, tau = 0.8), the tokens CaSP acts on.
+                               Computed from the sampler's entropies; the loss gates with the training
+                               forward's, the same policy up to kernel rounding (and the bf16 sampling copy
+                               on a GPU), so a token right at the threshold may be gated differently there
                     popup      on hover, keyboard focus or tap: the sampled token, its probability and
                                rank, H_t, the gate, and the top-N candidates with their probabilities
                                (decoded text, whitespace shown as visible marks)
@@ -38,12 +41,14 @@ each array the base64 of its little-endian bytes (`unpack` reads them): ids (L,)
 where each token's text ends in the response's text (characters; the texts of tokens 0..t joined are
 text[:offsets[t]], so the page shows exactly the response's text), logprobs (L,) float32: log-prob of the
 token under the distribution it was sampled from, entropy (L,) float32, topn_ids (L, N) int32, topn_probs
-(L, N) float32: the sampler's own values, bit for bit. About 55 bytes per token; a run without --explore
+(L, N) float32: the sampler's own values, bit for bit. About 60 bytes per token; a run without --explore
 stores nothing of this.
 
-Page size: ~55 bytes per explored token plus the texts (64 problems x 8 responses of the CPU demo: about
-1 MB). The browser draws every token at load up to EAGER_TOKENS tokens, beyond that each problem when it
-scrolls near the view, so a page of thousands of long responses stays usable.
+Page size and speed (measured in headless Chromium on a 2-core CPU shared with other jobs): about 65 bytes
+per shown token, texts included. The CPU demo's 64 problems x 8 responses (12.5k tokens): 0.8 MB, drawn in
+0.8 s; 400 responses of 1,000 tokens: 25 MB, 1.7 s. Up to EAGER_TOKENS tokens every token is drawn at load,
+beyond that each problem's when it scrolls near the view. Keep a page to a few hundred long responses
+(--limit, --explore-samples): MATH-500 x 8 responses of ~600 tokens would be ~150 MB.
 """
 from __future__ import annotations
 
@@ -252,7 +257,7 @@ def side_view(rec: dict, tau: float, max_responses: int) -> tuple[dict, list]:
         off = _utf16_offsets(resp["text"], a["offsets"])
         resp["tok"] = {"ids": s["ids"], "off": s["offsets"] if off is a["offsets"] else pack(off, "<i4"),
                        "lp": s["logprobs"], "H": s["entropy"], "cid": s["topn_ids"], "cp": s["topn_probs"],
-                       "gate": pack(g, "u1"), "thr": None if th != th else th}
+                       "gate": pack(g, "u1"), "thr": None if th != th else th, "N": ex["top_n"]}
         shade.append((a["entropy"], 1.0 - a["topn_probs"][:, 0]))
         gated["n"] += int(g.sum())
         gated["p"] = gated["p"] + a["topn_probs"][g].astype(np.float64).sum(0)
@@ -404,6 +409,7 @@ PAGE = """<!DOCTYPE html>
 CSS = r"""
 :root{--ok:#0072B2;--bad:#D55E00;--trunc:#CC79A7;--focus:#0072B2;--div:#CC79A7}
 *{box-sizing:border-box}
+html{scroll-padding-top:90px}
 body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#111;background:#fff}
 #bar{position:sticky;top:0;z-index:5;display:flex;flex-wrap:wrap;gap:6px 16px;align-items:center;padding:6px 14px;background:#f3f3f3;border-bottom:1px solid #bbb}
 #bar h1{font-size:15px;margin:0 8px 0 0}
@@ -447,7 +453,8 @@ main{padding:4px 14px 40px}
 .t:focus-visible{outline:2px solid var(--focus)}
 .t.z::before{content:attr(data-l);font-size:72%;color:#555}
 .t.nl::before{content:"\21B5";color:#888}
-.t.dv{box-shadow:inset 0 -3px 0 var(--div)}
+.t.dv{box-shadow:inset 0 -4px 0 var(--div)}
+.t.dv::before{content:"\2260";color:#fff;background:var(--div);font-size:75%;padding:0 1px;margin-right:1px;border-radius:2px}
 .m-e .e1{background:#fff7bc}.m-e .e2{background:#fee391}.m-e .e3{background:#fed06a}.m-e .e4{background:#fec44f}
 .m-e .e5{background:#feae3c}.m-e .e6{background:#fe9929}.m-e .e7{background:#ec7014}.m-e .e8{background:#cc4c02}
 .m-q .q1{background:#fff7bc}.m-q .q2{background:#fee391}.m-q .q3{background:#fed06a}.m-q .q4{background:#fec44f}
@@ -494,7 +501,7 @@ function tokens(R) {           // the packed arrays, decoded once
     const t = R.tok;
     R._t = {ids: new Int32Array(bytes(t.ids)), off: new Int32Array(bytes(t.off)), lp: new Float32Array(bytes(t.lp)),
             H: new Float32Array(bytes(t.H)), cid: new Int32Array(bytes(t.cid)), cp: new Float32Array(bytes(t.cp)),
-            gate: new Uint8Array(bytes(t.gate))};
+            gate: new Uint8Array(bytes(t.gate)), N: t.N};
   }
   return R._t;
 }
@@ -534,7 +541,7 @@ function drawLegend() {
   c.append("along the response; ticks: gated tokens");
   legend.append(c);
   legend.append(el("span", null, "\u2713 correct (blue bar) \u00b7 \u2717 wrong (vermillion bar) \u00b7 \u2702 truncated (dashed bar)"));
-  if (K > 1) { const d = el("span"), s = el("span", "sw"); s.style.boxShadow = "inset 0 -3px 0 #CC79A7"; d.append(s, " first token where the paired responses differ"); legend.append(d); }
+  if (K > 1) { const d = el("span"), s = el("span", "sw"); s.style.boxShadow = "inset 0 -4px 0 #CC79A7"; d.append(s, " \u2260 first token where the paired responses differ"); legend.append(d); }
 }
 shadeSel.addEventListener("change", () => { document.body.className = "m-" + shadeSel.value; drawLegend(); });
 drawLegend();
@@ -624,7 +631,7 @@ function fillResponse(P, s, R) {
   for (let t = 0; t < L; t++) {
     const sp = document.createElement("span"), b = T.off[t], piece = R.text.slice(a, b);
     a = b;
-    let c = "t e" + bucket(T.H[t], hmax) + " q" + bucket(1 - T.cp[t * N], qmax);
+    let c = "t e" + bucket(T.H[t], hmax) + " q" + bucket(1 - T.cp[t * T.N], qmax);
     if (T.gate[t]) c += " g";
     if (piece === "") { c += " z"; sp.dataset.l = vis(vocab[T.ids[t]] || ""); }
     else { sp.textContent = piece; if (piece.indexOf("\n") >= 0) c += " nl"; }
@@ -645,10 +652,10 @@ function chart(T, L) {
   svg.setAttribute("viewBox", "0 0 " + W + " 1.14");
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", "p(1.." + N + ") along the response");
-  for (let k = N - 1; k >= 0; k--) {
+  svg.setAttribute("aria-label", "p(1.." + T.N + ") along the response");
+  for (let k = T.N - 1; k >= 0; k--) {
     const pts = [];
-    for (let t = 0; t < L; t++) pts.push((t + 0.5) + "," + (1 - T.cp[t * N + k]).toFixed(4));
+    for (let t = 0; t < L; t++) pts.push((t + 0.5) + "," + (1 - T.cp[t * T.N + k]).toFixed(4));
     const pl = document.createElementNS(NS, "polyline");
     pl.setAttribute("points", pts.join(" "));
     pl.setAttribute("fill", "none");
@@ -678,7 +685,7 @@ function pieceOf(R, s, t) {
   return p === "" ? (D.runs[s].vocab[T.ids[t]] || "") : p;
 }
 function probOf(T, t) {           // p(y) of the sampled token in the temperature-1 distribution, if known
-  for (let k = 0; k < N; k++) if (T.cid[t * N + k] === T.ids[t]) return [T.cp[t * N + k], k + 1];
+  for (let k = 0; k < T.N; k++) if (T.cid[t * T.N + k] === T.ids[t]) return [T.cp[t * T.N + k], k + 1];
   return [null, null];
 }
 
@@ -691,7 +698,7 @@ function fillProblem(P) {
       const dv = P.diverge[j], [A, B] = row.cells;
       if (!A || !B || !A.tok || !B.tok) return;
       if (dv === null) { row.label.textContent = "#" + (j + 1) + ": identical responses"; return; }
-      row.label.append(el("span", "mk", "\u2442 #" + (j + 1)), " first difference at token " + (dv[0] + 1) + ": ");
+      row.label.append(el("span", "mk", "\u2260 #" + (j + 1)), " first difference at token " + (dv[0] + 1) + ": ");
       [A, B].forEach((R, s) => {
         const T = tokens(R), t = dv[s];
         if (t < T.ids.length) {
@@ -723,16 +730,16 @@ function show(sp) {
   const y = el("div", null, "sampled ");
   y.append(el("code", null, vis(pieceOf(R, s, t))));
   if (p !== null) y.append(" p = " + f3(p) + " (rank " + rank + ")");
-  else if (sampledT1(cfg)) y.append(" p = " + f3(Math.exp(T.lp[t])) + " (rank > " + N + ")");
-  else y.append(" (not in the top " + N + ")");
+  else if (sampledT1(cfg)) y.append(" p = " + f3(Math.exp(T.lp[t])) + " (rank > " + T.N + ")");
+  else y.append(" (not in the top " + T.N + ")");
   pop.append(y);
   if (!sampledT1(cfg)) pop.append(el("div", "dim", "sampled with probability " + f3(Math.exp(T.lp[t])) + " (temperature " + cfg.temperature + ", top-p " + cfg.top_p + ", top-k " + cfg.top_k + ")"));
   const thr = R.tok.thr;
   pop.append(el("div", null, "entropy H = " + f3(T.H[t]) + " nats" + (thr === null ? "" : (T.gate[t] ? " > " : " \u2264 ") + f3(thr) + " (the response's " + D.tau + "-quantile)")));
   const tb = el("table"), vocab = D.runs[s].vocab;
   let rest = 1;
-  for (let k = 0; k < N; k++) {
-    const id = T.cid[t * N + k], q = T.cp[t * N + k];
+  for (let k = 0; k < T.N; k++) {
+    const id = T.cid[t * T.N + k], q = T.cp[t * T.N + k];
     rest -= q;
     const tr = el("tr", id === T.ids[t] ? "y" : null);
     const txt = el("td"); txt.append(el("code", null, vis(vocab[id] !== undefined ? vocab[id] : "#" + id)));

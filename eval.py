@@ -531,9 +531,9 @@ def _main(args) -> dict:
         _explore_page(args.explore_compare, Path(args.out) / "explore_compare.html", args.explore_samples)
         return {}
     if isinstance(args.explore, str):
+        import explore
         run = Path(args.explore)
-        folder = Path(args.out) if args.out else (run if run.is_dir() else run.parent)
-        _explore_page([run], folder / "explore.html", args.explore_samples)
+        _explore_page([run], Path(args.out or explore.run_folder(run)) / "explore.html", args.explore_samples)
         return {}
     if args.plot_metrics:
         out = Path(args.out) if args.out else Path(args.plot_metrics[0]).parent

@@ -303,14 +303,12 @@ def _divergence(ra: dict, rb: dict, same_vocab: bool):
 
 def run_config(path) -> dict:
     """The sampling settings a run was evaluated with (its eval_config.json), {} when there is none."""
-    p = Path(path)
-    for folder in (p, p.parent, p.parent.parent) if p.is_file() else (p,):
-        f = folder / "eval_config.json"
-        if f.is_file():
-            try:
-                return json.loads(f.read_text())
-            except json.JSONDecodeError:
-                return {}
+    f = run_folder(path) / "eval_config.json"
+    if f.is_file():
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError:
+            return {}
     return {}
 
 
@@ -377,9 +375,16 @@ def write_page(path, data: dict) -> Path:
     return path
 
 
-def run_label(path) -> str:
+def run_folder(path) -> Path:
+    """The run folder of a saved run: the folder itself, or the one holding a samples file."""
     p = Path(path)
-    return p.name if p.is_dir() else f"{p.parent.name}/{p.stem}"
+    return p if p.is_dir() else (p.parent.parent if p.parent.name == "samples" else p.parent)
+
+
+def run_label(path) -> str:
+    """A run's name on the page: its folder's name (with the benchmark for a single samples file)."""
+    p = Path(path)
+    return p.name if p.is_dir() else f"{run_folder(p).name}/{p.stem}"
 
 
 PAGE = """<!DOCTYPE html>

@@ -123,7 +123,8 @@ def test_page_data_equals_the_samplers_records_and_casps_gate(tiny_dir, explored
     """Sampling the same 4 problems again (rollout, the same groups of 2 prompts and seed) gives the records the
     page embeds, bit for bit: token ids, log-probs, entropy, top-N ids and probabilities, for the first 5
     responses of each problem (the --explore-samples bound); the page's token texts join to each response's
-    text; its gate marks equal casp.entropy_gate applied to the sampler's whole (R, L) batch at tau 0.8."""
+    text; its gate marks equal casp.entropy_gate applied to the sampler's whole (R, L) batch at tau 0.8, and a
+    direct computation (entropy strictly above numpy's linear 0.8-quantile of the response's entropies)."""
     _, page = read_page(explored / "explore.html")
     tok = load_tokenizer(tiny_dir)
     model = load_model(tiny_dir, device="cpu", dtype=torch.float32).eval()
@@ -147,6 +148,8 @@ def test_page_data_equals_the_samplers_records_and_casps_gate(tiny_dir, explored
                 for key, ref in (("lp", ro.logprobs), ("H", ro.entropy), ("cp", ro.topn_probs)):
                     assert np.array_equal(a[key].view(np.uint32), ref[r][m].numpy().view(np.uint32)), key
                 assert np.array_equal(a["gate"].astype(bool), gate[r][m].numpy())
+                h = ro.entropy[r][m].numpy()                       # the gate by hand: above the 0.8-quantile
+                assert np.array_equal(a["gate"].astype(bool), h > np.quantile(h, 0.8))
                 assert "".join(pieces(resp["text"], a["off"])) == resp["text"]
                 assert [tok.decode([i]) for i in a["ids"]] == pieces(resp["text"], a["off"])   # one character per token
                 checked += 1

@@ -457,7 +457,7 @@ main{padding:4px 14px 40px}
 .t:hover,.t:focus,.t.cur{outline:2px solid var(--focus);outline-offset:0}
 .t:focus-visible{outline:2px solid var(--focus)}
 .t.z::before{content:attr(data-l);font-size:72%;color:#555}
-.t.nl::before{content:"\21B5";color:#888}
+.t.nl::after{content:"\21B5";color:#888}
 .t.dv{box-shadow:inset 0 -4px 0 var(--div)}
 .t.dv::before{content:"\2260";color:#fff;background:var(--div);font-size:75%;padding:0 1px;margin-right:1px;border-radius:2px}
 .m-e .e1{background:#fff7bc}.m-e .e2{background:#fee391}.m-e .e3{background:#fed06a}.m-e .e4{background:#fec44f}
@@ -638,12 +638,16 @@ function fillResponse(P, s, R) {
     a = b;
     let c = "t e" + bucket(T.H[t], hmax) + " q" + bucket(1 - T.cp[t * T.N], qmax);
     if (T.gate[t]) c += " g";
+    // trailing newlines go after the token's box (the text stays exact): an outline around a line break
+    // would draw a stray bar on the next line; the token shows a visible mark instead
+    const body = piece.replace(/\n+$/, "");
     if (piece === "") { c += " z"; sp.dataset.l = vis(vocab[T.ids[t]] || ""); }
-    else { sp.textContent = piece; if (piece.indexOf("\n") >= 0) c += " nl"; }
+    else sp.textContent = body;
+    if (body.length < piece.length) c += " nl";
     sp.className = c;
-    sp.tabIndex = t === 0 ? 0 : -1;
-    sp.dataset.t = t;
+    if (t === 0) sp.tabIndex = 0;     // one tab stop per response (roving tabindex); arrows move within
     frag.append(sp);
+    if (body.length < piece.length) frag.append(piece.slice(body.length));
   }
   toks.setAttribute("role", "group");
   toks.setAttribute("aria-label", "response " + (R.j + 1) + ", " + L + " tokens: arrow keys move between tokens");
@@ -725,7 +729,7 @@ function show(sp) {
   if (!ctx) return;
   if (current && current !== sp) unmark(current);
   current = sp;
-  const {s, R} = ctx, T = tokens(R), t = +sp.dataset.t, L = T.ids.length, cfg = D.runs[s].config;
+  const {s, R} = ctx, T = tokens(R), t = indexOf(sp), L = T.ids.length, cfg = D.runs[s].config;
   sp.classList.add("cur");
   sp.setAttribute("aria-describedby", "pop");
   pop.replaceChildren();
@@ -779,6 +783,7 @@ function hide() {
   if (current) unmark(current);
   current = null; pinned = false; pop.hidden = true;
 }
+function indexOf(sp) { return Array.prototype.indexOf.call(sp.parentNode.children, sp); }   // token t = child t
 function tokenOf(e) { const t = e.target; return t && t.closest ? t.closest(".t") : null; }
 document.addEventListener("mouseover", e => { const sp = tokenOf(e); if (sp && !pinned) show(sp); });
 document.addEventListener("mouseout", e => { const sp = tokenOf(e); if (sp && sp === current && !pinned && document.activeElement !== sp) hide(); });
@@ -792,12 +797,12 @@ document.addEventListener("keydown", e => {
   if (e.key === "Escape") { hide(); return; }
   const sp = tokenOf(e);
   if (!sp) return;
-  const toks = sp.parentNode, n = toks.children.length, t = +sp.dataset.t;
+  const toks = sp.parentNode, n = toks.children.length, t = indexOf(sp);
   const to = {ArrowRight: t + 1, ArrowLeft: t - 1, Home: 0, End: n - 1}[e.key];
   if (to === undefined || to < 0 || to >= n) return;
   e.preventDefault();
   const next = toks.children[to];
-  sp.tabIndex = -1; next.tabIndex = 0; next.focus();
+  sp.removeAttribute("tabindex"); next.tabIndex = 0; next.focus();
 });
 window.addEventListener("scroll", () => { if (current && !pop.hidden) place(current); }, {passive: true});
 

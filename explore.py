@@ -136,7 +136,7 @@ def _byte_level_chars() -> dict[str, int]:
     """GPT-2's byte-level alphabet: the printable character that stands for each byte in a token's name."""
     global _BYTE_CHARS
     if _BYTE_CHARS is None:
-        bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+        bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
         cs, n = bs[:], 0
         for b in range(256):
             if b not in bs:
@@ -175,7 +175,8 @@ def explore_record(problem: dict, ro, rows, tokenizer) -> dict:
         for i in set(id_list) | set(topn_ids.flatten().tolist()):
             if str(i) not in vocab:
                 vocab[str(i)] = token_text(tokenizer, i)
-        responses.append({"ids": pack(ids, "<i4"), "offsets": pack(token_offsets(tokenizer, id_list, ro.texts[r]), "<i4"),
+        offsets = token_offsets(tokenizer, id_list, ro.texts[r])
+        responses.append({"ids": pack(ids, "<i4"), "offsets": pack(offsets, "<i4"),
                           "logprobs": pack(ro.logprobs[r][m], "<f4"), "entropy": pack(ro.entropy[r][m], "<f4"),
                           "topn_ids": pack(topn_ids, "<i4"), "topn_probs": pack(ro.topn_probs[r][m], "<f4")})
     return {"problem": problem.get("problem", ""), "top_n": int(ro.topn_ids.shape[-1]),
@@ -359,8 +360,8 @@ def page_data(runs: list[dict], tau: float | None = None, max_responses: int = 8
 
 def render_page(data: dict) -> str:
     """The whole HTML file. Every text of the data reaches the DOM through textContent (never parsed as
-    HTML); every '<' in the JSON is written \\u003c, so that nothing in the data can end its block; a Content-Security-Policy forbids
-    every network load."""
+    HTML); every '<' in the JSON is written \\u003c, so that nothing in the data can end its block; a
+    Content-Security-Policy forbids every network load."""
     blob = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")   # no tag, no comment
     return (PAGE.replace("{{TITLE}}", html.escape(f"casp explore: {data['title']}"))
                 .replace("{{CSS}}", CSS).replace("{{JS}}", JS).replace("{{DATA}}", blob))
@@ -412,16 +413,20 @@ PAGE = """<!DOCTYPE html>
 # ColorBrewer's single-hue YlOrBr ramp for the shade (ordered by lightness, so it reads without hue);
 # black text stays above 4.5:1 contrast on the darkest shade.
 CSS = r"""
-:root{--ok:#0072B2;--bad:#D55E00;--trunc:#CC79A7;--focus:#0072B2;--div:#CC79A7}
+:root{--ok:#0072B2;--bad:#D55E00;--trunc:#CC79A7;--focus:#0072B2;--div:#CC79A7;
+  --mono:ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace}
 *{box-sizing:border-box}
 html{scroll-padding-top:90px}
-body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#111;background:#fff}
-#bar{position:sticky;top:0;z-index:5;display:flex;flex-wrap:wrap;gap:6px 16px;align-items:center;padding:6px 14px;background:#f3f3f3;border-bottom:1px solid #bbb}
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
+  color:#111;background:#fff}
+#bar{position:sticky;top:0;z-index:5;display:flex;flex-wrap:wrap;gap:6px 16px;align-items:center;
+  padding:6px 14px;background:#f3f3f3;border-bottom:1px solid #bbb}
 #bar h1{font-size:15px;margin:0 8px 0 0}
 #bar label{display:inline-flex;gap:4px;align-items:center}
 #bar select{font:inherit}
 #count{color:#444}
-#legend{display:flex;flex-wrap:wrap;gap:4px 18px;align-items:center;padding:6px 14px;border-bottom:1px solid #ddd;font-size:13px;color:#333}
+#legend{display:flex;flex-wrap:wrap;gap:4px 18px;align-items:center;padding:6px 14px;border-bottom:1px solid #ddd;
+  font-size:13px;color:#333}
 #legend .sw{display:inline-block;width:18px;height:14px;vertical-align:-2px;border:1px solid #ccc}
 #legend .ramp{display:inline-flex;gap:0}
 #legend .ramp .sw{border-width:1px 0}
@@ -429,14 +434,16 @@ body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica
 main{padding:4px 14px 40px}
 .prob{border:1px solid #c8c8c8;border-radius:6px;margin:12px 0;padding:8px 12px}
 .prob h2{font-size:15px;margin:0 0 4px;display:flex;gap:12px;flex-wrap:wrap;align-items:baseline}
-.prob h2 .pid{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break:break-all}
-.ptext{white-space:pre-wrap;word-break:break-word;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#f5f5f5;padding:4px 8px;margin:4px 0;max-height:16em;overflow:auto}
-.gold b{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+.prob h2 .pid{font-family:var(--mono);word-break:break-all}
+.ptext{white-space:pre-wrap;word-break:break-word;font-family:var(--mono);background:#f5f5f5;padding:4px 8px;
+  margin:4px 0;max-height:16em;overflow:auto}
+.gold b{font-family:var(--mono)}
 .cols{display:grid;grid-template-columns:repeat(var(--k),minmax(0,1fr));gap:4px 14px}
 .cols.one{grid-template-columns:repeat(auto-fill,minmax(min(100%,440px),1fr))}
 .sum{font-size:13px;color:#222;padding:4px 0;border-bottom:1px dashed #ddd}
 .sum h3{font-size:14px;margin:0}
-.chip{display:inline-block;margin:1px 3px 1px 0;padding:0 5px;border:1px solid #999;border-radius:9px;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
+.chip{display:inline-block;margin:1px 3px 1px 0;padding:0 5px;border:1px solid #999;border-radius:9px;
+  font-family:var(--mono);font-size:12px}
 .chip.ok{border:2px solid var(--ok)}
 .dvl{grid-column:1/-1;font-size:12px;color:#333;margin-top:6px}
 .dvl .mk{color:#fff;background:var(--div);padding:0 4px;border-radius:3px}
@@ -449,8 +456,8 @@ main{padding:4px 14px 40px}
 .rh .v{font-weight:600}
 .resp.ok .v{color:var(--ok)}
 .resp.bad .v{color:var(--bad)}
-.rh .a{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-.toks{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;white-space:pre-wrap;word-break:break-word;line-height:1.75;margin:2px 0}
+.rh .a{font-family:var(--mono)}
+.toks{font-family:var(--mono);font-size:13px;white-space:pre-wrap;word-break:break-word;line-height:1.75;margin:2px 0}
 .toks.plain{color:#333}
 .t{border-radius:2px;outline-offset:-1px}
 .t.g{outline:1px solid #111}
@@ -459,15 +466,17 @@ main{padding:4px 14px 40px}
 .t.z::before{content:attr(data-l);font-size:72%;color:#555}
 .t.nl::after{content:"\21B5";color:#888}
 .t.dv{box-shadow:inset 0 -4px 0 var(--div)}
-.t.dv::before{content:"\2260";color:#fff;background:var(--div);font-size:75%;padding:0 1px;margin-right:1px;border-radius:2px}
+.t.dv::before{content:"\2260";color:#fff;background:var(--div);font-size:75%;padding:0 1px;margin-right:1px;
+  border-radius:2px}
 .m-e .e1{background:#fff7bc}.m-e .e2{background:#fee391}.m-e .e3{background:#fed06a}.m-e .e4{background:#fec44f}
 .m-e .e5{background:#feae3c}.m-e .e6{background:#fe9929}.m-e .e7{background:#ec7014}.m-e .e8{background:#cc4c02}
 .m-q .q1{background:#fff7bc}.m-q .q2{background:#fee391}.m-q .q3{background:#fed06a}.m-q .q4{background:#fec44f}
 .m-q .q5{background:#feae3c}.m-q .q6{background:#fe9929}.m-q .q7{background:#ec7014}.m-q .q8{background:#cc4c02}
 svg.chart{display:block;width:100%;height:38px;background:#fafafa;border:1px solid #e3e3e3;margin-top:2px}
-#pop{position:fixed;z-index:10;left:0;top:0;max-width:min(440px,92vw);background:#fff;border:1px solid #333;border-radius:6px;box-shadow:0 4px 14px rgba(0,0,0,.25);padding:6px 9px;pointer-events:none;font-size:13px}
+#pop{position:fixed;z-index:10;left:0;top:0;max-width:min(440px,92vw);background:#fff;border:1px solid #333;
+  border-radius:6px;box-shadow:0 4px 14px rgba(0,0,0,.25);padding:6px 9px;pointer-events:none;font-size:13px}
 #pop .hd{font-weight:600;margin-bottom:2px}
-#pop code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#f1f1f1;padding:0 3px;border-radius:3px;white-space:pre}
+#pop code{font-family:var(--mono);background:#f1f1f1;padding:0 3px;border-radius:3px;white-space:pre}
 #pop table{border-collapse:collapse;margin-top:4px;width:100%}
 #pop td{padding:1px 4px;vertical-align:middle}
 #pop td.p{text-align:right;font-variant-numeric:tabular-nums}
@@ -482,7 +491,8 @@ JS = r"""
 (function () {
 const t0 = performance.now();
 const D = JSON.parse(document.getElementById("explore-data").textContent);
-const N = D.top_n, K = D.runs.length, NS = document.getElementById("svg-ns").namespaceURI;  // the SVG namespace, without writing its URI
+const N = D.top_n, K = D.runs.length;
+const NS = document.getElementById("svg-ns").namespaceURI;   // the SVG namespace, without writing out its URI
 const LINE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442"];
 const SHADE = ["#ffffff", "#fff7bc", "#fee391", "#fed06a", "#fec44f", "#feae3c", "#fe9929", "#ec7014", "#cc4c02"];
 
@@ -492,15 +502,23 @@ function el(tag, cls, text) {
   if (text !== undefined && text !== null) e.textContent = text;
   return e;
 }
-function bytes(s) { const b = atob(s), u = new Uint8Array(b.length); for (let i = 0; i < b.length; i++) u[i] = b.charCodeAt(i); return u.buffer; }
+function bytes(s) {             // base64 -> ArrayBuffer (typed arrays read it little-endian, as it was packed)
+  const b = atob(s), u = new Uint8Array(b.length);
+  for (let i = 0; i < b.length; i++) u[i] = b.charCodeAt(i);
+  return u.buffer;
+}
 // whitespace made visible: space, newline, tab, carriage return, no-break space
 function vis(s) {
   if (s === "") return "\u2205";
-  return s.replace(/ /g, "\u2423").replace(/\n/g, "\u21B5").replace(/\t/g, "\u21E5").replace(/\r/g, "\u240D").replace(/\u00a0/g, "\u237D");
+  return s.replace(/ /g, "\u2423").replace(/\n/g, "\u21B5").replace(/\t/g, "\u21E5").replace(/\r/g, "\u240D")
+          .replace(/\u00a0/g, "\u237D");
 }
 function f3(p) { return p >= 0.001 || p === 0 ? p.toFixed(3) : p.toExponential(1); }
 function bucket(x, max) { return x > 0 ? Math.min(8, Math.round(x / max * 8)) : 0; }
-function sampledT1(cfg) { return !cfg || ((cfg.temperature === undefined || cfg.temperature === 1) && (cfg.top_p === undefined || cfg.top_p >= 1) && !cfg.top_k); }
+function sampledT1(cfg) {       // sampled from the temperature-1 distribution itself: exp(logprob) = p(y)
+  return !cfg || ((cfg.temperature === undefined || cfg.temperature === 1) &&
+                  (cfg.top_p === undefined || cfg.top_p >= 1) && !cfg.top_k);
+}
 function tokens(R) {           // the packed arrays, decoded once
   if (!R._t) {
     const t = R.tok;
@@ -523,8 +541,10 @@ function select(label, id, options) {
   return s;
 }
 const shadeSel = select("shade", "shade", [["e", "entropy H"], ["q", "1 \u2212 p(1)"]]);
-const showSel = select("show", "show", [["all", "all responses"], ["ok", "correct only"], ["bad", "wrong only"], ["tr", "truncated only"]]);
-const sorts = [["file", "file order"], ["pass_asc", "pass rate, lowest first"], ["pass_desc", "pass rate, highest first"], ["ans_desc", "distinct answers, most first"]];
+const showSel = select("show", "show", [["all", "all responses"], ["ok", "correct only"], ["bad", "wrong only"],
+                                       ["tr", "truncated only"]]);
+const sorts = [["file", "file order"], ["pass_asc", "pass rate, lowest first"], ["pass_desc", "pass rate, highest first"],
+               ["ans_desc", "distinct answers, most first"]];
 if (K > 1) sorts.push(["gap", "pass rate " + D.runs[1].label + " \u2212 " + D.runs[0].label + ", largest first"]);
 const sortSel = select("sort", "sort", sorts);
 const benches = [...new Set(D.problems.map(P => P.benchmark))];
@@ -535,26 +555,45 @@ function drawLegend() {
   legend.replaceChildren();
   const mode = shadeSel.value, max = mode === "e" ? D.scale.entropy : D.scale.inv_p1;
   const item = el("span"), ramp = el("span", "ramp");
-  for (let b = 0; b <= 8; b++) { const s = el("span", "sw"); s.style.background = SHADE[b]; s.title = b === 8 ? "\u2265 " + f3(max) : f3(b / 8 * max); ramp.append(s); }
-  item.append((mode === "e" ? "entropy H_t (nats) " : "1 \u2212 p(1) ") + "0 ", ramp, " " + f3(max) + " and above (99th percentile on this page)");
+  for (let b = 0; b <= 8; b++) {
+    const s = el("span", "sw");
+    s.style.background = SHADE[b];
+    s.title = b === 8 ? "\u2265 " + f3(max) : f3(b / 8 * max);
+    ramp.append(s);
+  }
+  item.append((mode === "e" ? "entropy H_t (nats) " : "1 \u2212 p(1) ") + "0 ", ramp,
+              " " + f3(max) + " and above (99th percentile on this page)");
   legend.append(item);
   const g = el("span"), gs = el("span", "sw"); gs.style.outline = "1px solid #111"; gs.style.outlineOffset = "-1px";
   g.append(gs, " entropy gate w_t = 1 (H_t above the response's " + D.tau + "-quantile: where CaSP acts)");
   legend.append(g);
   const c = el("span");
-  for (let k = 0; k < N; k++) { const s = el("span", "sw"); s.style.background = LINE[k]; c.append(s, " p(" + (k + 1) + ") "); }
+  for (let k = 0; k < N; k++) {
+    const s = el("span", "sw");
+    s.style.background = LINE[k];
+    c.append(s, " p(" + (k + 1) + ") ");
+  }
   c.append("along the response; ticks: gated tokens");
   legend.append(c);
-  legend.append(el("span", null, "\u2713 correct (blue bar) \u00b7 \u2717 wrong (vermillion bar) \u00b7 \u2702 truncated (dashed bar)"));
-  if (K > 1) { const d = el("span"), s = el("span", "sw"); s.style.boxShadow = "inset 0 -4px 0 #CC79A7"; d.append(s, " \u2260 first token where the paired responses differ"); legend.append(d); }
+  legend.append(el("span", null, "\u2713 correct (blue bar) \u00b7 \u2717 wrong (vermillion bar) \u00b7 " +
+                                 "\u2702 truncated (dashed bar)"));
+  if (K > 1) {
+    const d = el("span"), s = el("span", "sw");
+    s.style.boxShadow = "inset 0 -4px 0 #CC79A7";
+    d.append(s, " \u2260 first token where the paired responses differ");
+    legend.append(d);
+  }
 }
 shadeSel.addEventListener("change", () => { document.body.className = "m-" + shadeSel.value; drawLegend(); });
 drawLegend();
 if (D.settings_differ.length) {
-  legend.after(el("div", "note", "The runs were sampled with different settings (" + D.settings_differ.map(k => k + ": " + D.runs.map(r => JSON.stringify(r.config[k])).join(" vs ")).join("; ") + "): response j of one run is not the same random draw as response j of the other."));
+  const diffs = D.settings_differ.map(k => k + ": " + D.runs.map(r => JSON.stringify(r.config[k])).join(" vs "));
+  legend.after(el("div", "note", "The runs were sampled with different settings (" + diffs.join("; ") +
+                  "): response j of one run is not the same random draw as response j of the other."));
 }
 if (D.only_in.some(x => x > 0)) {
-  legend.after(el("div", "note", "Problems in only one run are left out: " + D.runs.map((r, i) => r.label + " " + D.only_in[i]).join(", ") + "."));
+  legend.after(el("div", "note", "Problems in only one run are left out: " +
+                  D.runs.map((r, i) => r.label + " " + D.only_in[i]).join(", ") + "."));
 }
 
 // ---------------------------------------------------------------- problems
@@ -566,16 +605,19 @@ const problems = D.problems;
 function summary(P, s) {
   const V = P.sides[s], box = el("div", "sum");
   if (K > 1) box.append(el("h3", null, D.runs[s].label));
-  box.append(el("div", null, "pass@1 " + V.pass1.toFixed(3) + " \u00b7 pass@" + V.n + " " + V.passn.toFixed(3) + "  (" + V.c + " of " + V.n + " correct)"));
+  box.append(el("div", null, "pass@1 " + V.pass1.toFixed(3) + " \u00b7 pass@" + V.n + " " + V.passn.toFixed(3) +
+                             "  (" + V.c + " of " + V.n + " correct)"));
   const ans = el("div", null, V.answers.length + " distinct answer" + (V.answers.length === 1 ? "" : "s") + ": ");
   for (const a of V.answers) {
-    const chip = el("span", "chip" + (a.ok ? " ok" : ""), (a.a === null ? "(none)" : a.a) + " \u00d7" + a.count + (a.ok ? " \u2713" : ""));
+    const chip = el("span", "chip" + (a.ok ? " ok" : ""),
+                    (a.a === null ? "(none)" : a.a) + " \u00d7" + a.count + (a.ok ? " \u2713" : ""));
     ans.append(chip);
   }
   box.append(ans);
   const lines = [];
-  if (V.cand && V.cand.n_tokens) lines.push("all " + V.n + " responses (" + V.cand.n_tokens + " tokens): p(1.." + V.cand.topn_probs.length + ") " + V.cand.topn_probs.map(f3).join("/") + ", H " + f3(V.cand.entropy));
-  if (V.gated) lines.push("gated tokens of the responses shown (" + V.gated.n_tokens + "): p(1.." + V.gated.topn_probs.length + ") " + V.gated.topn_probs.map(f3).join("/") + ", H " + f3(V.gated.entropy));
+  const probs = c => "p(1.." + c.topn_probs.length + ") " + c.topn_probs.map(f3).join("/") + ", H " + f3(c.entropy);
+  if (V.cand && V.cand.n_tokens) lines.push("all " + V.n + " responses (" + V.cand.n_tokens + " tokens): " + probs(V.cand));
+  if (V.gated) lines.push("gated tokens of the responses shown (" + V.gated.n_tokens + "): " + probs(V.gated));
   if (!V.recorded) lines.push("no token records (sampled without --explore): text only");
   for (const l of lines) box.append(el("div", null, l));
   return box;
@@ -713,7 +755,8 @@ function fillProblem(P) {
         if (t < T.ids.length) {
           R.toksEl.children[t].classList.add("dv");
           const [p] = probOf(T, t);
-          row.label.append(D.runs[s].label + " ", el("code", null, vis(pieceOf(R, s, t))), (p === null ? "" : " p=" + f3(p)) + (s === 0 ? " \u00b7 " : ""));
+          row.label.append(D.runs[s].label + " ", el("code", null, vis(pieceOf(R, s, t))),
+                           (p === null ? "" : " p=" + f3(p)) + (s === 0 ? " \u00b7 " : ""));
         } else row.label.append(D.runs[s].label + " (ended)" + (s === 0 ? " \u00b7 " : ""));
       });
     });
@@ -733,7 +776,8 @@ function show(sp) {
   sp.classList.add("cur");
   sp.setAttribute("aria-describedby", "pop");
   pop.replaceChildren();
-  const hd = el("div", "hd", "token " + (t + 1) + " of " + L + (K > 1 ? " \u00b7 " + D.runs[s].label : "") + " \u00b7 gate " + (T.gate[t] ? "on" : "off"));
+  const hd = el("div", "hd", "token " + (t + 1) + " of " + L + (K > 1 ? " \u00b7 " + D.runs[s].label : "") +
+                             " \u00b7 gate " + (T.gate[t] ? "on" : "off"));
   pop.append(hd);
   const [p, rank] = probOf(T, t);
   const y = el("div", null, "sampled ");
@@ -742,9 +786,13 @@ function show(sp) {
   else if (sampledT1(cfg)) y.append(" p = " + f3(Math.exp(T.lp[t])) + " (rank > " + T.N + ")");
   else y.append(" (not in the top " + T.N + ")");
   pop.append(y);
-  if (!sampledT1(cfg)) pop.append(el("div", "dim", "sampled with probability " + f3(Math.exp(T.lp[t])) + " (temperature " + cfg.temperature + ", top-p " + cfg.top_p + ", top-k " + cfg.top_k + ")"));
+  if (!sampledT1(cfg)) {
+    pop.append(el("div", "dim", "sampled with probability " + f3(Math.exp(T.lp[t])) + " (temperature " +
+                                cfg.temperature + ", top-p " + cfg.top_p + ", top-k " + cfg.top_k + ")"));
+  }
   const thr = R.tok.thr;
-  pop.append(el("div", null, "entropy H = " + f3(T.H[t]) + " nats" + (thr === null ? "" : (T.gate[t] ? " > " : " \u2264 ") + f3(thr) + " (the response's " + D.tau + "-quantile)")));
+  const vsGate = thr === null ? "" : (T.gate[t] ? " > " : " \u2264 ") + f3(thr) + " (the response's " + D.tau + "-quantile)";
+  pop.append(el("div", null, "entropy H = " + f3(T.H[t]) + " nats" + vsGate));
   const tb = el("table"), vocab = D.runs[s].vocab;
   let rest = 1;
   for (let k = 0; k < T.N; k++) {
@@ -752,8 +800,12 @@ function show(sp) {
     rest -= q;
     const tr = el("tr", id === T.ids[t] ? "y" : null);
     const txt = el("td"); txt.append(el("code", null, vis(vocab[id] !== undefined ? vocab[id] : "#" + id)));
-    const bw = el("td"); bw.style.width = "40%"; const b = el("div", "bar"); b.style.width = (100 * q).toFixed(1) + "%"; bw.append(b);
-    tr.append(el("td", "dim", "" + (k + 1)), txt, el("td", "p", f3(q)), bw, el("td", "dim", id === T.ids[t] ? "\u25C0 sampled" : ""));
+    const bw = el("td"), b = el("div", "bar");
+    bw.style.width = "40%";
+    b.style.width = (100 * q).toFixed(1) + "%";
+    bw.append(b);
+    tr.append(el("td", "dim", "" + (k + 1)), txt, el("td", "p", f3(q)), bw,
+              el("td", "dim", id === T.ids[t] ? "\u25C0 sampled" : ""));
     tb.append(tr);
   }
   const tr = el("tr");
@@ -786,7 +838,10 @@ function hide() {
 function indexOf(sp) { return Array.prototype.indexOf.call(sp.parentNode.children, sp); }   // token t = child t
 function tokenOf(e) { const t = e.target; return t && t.closest ? t.closest(".t") : null; }
 document.addEventListener("mouseover", e => { const sp = tokenOf(e); if (sp && !pinned) show(sp); });
-document.addEventListener("mouseout", e => { const sp = tokenOf(e); if (sp && sp === current && !pinned && document.activeElement !== sp) hide(); });
+document.addEventListener("mouseout", e => {
+  const sp = tokenOf(e);
+  if (sp && sp === current && !pinned && document.activeElement !== sp) hide();
+});
 document.addEventListener("focusin", e => { const sp = tokenOf(e); if (sp) { pinned = false; show(sp); } });
 document.addEventListener("focusout", e => { const sp = tokenOf(e); if (sp && sp === current && !pinned) hide(); });
 document.addEventListener("click", e => {     // tap: pin the popup to a token; tap elsewhere closes it
@@ -815,7 +870,9 @@ function applyFilter() {
     let any = false, hits = 0;
     for (const row of P.rows) {
       const hit = row.cells.map(R => matches(R, f)), on = hit.some(Boolean);
-      row.cells.forEach((R, s) => { if (R) { R.el.hidden = K === 1 && !on; R.el.classList.toggle("dim", K > 1 && on && !hit[s]); } });
+      row.cells.forEach((R, s) => {   // one run: hide; two: keep the pair aligned, dim the side that does not match
+        if (R) { R.el.hidden = K === 1 && !on; R.el.classList.toggle("dim", K > 1 && on && !hit[s]); }
+      });
       if (row.label) row.label.hidden = !on;
       if (on) { any = true; hits += hit.filter(Boolean).length; }
     }

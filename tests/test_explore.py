@@ -297,8 +297,8 @@ def test_compare_marks_the_first_differing_token(explored, tmp_path):
 def test_token_offsets_match_prefix_decoding_for_byte_level_bpe(qwen_tokenizer_dir):
     """For Qwen2.5's byte-level BPE on text with multi-byte and astral characters: the incremental offsets
     equal those of decoding every prefix (the reference path: the complete characters of
-    decode(ids[:t+1])), at a few tokens decoded per token; a candidate that is part of a character shows its bytes, a special token its name;
-    UTF-16 offsets count an astral character twice, as JavaScript does."""
+    decode(ids[:t+1])), at a few tokens decoded per token; a candidate that is part of a character shows its
+    bytes, a special token its name; UTF-16 offsets count an astral character twice, as JavaScript does."""
     tok = load_tokenizer(qwen_tokenizer_dir)
     text = "Let x = 3.\n\n 你好, \U0001d465\u00b2 + \u2211 \U0001F600 caf\u00e9\t\\boxed{\u00bd}"
     ids = tok.encode(text)
@@ -332,7 +332,8 @@ def test_demo_explore_command_redraws_the_final_evaluation(tiny_dir, tmp_path):
     args = train.get_args(["--eval-prompts", "4", "--max-response-len", "40", "--device", "cpu"])
     out = tmp_path / "runs" / "tiny-casp"
     cmd = train.explore_command(args, out, out / "ckpt-000030").split()
-    assert cmd[:2] == ["python", "eval.py"] and cmd[cmd.index("--out") + 1] == str(tmp_path / "runs" / "eval" / "tiny-casp")
+    assert cmd[:2] == ["python", "eval.py"]
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "runs" / "eval" / "tiny-casp")
     assert cmd[cmd.index("--model") + 1] == str(out / "ckpt-000030" / "model") and "--explore" in cmd
     argv = cmd[2:]
     argv[argv.index("--model") + 1] = str(tiny_dir)
@@ -345,3 +346,15 @@ def test_demo_explore_command_redraws_the_final_evaluation(tiny_dir, tmp_path):
     evald = tmp_path / "runs" / "eval" / "tiny-casp"
     saved = [t for r in ev.load_run(evald) for t in r["responses"]]
     assert saved == ro.texts and (evald / "explore.html").is_file()
+
+
+def test_the_inline_script_parses(tmp_path):
+    """The page's script is valid JavaScript (node --check; skipped where node is not installed): the
+    html.parser tests above cannot see a syntax error that would leave the page blank."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    js = tmp_path / "page.js"
+    js.write_text(explore.JS)
+    r = subprocess.run([node, "--check", str(js)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -44,11 +44,11 @@ token under the distribution it was sampled from, entropy (L,) float32, topn_ids
 (L, N) float32: the sampler's own values, bit for bit. About 60 bytes per token; a run without --explore
 stores nothing of this.
 
-Page size and speed (measured in headless Chromium on a 2-core CPU shared with other jobs): about 65 bytes
-per shown token, texts included. The CPU demo's 64 problems x 8 responses (12.5k tokens): 0.8 MB, drawn in
-0.8 s; 400 responses of 1,000 tokens: 25 MB, 1.7 s. Up to EAGER_TOKENS tokens every token is drawn at load,
-beyond that each problem's when it scrolls near the view. Keep a page to a few hundred long responses
-(--limit, --explore-samples): MATH-500 x 8 responses of ~600 tokens would be ~150 MB.
+Page size and speed (headless Chromium on a 2-core CPU shared with other jobs, file opened to load event):
+about 65 bytes per shown token, texts included. The CPU demo's 64 problems x 8 responses (12.5k tokens):
+0.8 MB, 0.5-0.8 s; 400 responses of 1,000 tokens: 25 MB, 0.7-1.7 s. Up to EAGER_TOKENS tokens every token
+is drawn at load, beyond that each problem's when it scrolls near the view. Keep a page to a few hundred
+long responses (--limit, --explore-samples): MATH-500 x 8 responses of ~600 tokens would be ~150 MB.
 """
 from __future__ import annotations
 

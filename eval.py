@@ -481,6 +481,8 @@ def get_args(argv=None):
     if args.explore_samples is not None and not (args.explore or args.explore_compare):
         ap.error("--explore-samples needs --explore or --explore-compare")
     args.explore_samples = args.explore_samples or 8
+    if args.explore is True and not args.model:
+        ap.error("--explore alone needs --model (it samples); --explore RUN draws the page of a saved run")
     if isinstance(args.explore, str) and args.model:
         ap.error(f"--explore {args.explore}: with --model give --explore alone (the page goes into --out); "
                  "--explore RUN draws a saved run without a model")

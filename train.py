@@ -465,18 +465,21 @@ def heldout_pass(policy, tokenizer, problems, args, n: int, seed: int) -> dict:
 def explore_command(args, out: Path, ckpt: Path) -> str:
     """The eval.py command that draws the demo's final held-out evaluation again, with the same problems,
     seed, settings and rows per sampler call (so the same samples), and writes its explore page."""
+    from shlex import quote
+
     if args.model == "tiny" and args.data is None:   # eval's `synthetic` is the held-out split drawn with seed 0
         data_args = "--data synthetic"
     else:
-        data_args = f"--data {args.heldout or 'math500'}" + (f" --data-dir {args.data_dir}" if args.data_dir else "")
-    cmd = (f"python eval.py --model {ckpt / 'model'} {data_args} --limit {args.eval_prompts} --n 8 "
+        data_args = (f"--data {quote(args.heldout or 'math500')}"
+                     + (f" --data-dir {quote(args.data_dir)}" if args.data_dir else ""))
+    cmd = (f"python eval.py --model {quote(str(ckpt / 'model'))} {data_args} --limit {args.eval_prompts} --n 8 "
            f"--max-new-tokens {args.max_response_len} --max-prompt-tokens {args.max_prompt_len} --seed {10**6} "
            f"--answer-mode {args.answer_mode} --max-rows {args.rollout_batch} --batch-prompts {args.eval_prompts}")
     for flag, value, default in (("--temperature", args.temperature, 1.0), ("--top-p", args.top_p, 1.0),
                                  ("--top-n", args.top_n, 3)):
         cmd += f" {flag} {value}" if value != default else ""
     cmd += f" --dtype {args.dtype} --device {args.device}" if args.dtype == "float32" else ""
-    return cmd + f" --explore --out {out.parent / 'eval' / out.name}"
+    return cmd + f" --explore --out {quote(str(out.parent / 'eval' / out.name))}"
 
 
 # -----------------------------------------------------------------------------

@@ -249,6 +249,7 @@ def test_cli_mistakes_are_one_error_line(tmp_path):
     for args, needle in ((["--explore-samples", "3", "--rescore", "x"], "--explore-samples needs"),
                          (["--model", "tiny", "--explore", "somewhere"], "with --model give --explore alone"),
                          (["--explore-compare", "a", "b"], "--explore-compare needs --out"),
+                         (["--rescore", "x", "--explore"], "--explore alone needs --model"),
                          (["--explore", str(tmp_path / "missing")], "no such samples file or folder")):
         r = subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

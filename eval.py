@@ -33,6 +33,12 @@ KV cache's memory); which rows share the decoder does not change any sample.
 
 The paper's theory check on the number of distinct responses is in theory.py.
 
+Seeing the tokens (explore.py): with --explore each problem's record also gets an "explore" field (the problem
+text and, for its first --explore-samples responses, every token's id, log-prob, entropy and top-N candidates,
+about 60 bytes per token; explore.py gives the format) and the run ends by writing OUT/explore.html. A run
+without --explore stores nothing of it. --explore RUN draws the page from saved samples; --explore-compare
+puts two runs side by side.
+
 matplotlib is optional (imported only to draw); without it the tables are printed and no PNG is written.
 torch, the model and the sampler are imported only when sampling, so verifier worker processes and
 --rescore start fast.
@@ -348,6 +354,10 @@ def evaluate_benchmark(model, tokenizer, bench: str, problems: list[dict], args,
                         "entropy": float(ro.entropy[rows][mask].double().sum()) / tok}
                 rec = problem_record(prob, bench, ro.texts[rows], ro.verdicts[rows], ro.lengths[rows].tolist(),
                                      ro.finish_reason[rows], cand)
+                if getattr(args, "explore", None):   # only with --explore: per-token records, bounded
+                    from explore import explore_record
+                    first = range(q * args.n, q * args.n + min(args.explore_samples, args.n))
+                    rec["explore"] = explore_record(prob, ro, first, tokenizer)
                 f.write(json.dumps(rec) + "\n")
                 done[prob["id"]] = rec
             f.flush()      # each finished problem is on disk before the next batch is sampled
@@ -451,6 +461,8 @@ def _evaluate(args, out: Path, tokenizer, benchmarks, device, dtype) -> dict:
     png = plot_compare({Path(out).name: table}, out / "passk.png") if args.plot else None
     print(f"[done] {out}: samples/<benchmark>.jsonl (every response, verdict and candidate record), "
           f"results.json (the table)" + (f", {png}" if png else ""))
+    if args.explore:
+        _explore_page([out], out / "explore.html", args.explore_samples)
     return table
 
 
@@ -499,7 +511,26 @@ def get_args(argv=None):
                    help="plot training metrics.jsonl files over steps (metrics.png)")
     g.add_argument("--no-plot", dest="plot", action="store_false", help="tables only")
     g.add_argument("--no-progress", dest="progress", action="store_false")
+    g = ap.add_argument_group("explore page (explore.py): every token of the responses and its top-N candidates")
+    g.add_argument("--explore", nargs="?", const=True, default=None, metavar="RUN",
+                   help="with --model: store per-token records and write OUT/explore.html; --explore RUN: the "
+                   "page of a saved run (folder or samples file), no model (written beside it, or into --out)")
+    g.add_argument("--explore-samples", type=at_least(1), default=None, metavar="K",
+                   help="responses per problem whose tokens are stored and shown (default: 8)")
+    g.add_argument("--explore-compare", nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
+                   help="two saved runs side by side in --out/explore_compare.html (same problems and seeds: "
+                   "response j of one beside response j of the other, first difference marked)")
     args = ap.parse_args(argv)
+    if args.explore_samples is not None and not (args.explore or args.explore_compare):
+        ap.error("--explore-samples needs --explore or --explore-compare")
+    args.explore_samples = args.explore_samples or 8
+    if args.explore is True and not args.model:
+        ap.error("--explore alone needs --model (it samples); --explore RUN draws the page of a saved run")
+    if isinstance(args.explore, str) and args.model:
+        ap.error(f"--explore {args.explore}: with --model give --explore alone (the page goes into --out); "
+                 "--explore RUN draws a saved run without a model")
+    if args.explore_compare and not args.out:
+        ap.error("--explore-compare needs --out DIR (the folder of explore_compare.html)")
     if args.k is not None and (min(args.k) < 1 or (not (args.rescore or args.compare) and max(args.k) > args.n)):
         ap.error(f"every --k must be in [1, --n={args.n}]: pass@k needs at least k samples per problem")
     return args
@@ -538,7 +569,30 @@ def _stop(signum, frame):
     raise e
 
 
+def _explore_page(runs, path, explore_samples: int) -> Path:
+    """explore.py's page of one saved run, or of two side by side, written to `path`."""
+    import explore
+
+    data_ = explore.page_data([{"label": explore.run_label(r), "records": load_run(r), "config": explore.run_config(r)}
+                               for r in runs], max_responses=explore_samples)
+    if not data_["problems"]:
+        raise data.UserError(f"{' and '.join(map(str, runs))}: no problem in common to show")
+    path = explore.write_page(path, data_)
+    size = path.stat().st_size
+    print(f"[explore] {path} ({size / 1e6:.1f} MB, {len(data_['problems'])} problems, {data_['tokens']} tokens "
+          f"with their top-{data_['top_n']} candidates): open it in a browser")
+    return path
+
+
 def _main(args) -> dict:
+    if args.explore_compare:
+        _explore_page(args.explore_compare, Path(args.out) / "explore_compare.html", args.explore_samples)
+        return {}
+    if isinstance(args.explore, str):
+        import explore
+        run = Path(args.explore)
+        _explore_page([run], Path(args.out or explore.run_folder(run)) / "explore.html", args.explore_samples)
+        return {}
     if args.plot_metrics:
         out = data.check_output_folder(Path(args.out) if args.out else Path(args.plot_metrics[0]).parent)
         p = plot_metrics(args.plot_metrics, out / "metrics.png") if args.plot else None

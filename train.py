@@ -464,6 +464,26 @@ def heldout_pass(policy, tokenizer, problems, args, n: int, seed: int) -> dict:
     return {f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for c in correct])) for k in sorted({1, n})}
 
 
+def explore_command(args, out: Path, ckpt: Path) -> str:
+    """The eval.py command that draws the demo's final held-out evaluation again, with the same problems,
+    seed, settings and rows per sampler call (so the same samples), and writes its explore page."""
+    from shlex import quote
+
+    if args.model == "tiny" and args.data is None:   # eval's `synthetic` is the held-out split drawn with seed 0
+        data_args = "--data synthetic"
+    else:
+        data_args = (f"--data {quote(args.heldout or 'math500')}"
+                     + (f" --data-dir {quote(args.data_dir)}" if args.data_dir else ""))
+    cmd = (f"python eval.py --model {quote(str(ckpt / 'model'))} {data_args} --limit {args.eval_prompts} --n 8 "
+           f"--max-new-tokens {args.max_response_len} --max-prompt-tokens {args.max_prompt_len} --seed {10**6} "
+           f"--answer-mode {args.answer_mode} --max-rows {args.rollout_batch} --batch-prompts {args.eval_prompts}")
+    for flag, value, default in (("--temperature", args.temperature, 1.0), ("--top-p", args.top_p, 1.0),
+                                 ("--top-n", args.top_n, 3)):
+        cmd += f" {flag} {value}" if value != default else ""
+    cmd += f" --dtype {args.dtype} --device {args.device}" if args.dtype == "float32" else ""
+    return cmd + f" --explore --out {quote(str(out.parent / 'eval' / out.name))}"
+
+
 # -----------------------------------------------------------------------------
 # Main
 
@@ -635,6 +655,10 @@ def run(args, argv: list[str]):
     if demo and dist.main:
         after = heldout_pass(r.policy, r.tokenizer, r.heldout, args, n=8, seed=10**6)
         print(f"[after {args.loss}] held-out pass@1 {after['pass@1']:.3f} | pass@8 {after['pass@8']:.3f}")
+        other = args.seed != 0 and args.data is None   # eval's `synthetic` problems are those of seed 0
+        print(f"[explore] every token of {'an' if other else 'this'} evaluation and its top-{args.top_n} candidates, "
+              f"as a page{' (the held-out problems of --seed 0)' if other else ''}: "
+              f"{explore_command(args, r.out, latest_checkpoint(r.out))}")
     if dist.main:
         print(f"[done] run folder {r.out}: config.json, metrics.jsonl (one JSON line per step), checkpoint "
               f"{latest_checkpoint(r.out)} (model/ loads in transformers and eval.py); "

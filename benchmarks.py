@@ -903,6 +903,19 @@ def _fence(obj, lang="python") -> str:
     return f"```{lang}\n{obj}\n```"
 
 
+def _left_to_right(solution: str) -> str:
+    """The generator's game-of-24 solution "nums: (9, 9, 7, 3), ops: ('/', '+', '*')", evaluated left to
+    right, as one expression: "((9 / 9) + 7) * 3"."""
+    m = re.match(r"\s*nums:\s*(\(.*?\)),\s*ops:\s*(\(.*\))\s*$", solution)
+    if not m:
+        return solution                       # already an expression
+    nums, ops = ast.literal_eval(m.group(1)), ast.literal_eval(m.group(2))
+    expr = str(nums[0])
+    for op, x in zip(ops, nums[1:]):
+        expr = f"({expr} {op} {x})"
+    return expr[1:-1] if expr.startswith("(") else expr
+
+
 def synlogic_reference(subtask: str, game: dict) -> str | None:
     """A response that states the row's reference answer in its task's format, or None when the row holds
     no reference (some puzzles store only their constraints). data.py drops a row whose reference does
@@ -919,7 +932,12 @@ def synlogic_reference(subtask: str, game: dict) -> str | None:
     if subtask == "norinori" and md.get("solution"):
         return str([[tuple(p) for p in d] for d in md["solution"]])
     if subtask in ("game_of_24", "mathador") and md.get("solutions"):
-        return _fence(md["solutions"][0])
+        return _fence(_left_to_right(md["solutions"][0]))
+    if subtask == "star_placement_puzzle" and ans:
+        stars: dict = {}
+        for letter, r, c in re.findall(r"([A-Za-z]+)\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)", str(ans)):
+            stars.setdefault(letter, []).append((int(r), int(c)))
+        return _fence(stars) if stars else None
     if subtask == "math_path":
         return f"[[{md['ref_expr']}]]"
     if subtask == "time_sequence":
@@ -1008,6 +1026,9 @@ def _lcb():
     src = read("solution.py")
     if hasattr(sys, "set_int_max_str_digits"):
         sys.set_int_max_str_digits(50000)
+    for m in ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random", "statistics",
+              "itertools", "functools", "operator", "typing", "decimal", "fractions"):
+        __import__(m)                  # the import header's modules, before the guard (random registers an at-fork hook)
     if drop_to >= 0:
         _drop_root(drop_to)
     root = os.path.realpath(os.getcwd())

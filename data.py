@@ -500,8 +500,11 @@ def decode_lcb_tests(field: str) -> list[dict]:
     try:
         tests = json.loads(field)
     except ValueError:
-        d = zlib.decompressobj()
-        raw = d.decompress(base64.b64decode(field.encode("ascii"), validate=True), MAX_TESTS_BYTES)
+        try:
+            d = zlib.decompressobj()
+            raw = d.decompress(base64.b64decode(field.encode("ascii"), validate=True), MAX_TESTS_BYTES)
+        except (zlib.error, ValueError) as e:          # binascii.Error is a ValueError
+            raise ValueError(f"neither JSON nor base64 zlib ({e})") from None
         if d.unconsumed_tail:
             raise ValueError(f"refused: the tests decompress to more than {MAX_TESTS_BYTES >> 20} MiB") from None
         tests = json.loads(unpickle_string(raw))
@@ -517,7 +520,7 @@ def convert_livecodebench(row: dict) -> dict | str:
     functional (LeetCode: call Solution().fn_name), else stdin/stdout. No reference solution: answer is ''."""
     try:
         tests = json.loads(row["public_test_cases"]) + decode_lcb_tests(row["private_test_cases"])
-    except (ValueError, TypeError, zlib.error, pickle.UnpicklingError) as e:
+    except (ValueError, TypeError, pickle.UnpicklingError) as e:
         return f"tests refused or unreadable ({str(e).split(' (')[0][:60]})"
     if not tests:
         return "no tests"

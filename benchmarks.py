@@ -34,8 +34,9 @@ SynLogic (Liu et al. 2025, MiniMaxAI/SynLogic, the `easy` validation split)
     grade alike: the format is part of the question. Task types without a rule here are listed in
     SYNLOGIC_UNSUPPORTED (data.py drops their rows, counted in the prepare table). Departures from the
     authors' verifiers, each a bug there: game of 24 checks the value (theirs compares the result with
-    itself); norinori requires two cells in every region (theirs skips regions with none); the last
-    answer in the region counts (some of theirs take the first).
+    itself); norinori requires two cells in every region (theirs skips regions with none);
+    dyck_language_errors does not read "invalid" as "valid"; the last answer in the region counts (some of
+    theirs take the first).
 
 LiveCodeBench (Jain et al. 2024, livecodebench/code_generation_lite, release_v6: 1,055 problems)
     The last fenced code block of the response runs against the problem's public and hidden tests in a

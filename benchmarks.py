@@ -754,7 +754,8 @@ def _check_dyck_language_errors(region, game, problem):
 def _check_dyck_reasoning_errors(region, game, problem):
     want = set(game["metadata"]["error_indices"])
     line = _last_line(region)
-    if re.fullmatch(r"\s*(?:no(?: errors?| mistakes?)?|all correct|无问题|无错误|\[\s*\])\s*\.?\s*", line, re.IGNORECASE):
+    none = r"\s*(?:no(?: errors?| mistakes?)?|all correct|无问题|无错误|\[\s*\])\s*\.?\s*"
+    if re.fullmatch(none, line, re.IGNORECASE):
         return not want, line
     got = {int(x) for x in re.findall(r"\d+", line)}
     return bool(got) and got == want, line
@@ -1016,9 +1017,11 @@ def functional_matches(pred_json: str, gold_json: str) -> bool:
 _LCB_HARNESS = r'''
 def _lcb():
     import io, builtins, json
-    style, n, status_fd, drop_to, fn_name = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    style, n, status_fd, drop_to, fn_name = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \
+        sys.argv[5]
     write, exit_, dup2, os_open, close, O = os.write, os._exit, os.dup2, os.open, os.close, os
-    FileIO, TextIOWrapper, BufferedReader, BufferedWriter = io.FileIO, io.TextIOWrapper, io.BufferedReader, io.BufferedWriter
+    FileIO, TextIOWrapper = io.FileIO, io.TextIOWrapper
+    BufferedReader, BufferedWriter = io.BufferedReader, io.BufferedWriter
     def status(msg):
         write(status_fd, (msg.replace("\n", " ")[:300] + "\n").encode("utf-8", "replace"))
     def read(name):
@@ -1029,7 +1032,7 @@ def _lcb():
         sys.set_int_max_str_digits(50000)
     for m in ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random", "statistics",
               "itertools", "functools", "operator", "typing", "decimal", "fractions"):
-        __import__(m)                  # the import header's modules, before the guard (random registers an at-fork hook)
+        __import__(m)          # the import header's modules, before the guard (random registers an at-fork hook)
     if drop_to >= 0:
         _drop_root(drop_to)
     root = os.path.realpath(os.getcwd())

@@ -487,7 +487,8 @@ def unpickle_string(payload: bytes) -> str:
     except Exception as e:
         raise ValueError(f"not a pickle ({type(e).__name__}: {e})") from None
     if not ops <= _STRING_OPCODES:
-        raise ValueError(f"refused: the pickle is not a plain string (opcodes {', '.join(sorted(ops - _STRING_OPCODES))})")
+        raise ValueError("refused: the pickle is not a plain string "
+                         f"(opcodes {', '.join(sorted(ops - _STRING_OPCODES))})")
     obj = _StringsOnly(io.BytesIO(payload)).load()
     if type(obj) is not str:
         raise ValueError(f"refused: the pickle holds a {type(obj).__name__}, not a string")
@@ -524,11 +525,12 @@ def convert_livecodebench(row: dict) -> dict | str:
         return f"tests refused or unreadable ({str(e).split(' (')[0][:60]})"
     if not tests:
         return "no tests"
-    meta = json.loads(row.get("metadata") or "{}") if isinstance(row.get("metadata"), str) else (row.get("metadata") or {})
+    meta = row.get("metadata") or {}
+    meta = json.loads(meta) if isinstance(meta, str) else meta
     fn_name = meta.get("func_name") or ""
     starter = row.get("starter_code") or ""
-    text = LCB_PROMPT.format(question=row["question_content"], format=LCB_FORMAT_STARTER if starter else LCB_FORMAT_STDIN,
-                             code=starter or "# YOUR CODE HERE")
+    text = LCB_PROMPT.format(question=row["question_content"], code=starter or "# YOUR CODE HERE",
+                             format=LCB_FORMAT_STARTER if starter else LCB_FORMAT_STDIN)
     return {"id": f"livecodebench/{row['question_id']}", "problem": text, "answer": "", "benchmark": "livecodebench",
             "subtask": row.get("difficulty") or "unknown", "instruction": "", "question_id": row["question_id"],
             "question_title": row.get("question_title"), "platform": row.get("platform"),

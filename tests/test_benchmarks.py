@@ -301,7 +301,8 @@ def test_livecodebench_rows(prepared):
     a, b = rows["abc999_a"], rows["3000"]
     assert (a["test_style"], a["subtask"], b["test_style"], b["fn_name"], b["subtask"]) == (
         "stdin", "easy", "functional", "twoSum", "medium")
-    assert a["instruction"] == "" and "Read the inputs from stdin" in a["problem"] and "# YOUR CODE HERE" in a["problem"]
+    assert a["instruction"] == "" and "Read the inputs from stdin" in a["problem"]
+    assert "# YOUR CODE HERE" in a["problem"]
     assert "class Solution:" in b["problem"] and "starter code" in b["problem"]
     tests = benchmarks._load_tests(a)
     assert tests == (["3\n1 2 3\n", "2\n5 5\n", "1\n-7\n"], ["6\n", "10\n", "-7\n"])
@@ -342,7 +343,8 @@ def test_stdout_rule_is_lcb_rule(pred, gold, same):
 
 def test_functional_results_must_be_plain_data():
     """An object that claims equality with everything does not pass: results are compared as JSON."""
-    cheat = "class Solution:\n    def twoSum(self, nums, target):\n        class Any:\n            def __eq__(s, o): return True\n        return Any()\n"
+    cheat = ("class Solution:\n    def twoSum(self, nums, target):\n        class Any:\n"
+             "            def __eq__(s, o): return True\n        return Any()\n")
     ok, why = benchmarks.run_tests(cheat, ["[1,2]\n3"], ["[0, 1]"], "functional", "twoSum", time_limit=3)
     assert not ok and "runtime error" in why, why
 
@@ -357,7 +359,8 @@ ATTACKS = {
     "fork_bomb_bypass": "import sys\nsys.modules.pop('posix', None)\nimport posix\nwhile True:\n    posix.fork()\n",
     "alloc_10gb": "x = bytearray(10 * 1024 ** 3)\nprint(6)\n",
     "kill_parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
-    "forge_status": ("import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'ready\\ndone 0\\ndone 1\\n')\n"
+    "forge_status": ("import os\nfor fd in range(3, 64):\n    try:\n"
+                     "        os.write(fd, b'ready\\ndone 0\\ndone 1\\n')\n"
                      "    except OSError:\n        pass\nos._exit(0)\n"),
     "exit_before_output": "import os\nos._exit(0)\n",
     "read_outside_its_folder": "print(open('/etc/hostname').read())\n",

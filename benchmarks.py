@@ -50,7 +50,8 @@ LiveCodeBench (Jain et al. 2024, livecodebench/code_generation_lite, release_v6:
                   equal the JSON output.
     Both prefix the solution with LiveCodeBench's import header (`from typing import *`, collections, ...).
     Per-test time limit 6 s (LiveCodeBench's `timeout=6`), memory cap 4 GiB (its reliability guard's
-    4 GB), the first failing test ends the run. The expected outputs never enter the sandboxed process:
+    4 GB), the first failing test ends the run. Departures: no threads can be started (RLIMIT_NPROC = 0,
+    which stops fork bombs, counts threads too), and only the standard library is importable (no numpy). The expected outputs never enter the sandboxed process:
     it only writes each test's output to a file and reports "done i" on a pipe; this process compares, and
     measures each test's time itself, so a program cannot lie about a test or its clock.
 
@@ -892,7 +893,7 @@ def verify_synlogic(response: str, answer: str, *, subtask: str = "", game: dict
         return Verdict(0.0, None, f"unsupported SynLogic task type {subtask!r}")
     if not isinstance(game, dict) or "metadata" not in game:
         return Verdict(0.0, None, "row has no game data")
-    game = {"answer": answer if game.get("answer") is None else game["answer"], "metadata": game["metadata"] or {}}
+    game = {"answer": game["answer"] if "answer" in game else answer, "metadata": game["metadata"] or {}}
     try:
         ok, got = check(_region(response), game, problem)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, ZeroDivisionError, RecursionError):

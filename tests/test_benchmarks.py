@@ -503,3 +503,19 @@ def test_eval_reports_each_subtask(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "per subtask" in out and "bbh/navigate" in out
     assert set(json.loads((tmp_path / "o" / "results.json").read_text())["subtasks"]) == set(sub)
+
+
+def test_eval_cli_runs_the_three_benchmarks(prepared, tiny_dir, tmp_path):
+    """`eval.py --data bbh synlogic livecodebench` works like the math sets: each benchmark gets its row,
+    every sample record names its subtask, and results.json holds the per-subtask rows (tiny model, 2
+    problems each, 2 samples of 8 tokens; the LiveCodeBench samples run in the sandbox and fail)."""
+    out = tmp_path / "run"
+    table = ev.main(["--model", str(tiny_dir), "--data", "bbh", "synlogic", "livecodebench", "--data-dir", str(prepared),
+                     "--limit", "2", "--n", "2", "--k", "1", "2", "--max-new-tokens", "8", "--max-prompt-tokens", "100000",
+                     "--out", str(out), "--workers", "1", "--no-progress", "--no-plot"])
+    assert {"bbh", "synlogic", "livecodebench", "average"} <= set(table)
+    recs = ev.load_run(out)
+    assert len(recs) == 6 and all(r.get("subtask") for r in recs)
+    assert table["livecodebench"]["acc"] == 0.0
+    subtasks = json.loads((out / "results.json").read_text())["subtasks"]
+    assert set(subtasks) == {f"{r['benchmark']}/{r['subtask']}" for r in recs}

@@ -1038,12 +1038,12 @@ def _lcb():
         _drop_root(drop_to)
     root = os.path.realpath(os.getcwd())
     _guard(root)
-    real_open, realpath = builtins.open, os.path.realpath
-    def read_inside(file, mode="r", *a, **k):      # nothing outside the sandbox folder is readable either
+    real_open, realpath, fspath, sep = builtins.open, os.path.realpath, os.fspath, os.sep
+    def read_inside(file, mode="r", *a, **k):      # open() reads nothing outside the sandbox folder either
         if not isinstance(file, int):
-            p = realpath(file if isinstance(file, (str, bytes)) else os.fspath(file))
+            p = realpath(file if isinstance(file, (str, bytes)) else fspath(file))
             p = p.decode("utf-8", "replace") if isinstance(p, bytes) else p
-            if not (p == root or p.startswith(root + os.sep)):
+            if not (p == root or p.startswith(root + sep)):
                 raise PermissionError("reading outside the sandbox directory")
         return real_open(file, mode, *a, **k)
     builtins.open = io.open = read_inside

@@ -459,7 +459,7 @@ LCB_FORMAT_STARTER = ("You will use the following starter code to write the solu
 LCB_FORMAT_STDIN = ("Read the inputs from stdin solve the problem and write the answer to stdout (do not directly "
                     "test on the sample inputs). Enclose your code within delimiters as follows. Ensure that when "
                     "the python program runs, it reads the inputs, runs the algorithm and writes output to STDOUT.")
-LCB_RELEASE = "release_v6"      # May 2023 - Apr 2025, 1,055 problems: the latest release before the paper (Oct 2025)
+# release_v6 (May 2023 - Apr 2025, 1,055 problems), the latest release before the paper (Oct 2025): its files
 LCB_RELEASE_FILES = ("test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl", "test6.jsonl")
 MAX_TESTS_BYTES = 1 << 30       # a decompressed test set larger than this is refused (a zlib bomb)
 
@@ -695,7 +695,7 @@ def convert_rows(name: str, rows, sidecar_dir: Path | None = None) -> tuple[list
         if field and sidecar_dir is not None and field in out:
             rel = f"{sidecar_dir.name.removesuffix('.tmp')}/{len(kept)}.json.gz"
             fd = os.open(sidecar_dir / f"{len(kept)}.json.gz", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with gzip.open(os.fdopen(fd, "wb"), "wt", encoding="utf-8", compresslevel=6) as f:
+            with os.fdopen(fd, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8", compresslevel=6) as f:
                 json.dump(out.pop(field), f, ensure_ascii=False)
             out[f"{field}_file"] = rel
         kept.append({"id": out.pop("id"), **out})

@@ -7,8 +7,8 @@
 - SynLogic: for every supported task type, the row's reference answer verifies and the same answer with one
   cell or step changed does not.
 - LiveCodeBench: a correct solution passes and a subtly wrong one fails, for stdin and for functional
-  (LeetCode) tests; an infinite loop, a fork bomb, a 10 GB allocation, a forged status line and a read of
-  its own expected outputs are all contained (reward 0, within the time limit, this process alive); a
+  (LeetCode) tests; an infinite loop, a fork bomb, a 10 GB allocation, a forged status line and a read
+  outside its folder are all contained (reward 0, within the time limit, this process alive); a
   crafted pickle is refused before anything in it runs.
 The fixture rows are tests/fixtures/prepare_benchmarks.json (each source's schema), converted by
 `python data.py prepare --from` once per module.

@@ -7,7 +7,9 @@ A problem is a dict with at least
     task      "math" | "code" | "logic": which verifier branch scores it (verifier.reward's `task`)
     id        a stable name ("math500/17"); eval.py keys its resumable sample files on it
 and whatever extra fields the verifier needs, passed through unchanged (HumanEval: prompt, test,
-entry_point; knights-and-knaves: names, solution, terms; OlympiadBench: unit, multiple_answers).
+entry_point; knights-and-knaves: names, solution, terms; OlympiadBench: unit, multiple_answers). Rows of
+BBH, SynLogic and LiveCodeBench also name their `benchmark` and `subtask` (BBH's task, SynLogic's task type,
+LiveCodeBench's difficulty): verifier.verify hands them to benchmarks.py, eval.py reports each subtask.
 
 Files are JSONL, one problem per line, one file per dataset: <data folder>/<name>.jsonl. The data folder
 is $CASP_DATA if set, else ~/.cache/casp/data ($CASP_HOME/data); train.py and eval.py take --data-dir,
@@ -28,12 +30,17 @@ public sources (SOURCES below; `python data.py sources` lists them with the down
     humaneval       code    openai/openai_humaneval (fields prompt, test, entry_point; problem = prompt)
     knights_knaves  logic   reasoning-gym 0.1.25 knights_knaves, seed 2026, 300 puzzles of 3 people
     zebra_puzzles   logic   reasoning-gym 0.1.25 zebra_puzzles, seed 2026, 200 puzzles (answer: one name)
+    bbh             logic   lukaemon/bbh (BIG-Bench Hard), the 27 subtasks, test (6,511; subtask kept per row)
+    synlogic        logic   MiniMaxAI/SynLogic, config easy, validation (the task types benchmarks.py can check)
+    livecodebench   code    livecodebench/code_generation_lite, release_v6 (1,055; tests decoded beside the file)
     synthetic       math    built in (tiny.py): the CPU demo's task; nothing to download
 
 Prompt (CASP.md): the model's chat template with one user turn = problem + an instruction. Math and logic
 ask for step-by-step reasoning and a final \\boxed{} answer (the Qwen2.5-Math instruction); code asks for
 the completed function in a ```python block. A problem may carry its own `instruction` (the synthetic task
-does: an empty one, see below). No system message is inserted.
+does: an empty one, see below). No system message is inserted. SynLogic questions state their own answer
+format and LiveCodeBench's problem text is LiveCodeBench's own prompt (its Qwen template, lcb_runner), so
+both carry an empty instruction; BBH gets the logic instruction above.
 
 Departures: MATH500's file wraps each problem as "Question:\\n...\\nAnswer:\\nLet's think step by
 step.\\n"; that wrapper is removed (no other benchmark has it, and it would precede our own instruction).
@@ -41,11 +48,18 @@ step.\\n"; that wrapper is removed (no other benchmark has it, and it would prec
 from __future__ import annotations
 
 import argparse
+import base64
+import gzip
+import io
 import json
 import os
+import pickle
+import pickletools
 import re
+import shutil
 import sys
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -60,6 +74,9 @@ MATH_INSTRUCTION = "Please reason step by step, and put your final answer within
 CODE_INSTRUCTION = ("Complete the following Python function. Reply with the complete function "
                     "(signature included) in a ```python code block.")
 INSTRUCTIONS = {"math": MATH_INSTRUCTION, "logic": MATH_INSTRUCTION, "code": CODE_INSTRUCTION}
+# rows graded by benchmarks.py: the fields their grader needs instead of the task's (LiveCodeBench also
+# needs its tests: `tests` inline or `tests_file`, a path relative to the JSONL file's folder)
+BENCHMARK_FIELDS = {"bbh": ("subtask",), "synlogic": ("subtask", "game"), "livecodebench": ("subtask", "test_style")}
 
 
 class UserError(Exception):
@@ -243,9 +260,12 @@ def load_dataset(name_or_path, data_dir=None, limit: int | None = None) -> list[
         task = row.get("task", default_task)
         if task not in TASK_FIELDS:
             raise DataError(f"{path}:{row['_line']}: unknown task {task!r} (expected math, code or logic)")
-        missing = [k for k in TASK_FIELDS[task] if k not in row]
+        bench = row.get("benchmark")
+        missing = [k for k in BENCHMARK_FIELDS.get(bench, TASK_FIELDS[task]) if k not in row]
+        if bench == "livecodebench" and "tests" not in row and "tests_file" not in row:
+            missing.append("tests' or 'tests_file")
         if missing:
-            raise DataError(f"{path}:{row['_line']}: a {task} problem needs field(s) "
+            raise DataError(f"{path}:{row['_line']}: a {bench or task} problem needs field(s) "
                              f"{', '.join(map(repr, missing))}")
         if task != "code" and not row["answer"].strip():   # (code is scored by its tests, not the answer)
             raise DataError(f"{path}:{row['_line']}: empty answer: the problem could never be scored "
@@ -253,6 +273,8 @@ def load_dataset(name_or_path, data_dir=None, limit: int | None = None) -> list[
         if not row["problem"].strip():
             raise DataError(f"{path}:{row['_line']}: empty problem")
         prob = {k: v for k, v in row.items() if k != "_line"}
+        if prob.get("tests_file") and not os.path.isabs(prob["tests_file"]):
+            prob["tests_file"] = str(path.parent / prob["tests_file"])
         prob["problem"] = clean_problem(prob["problem"])
         prob["task"] = task
         prob.setdefault("id", f"{stem}/{row['_line']}")
@@ -286,6 +308,9 @@ class Source:
     size: int = 0                    # reasoning-gym: how many puzzles
     settings: tuple = ()             # reasoning-gym: generator settings, (name, value) pairs
     task: str = "math"               # which verifier branch scores its problems
+    files: tuple = ()                # only these files of the repo (a release's files), fetched one by one
+    row_config: bool = False         # each row carries the config it came from (`_config`, `_index`)
+    sidecar: str | None = None       # a bulky field written beside the JSONL, one gzip JSON file per row
 
     @property
     def about(self) -> str:
@@ -294,7 +319,10 @@ class Source:
             return (f"reasoning-gym {REASONING_GYM_VERSION} {self.repo.split(':', 1)[1]}, seed {LOGIC_SEED}, "
                     f"{self.size} puzzles, " + ", ".join(f"{k}={v}" for k, v in self.settings))
         configs = ", ".join(c for c in self.configs if c)
-        return f"{self.repo}{f' ({configs})' if configs else ''}, split {self.split}"
+        if len(self.configs) > 3:
+            configs = f"{len(self.configs)} configs"
+        files = f", files {', '.join(self.files)}" if self.files else ""
+        return f"{self.repo}{f' ({configs})' if configs else ''}, split {self.split}{files}"
 
 
 def last_boxed(text: str) -> str | None:
@@ -416,6 +444,148 @@ def convert_zebra(item: dict) -> dict | str:
     return {"problem": item["question"], "answer": item["answer"]}
 
 
+BBH_SUBTASKS = ("boolean_expressions", "causal_judgement", "date_understanding", "disambiguation_qa", "dyck_languages",
+                "formal_fallacies", "geometric_shapes", "hyperbaton", "logical_deduction_five_objects",
+                "logical_deduction_seven_objects", "logical_deduction_three_objects", "movie_recommendation",
+                "multistep_arithmetic_two", "navigate", "object_counting", "penguins_in_a_table",
+                "reasoning_about_colored_objects", "ruin_names", "salient_translation_error_detection", "snarks",
+                "sports_understanding", "temporal_sequences", "tracking_shuffled_objects_five_objects",
+                "tracking_shuffled_objects_seven_objects", "tracking_shuffled_objects_three_objects", "web_of_lies",
+                "word_sorting")
+
+
+def convert_bbh(row: dict) -> dict | str:
+    """BBH (lukaemon/bbh, or the authors' bbh/<subtask>.json "examples"): input -> problem, target -> answer;
+    the subtask is the config (or file) the row came from, and names the row: bbh/<subtask>/<index>."""
+    if row.get("_config") not in BBH_SUBTASKS:
+        return "not one of the 27 BBH subtasks"
+    if not str(row.get("target", "")).strip():
+        return "empty target"
+    return {"problem": row["input"], "answer": str(row["target"]).strip(), "benchmark": "bbh",
+            "subtask": row["_config"], "source_id": f"{row['_config']}/{row['_index']}"}
+
+
+def convert_synlogic(row: dict) -> dict | str:
+    """SynLogic (MiniMaxAI/SynLogic): the puzzle is extra_info.game_data_str (JSON: question, answer,
+    metadata), its type the last part of data_source. A type benchmarks.py has no rule for is dropped with
+    its name; a row whose own reference answer (benchmarks.synlogic_reference) fails its rule is dropped too."""
+    import benchmarks   # the graders (and verifier.py) only when SynLogic is converted
+
+    extra = row.get("extra_info") or {}
+    if isinstance(extra, str):
+        extra = json.loads(extra)
+    raw = extra.get("game_data_str") or row.get("game_data_str")
+    if not raw:
+        return "no game_data_str"
+    game = json.loads(raw) if isinstance(raw, str) else raw
+    task = benchmarks.synlogic_task(row.get("data_source") or extra.get("source_file", "").split("/")[0])
+    if task not in benchmarks.SYNLOGIC_CHECKS:
+        why = benchmarks.SYNLOGIC_UNSUPPORTED.get(task, "no rule for it")
+        return f"unsupported type {task} ({why})"
+    question = game.get("question") or next((m["content"] for m in reversed(row.get("prompt") or [])
+                                             if isinstance(m, dict) and m.get("role") == "user"), "")
+    if not question:
+        return "no question"
+    gold = game.get("answer")
+    state = {"answer": gold, "metadata": game.get("metadata") or {}}
+    ref = benchmarks.synlogic_reference(task, state)
+    if ref is not None and benchmarks.verify_synlogic(ref, "", subtask=task, game=state, problem=question).reward != 1:
+        return f"reference answer does not verify ({task})"
+    index = extra.get("index")
+    return {"problem": question, "answer": gold if isinstance(gold, str) else json.dumps(gold, ensure_ascii=False),
+            "benchmark": "synlogic", "subtask": task, "game": state, "instruction": "",
+            "source_id": f"{task}/{index if index is not None else row.get('_index', '')}".rstrip("/")}
+
+
+# LiveCodeBench's prompt for Qwen models (lcb_runner/prompts/code_generation.py), without the chat tokens
+LCB_PROMPT = ("You will be given a question (problem specification) and will generate a correct Python program "
+              "that matches the specification and passes all tests. You will NOT return anything except for "
+              "the program.\n\nQuestion: {question}\n\n{format}\n```python\n{code}\n```\n")
+LCB_FORMAT_STARTER = ("You will use the following starter code to write the solution to the problem and enclose "
+                      "your code within delimiters.")
+LCB_FORMAT_STDIN = ("Read the inputs from stdin solve the problem and write the answer to stdout (do not directly "
+                    "test on the sample inputs). Enclose your code within delimiters as follows. Ensure that when "
+                    "the python program runs, it reads the inputs, runs the algorithm and writes output to STDOUT.")
+# release_v6 (May 2023 - Apr 2025, 1,055 problems), the latest release before the paper (Oct 2025): its files
+LCB_RELEASE_FILES = ("test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl", "test6.jsonl")
+MAX_TESTS_BYTES = 1 << 30       # a decompressed test set larger than this is refused (a zlib bomb)
+
+# The pickle opcodes a pickled str consists of (pickle.dumps(str) under protocols 0-5): nothing that can
+# name a global, call it or build an object. Any other opcode refuses the payload before it is loaded.
+_STRING_OPCODES = {"PROTO", "FRAME", "STOP", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "UNICODE",
+                   "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"}
+
+
+class _StringsOnly(pickle.Unpickler):
+    """An unpickler that cannot import anything (a second line behind the opcode check)."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refused: the pickle names {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refused: the pickle uses a persistent id")
+
+
+def unpickle_string(payload: bytes) -> str:
+    """The str a pickle holds, or ValueError. Every opcode is checked (pickletools.genops only parses)
+    before anything is unpickled, so a crafted payload (GLOBAL/REDUCE: "call os.system") runs nothing."""
+    try:
+        ops = {op.name for op, _, _ in pickletools.genops(payload)}
+    except Exception as e:
+        raise ValueError(f"not a pickle ({type(e).__name__}: {e})") from None
+    if not ops <= _STRING_OPCODES:
+        raise ValueError("refused: the pickle is not a plain string "
+                         f"(opcodes {', '.join(sorted(ops - _STRING_OPCODES))})")
+    obj = _StringsOnly(io.BytesIO(payload)).load()
+    if type(obj) is not str:
+        raise ValueError(f"refused: the pickle holds a {type(obj).__name__}, not a string")
+    return obj
+
+
+def decode_lcb_tests(field: str) -> list[dict]:
+    """LiveCodeBench's private_test_cases: JSON, or base64(zlib(pickle(JSON string))) as lcb_runner decodes
+    it, here with unpickle_string instead of pickle.loads. A list of {input, output, testtype}."""
+    try:
+        tests = json.loads(field)
+    except ValueError:
+        try:
+            d = zlib.decompressobj()
+            raw = d.decompress(base64.b64decode(field.encode("ascii"), validate=True), MAX_TESTS_BYTES)
+        except (zlib.error, ValueError) as e:          # binascii.Error is a ValueError
+            raise ValueError(f"neither JSON nor base64 zlib ({e})") from None
+        if d.unconsumed_tail:
+            raise ValueError(f"refused: the tests decompress to more than {MAX_TESTS_BYTES >> 20} MiB") from None
+        tests = json.loads(unpickle_string(raw))
+    if not isinstance(tests, list) or not all(isinstance(t, dict) and isinstance(t.get("input"), str)
+                                              and isinstance(t.get("output"), str) for t in tests):
+        raise ValueError("tests are not a list of {input, output} strings")
+    return tests
+
+
+def convert_livecodebench(row: dict) -> dict | str:
+    """LiveCodeBench code generation: the prompt is LiveCodeBench's own, the tests public + private (as
+    lcb_runner's get_evaluation_sample), decoded here; `fn_name` (metadata func_name) makes them
+    functional (LeetCode: call Solution().fn_name), else stdin/stdout. No reference solution: answer is ''."""
+    try:
+        tests = json.loads(row["public_test_cases"]) + decode_lcb_tests(row["private_test_cases"])
+    except (ValueError, TypeError, pickle.UnpicklingError) as e:
+        return f"tests refused or unreadable ({str(e).split(' (')[0][:60]})"
+    if not tests:
+        return "no tests"
+    meta = row.get("metadata") or {}
+    meta = json.loads(meta) if isinstance(meta, str) else meta
+    fn_name = meta.get("func_name") or ""
+    starter = row.get("starter_code") or ""
+    text = LCB_PROMPT.format(question=row["question_content"], code=starter or "# YOUR CODE HERE",
+                             format=LCB_FORMAT_STARTER if starter else LCB_FORMAT_STDIN)
+    return {"id": f"livecodebench/{row['question_id']}", "problem": text, "answer": "", "benchmark": "livecodebench",
+            "subtask": row.get("difficulty") or "unknown", "instruction": "", "question_id": row["question_id"],
+            "question_title": row.get("question_title"), "platform": row.get("platform"),
+            "contest_date": str(row.get("contest_date") or ""), "starter_code": starter, "fn_name": fn_name,
+            "test_style": "functional" if fn_name else "stdin",
+            "tests": {"inputs": [t["input"] for t in tests], "outputs": [t["output"] for t in tests]}}
+
+
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
                  "prealgebra", "precalculus")
 
@@ -438,6 +608,11 @@ SOURCES: dict[str, Source] = {
                              task="logic"),
     "zebra_puzzles": Source("reasoning-gym:zebra_puzzles", convert=convert_zebra, size=200,
                             settings=(("num_people", 4), ("num_characteristics", 4)), task="logic"),
+    # the paper's logic benchmarks and its second coding benchmark (graded by benchmarks.py)
+    "bbh": Source("lukaemon/bbh", "test", BBH_SUBTASKS, convert_bbh, task="logic", row_config=True),
+    "synlogic": Source("MiniMaxAI/SynLogic", "validation", ("easy",), convert_synlogic, task="logic"),
+    "livecodebench": Source("livecodebench/code_generation_lite", "test", convert=convert_livecodebench, task="code",
+                            files=LCB_RELEASE_FILES, sidecar="tests"),
 }
 # name -> (task, source): the named datasets as load_dataset and the error messages see them
 DATA_SOURCES: dict[str, tuple[str, str]] = {name: (src.task, src.about) for name, src in SOURCES.items()}
@@ -446,32 +621,36 @@ _DATA_FILES = (".parquet", ".jsonl", ".json")
 
 
 def _read_rows(path: Path) -> list[dict]:
-    """Rows of one downloaded file: parquet (needs pyarrow, which `datasets` installs), JSONL, or JSON
-    (a list of rows, or {"data"|"rows": [...]})."""
+    """Rows of one downloaded file: parquet (needs pyarrow, which `datasets` installs), JSONL (read lazily),
+    or JSON (a list of rows, or {"data"|"rows"|"examples": [...]})."""
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise UserError(f"{path}: reading parquet needs pyarrow: pip install -r requirements-data.txt") from None
         return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-        return rows
+        return _jsonl_rows(path)
+    text = path.read_text(encoding="utf-8")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    rows = obj.get("data") or obj.get("rows") if isinstance(obj, dict) else obj
+    rows = obj.get("data") or obj.get("rows") or obj.get("examples") if isinstance(obj, dict) else obj
     if not isinstance(rows, list):
         raise UserError(f"{path}: expected a JSON list of rows")
     return rows
+
+
+def _jsonl_rows(path: Path):
+    """The rows of a JSONL file, one line at a time (LiveCodeBench's files are gigabytes)."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
 
 
 def local_files(folder: Path, src: Source) -> list[Path]:
@@ -482,14 +661,31 @@ def local_files(folder: Path, src: Source) -> list[Path]:
         return [folder]
     files = sorted(f for f in folder.rglob("*") if f.suffix in _DATA_FILES and f.is_file()
                    and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+    if src.files:
+        return sorted((f for f in files if f.name in src.files), key=lambda f: src.files.index(f.name))
+    if src.row_config:
+        return [f for f in files if _file_config(folder, f, src) is not None]
     for keys in ([c for c in src.configs if c], [src.split]):
         narrowed = [f for f in files if any(k in str(f.relative_to(folder)) for k in keys)]
         files = narrowed or files
     return files
 
 
+def _file_config(folder: Path, f: Path, src: Source) -> str | None:
+    """The config a downloaded file holds: the one that is a folder on its path or its file name
+    (lukaemon/bbh: boolean_expressions/test-*.parquet; the authors' files: bbh/boolean_expressions.json)."""
+    parts = set(f.relative_to(folder).parent.parts) | {f.stem}
+    return next((c for c in src.configs if c in parts), None)
+
+
+def _with_config(rows, config: str):
+    for i, row in enumerate(rows):
+        yield {**row, "_config": config, "_index": i}
+
+
 def source_rows(name: str, src: Source, from_dir: Path | None):
-    """The source rows of dataset `name`: from files under from_dir/<name>, else fetched."""
+    """The source rows of dataset `name`: from files under from_dir/<name>, else fetched. An iterator:
+    a large source is read one row at a time."""
     if from_dir is not None:
         folder = from_dir / name
         if not folder.exists() and (from_dir / f"{name}.jsonl").is_file():
@@ -501,8 +697,11 @@ def source_rows(name: str, src: Source, from_dir: Path | None):
                             f"{folder}: not found (--from expects reasoning-gym items in DIR/{name}.jsonl)")
         files = local_files(folder, src)
         if not files:
-            raise UserError(f"{folder}: no .parquet, .jsonl or .json file in it")
-        return [row for f in files for row in _read_rows(f)]
+            raise UserError(f"{folder}: no .parquet, .jsonl or .json file in it"
+                            + (f" named {', '.join(src.files)}" if src.files else ""))
+        if src.row_config:
+            return (row for f in files for row in _with_config(_read_rows(f), _file_config(folder, f, src)))
+        return (row for f in files for row in _read_rows(f))
     if src.repo.startswith("reasoning-gym:"):
         try:
             import reasoning_gym
@@ -516,12 +715,23 @@ def source_rows(name: str, src: Source, from_dir: Path | None):
     except ImportError:
         raise UserError("`python data.py prepare` downloads with the `datasets` library: "
                         "pip install -r requirements-data.txt (or pass --from DIR with files you downloaded)") from None
-    return [row for config in src.configs for row in datasets.load_dataset(src.repo, config, split=src.split)]
+    if src.files:       # a release of raw files (LiveCodeBench's loading script is not run: it is code)
+        from huggingface_hub import hf_hub_download
+        paths = [Path(hf_hub_download(src.repo, f, repo_type="dataset")) for f in src.files]
+        return (row for p in paths for row in _read_rows(p))
+    if src.row_config:
+        return (row for config in src.configs
+                for row in _with_config(datasets.load_dataset(src.repo, config, split=src.split), config))
+    return (row for config in src.configs for row in datasets.load_dataset(src.repo, config, split=src.split))
 
 
-def convert_rows(name: str, rows) -> tuple[list[dict], dict[str, int]]:
-    """(JSONL rows with ids, {reason: count} of the dropped rows)."""
+def convert_rows(name: str, rows, sidecar_dir: Path | None = None) -> tuple[list[dict], dict[str, int]]:
+    """(JSONL rows with ids, {reason: count} of the dropped rows). With sidecar_dir, the source's sidecar
+    field of each row goes to sidecar_dir/<n>.json.gz (readable by this user only: a sandboxed program run
+    as another user cannot read its own expected outputs) and the row keeps `<field>_file`, the path
+    relative to the JSONL's folder."""
     kept, dropped = [], {}
+    field = SOURCES[name].sidecar
     for row in rows:
         out = SOURCES[name].convert(dict(row))
         if isinstance(out, str):
@@ -529,6 +739,12 @@ def convert_rows(name: str, rows) -> tuple[list[dict], dict[str, int]]:
             continue
         out = {k: v for k, v in out.items() if v is not None or k == "unit"}
         out["id"] = f"{name}/{out.pop('source_id', len(kept))}" if "id" not in out else out["id"]
+        if field and sidecar_dir is not None and field in out:
+            rel = f"{sidecar_dir.name.removesuffix('.tmp')}/{len(kept)}.json.gz"
+            fd = os.open(sidecar_dir / f"{len(kept)}.json.gz", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8", compresslevel=6) as f:
+                json.dump(out.pop(field), f, ensure_ascii=False)
+            out[f"{field}_file"] = rel
         kept.append({"id": out.pop("id"), **out})
     return kept, dropped
 
@@ -552,9 +768,23 @@ def prepare(names, out_dir: Path, from_dir: Path | None = None, force: bool = Fa
         if path.is_file() and not force:
             report.append(dict(name=name, status="exists", written=None, dropped={}, path=path))
             continue
-        kept, dropped = convert_rows(name, source_rows(name, SOURCES[name], from_dir))
-        if not kept:
-            raise UserError(f"{name}: no row converted ({dropped or 'the source is empty'})")
+        side = None
+        if SOURCES[name].sidecar:      # written to <name>_<field>.tmp/, swapped in just before the JSONL
+            side = out_dir / f"{name}_{SOURCES[name].sidecar}.tmp"
+            shutil.rmtree(side, ignore_errors=True)
+            side.mkdir(parents=True, mode=0o700)
+        try:
+            kept, dropped = convert_rows(name, source_rows(name, SOURCES[name], from_dir), side)
+            if not kept:
+                raise UserError(f"{name}: no row converted ({dropped or 'the source is empty'})")
+        except BaseException:
+            if side is not None:
+                shutil.rmtree(side, ignore_errors=True)
+            raise
+        if side is not None:
+            final = side.with_suffix("")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(side, final)
         write_jsonl_atomic(path, kept)
         report.append(dict(name=name, status="written", written=len(kept), dropped=dropped, path=path))
     return report

@@ -16,11 +16,13 @@ What it measures (CASP.md, "What the paper measures")
     p(1..N)    mean probability of the top-1..N candidates of the temperature-1 next-token distribution,
                over every generated token of every response (token-weighted); H: mean entropy (nats)
 A benchmark's row averages its problems; the "average" row averages the benchmarks (macro, as the paper).
+Benchmarks with subtasks (BBH's 27 tasks, SynLogic's task types, LiveCodeBench's difficulties) also get one
+row per subtask in a second table ("bbh/navigate"), saved as results.json's "subtasks".
 
 Samples are written one line per problem as soon as the problem is verified:
     OUT/samples/<benchmark>.jsonl   {"id", "benchmark", "task", "answer", "n", "n_correct", "rewards",
                                      "extracted", "responses", "lengths", "finish", "cand": {"n_tokens",
-                                     "topn_probs", "entropy"}}
+                                     "topn_probs", "entropy"}, and "subtask" where the problem has one}
 so an interrupted run resumes where it stopped (finished problems are never resampled; a torn last line is
 dropped) and every table can be recomputed without the model (--rescore). OUT/eval_config.json holds the
 sampling settings; resuming with different ones is refused (a folder without samples is simply reused).
@@ -137,10 +139,13 @@ def _norm_answer(a: str) -> str:
 
 def problem_record(prob: dict, bench: str, responses, verdicts, lengths, finish, cand) -> dict:
     rewards = [float(v.reward) for v in verdicts]
-    return {"id": prob["id"], "benchmark": bench, "task": prob.get("task", "math"), "answer": prob["answer"],
-            "n": len(responses), "n_correct": int(sum(r > 0.5 for r in rewards)), "rewards": rewards,
-            "extracted": [v.extracted for v in verdicts], "responses": responses, "lengths": lengths,
-            "finish": finish, "cand": cand}
+    rec = {"id": prob["id"], "benchmark": bench, "task": prob.get("task", "math"), "answer": prob["answer"],
+           "n": len(responses), "n_correct": int(sum(r > 0.5 for r in rewards)), "rewards": rewards,
+           "extracted": [v.extracted for v in verdicts], "responses": responses, "lengths": lengths,
+           "finish": finish, "cand": cand}
+    if prob.get("subtask"):          # BBH's task, SynLogic's task type, LiveCodeBench's difficulty
+        rec["subtask"] = prob["subtask"]
+    return rec
 
 
 # -----------------------------------------------------------------------------
@@ -193,6 +198,16 @@ def summarize_run(records: list[dict], ks) -> dict:
                             if isinstance(vals[0], list) else sum(vals) / len(vals))
         table["average"] = avg
     return table
+
+
+def summarize_subtasks(records: list[dict], ks) -> dict:
+    """{"<benchmark>/<subtask>": metrics} for the records that name a subtask (BBH, SynLogic,
+    LiveCodeBench); the benchmark's own row in summarize_run averages all its problems."""
+    groups: dict[str, list] = {}
+    for r in records:
+        if r.get("subtask"):
+            groups.setdefault(f"{r['benchmark']}/{r['subtask']}", []).append(r)
+    return {name: summarize(rs, ks) for name, rs in sorted(groups.items())}
 
 
 def format_table(rows: dict[str, dict], ks) -> str:
@@ -456,8 +471,11 @@ def _evaluate(args, out: Path, tokenizer, benchmarks, device, dtype) -> dict:
         records += evaluate_benchmark(model, tokenizer, bench, problems, args, out / "samples" / f"{bench}.jsonl")
     table = summarize_run(records, args.k)
     print(format_table(table, args.k))
+    subtasks = summarize_subtasks(records, args.k)
+    if subtasks:
+        print("\nper subtask\n" + format_table(subtasks, args.k))
     (out / "results.json").write_text(json.dumps({"config": vars(args), "prompts": tokenizer.chat_source,
-                                                  "table": table}, indent=2))
+                                                  "table": table, "subtasks": subtasks}, indent=2))
     png = plot_compare({Path(out).name: table}, out / "passk.png") if args.plot else None
     print(f"[done] {out}: samples/<benchmark>.jsonl (every response, verdict and candidate record), "
           f"results.json (the table)" + (f", {png}" if png else ""))
@@ -628,10 +646,13 @@ def _main(args) -> dict:
         ks = _ks_for(args, records)
         table = summarize_run(records, ks)
         print(format_table(table, ks))
+        subtasks = summarize_subtasks(records, ks)
+        if subtasks:
+            print("\nper subtask\n" + format_table(subtasks, ks))
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / "results.json").write_text(json.dumps({"rescored": args.rescore, "table": table},
-                                                                    indent=2))
+            (Path(args.out) / "results.json").write_text(json.dumps({"rescored": args.rescore, "table": table,
+                                                                     "subtasks": subtasks}, indent=2))
         return table
     if not args.model:
         raise data.UserError("--model is required (or --rescore / --compare / --plot-metrics)")

@@ -2047,7 +2047,8 @@ def _verify_code(response: str, answer: str, fields) -> Verdict:
 def verify(response: str, answer: str, task: str = "math", *, mode: str = DEFAULT_MODE, **problem_fields) -> Verdict:
     """Reward in {0, 1} plus the extracted answer and the reason. Never raises.
     task: "math" (also GSM8K), "logic" (knights-and-knaves with `names`/`solution`/`terms`, zebra,
-    multiple choice) or "code" (HumanEval fields `prompt`, `test`, `entry_point`).
+    multiple choice) or "code" (HumanEval fields `prompt`, `test`, `entry_point`). A row whose `benchmark`
+    is bbh, synlogic or livecodebench is graded by benchmarks.py.
     mode: "strict" (only the last \\boxed{} counts; the training reward) or "lenient" (evaluation
     fallbacks); see the module docstring. It applies to math answers.
     `truncated=True` (the sampler hit its length limit) always gives 0."""
@@ -2060,6 +2061,9 @@ def verify(response: str, answer: str, task: str = "math", *, mode: str = DEFAUL
             return Verdict(0.0, None, f"unknown answer mode {mode!r} (expected one of {MODES})")
         if not isinstance(answer, str):
             answer = "" if answer is None else str(answer)
+        if problem_fields.get("benchmark") in ("bbh", "synlogic", "livecodebench"):
+            import benchmarks           # their graders (imported here: benchmarks.py imports this module)
+            return benchmarks.GRADERS[problem_fields["benchmark"]](response, answer, mode=mode, **problem_fields)
         if task == "code":
             return _verify_code(response, answer, problem_fields)
         if task == "logic":

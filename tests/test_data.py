@@ -59,6 +59,8 @@ def test_real_benchmarks_load_with_their_tasks(data_dir):
     'Question: ... Answer: Let's think step by step.' wrapper is removed."""
     sizes = {"math500": 500, "aime2024": 30, "humaneval": 164, "knights_knaves": 300, "zebra_puzzles": 200}
     for name, (task, _) in data.DATA_SOURCES.items():
+        if name in ("bbh", "synlogic", "livecodebench") and not (data_dir / f"{name}.jsonl").is_file():
+            continue   # not in every shared data folder; their rows are tested in test_benchmarks.py
         probs = data.load_dataset(name, data_dir)
         assert probs and all(p["task"] == task for p in probs), name
         assert len({p["id"] for p in probs}) == len(probs), name

@@ -19,21 +19,26 @@ import data
 import verifier
 
 FIXTURES = Path(__file__).parent / "fixtures" / "prepare_sources.json"
+BENCH_FIXTURES = Path(__file__).parent / "fixtures" / "prepare_benchmarks.json"   # BBH, SynLogic, LiveCodeBench
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_sources(root: Path) -> Path:
-    """The fixture rows as files under root/<name>/<path in the repo> (parquet, JSONL or JSON)."""
+    """The fixture rows as files under root/<name>/<path in the repo> (parquet, JSONL, or a JSON file
+    when the fixture holds an object: the BBH authors' {"canary", "examples"})."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    for name, files in json.loads(FIXTURES.read_text()).items():
-        for rel, rows in files.items():
-            path = root / name / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.suffix == ".parquet":
-                pq.write_table(pa.Table.from_pylist(rows), path)
-            else:
-                path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for fixture in (FIXTURES, BENCH_FIXTURES):
+        for name, files in json.loads(fixture.read_text()).items():
+            for rel, rows in files.items():
+                path = root / name / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if path.suffix == ".parquet":
+                    pq.write_table(pa.Table.from_pylist(rows), path)
+                elif isinstance(rows, dict):
+                    path.write_text(json.dumps(rows))
+                else:
+                    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
 
@@ -106,13 +111,20 @@ def test_prepare_writes_every_dataset_with_counts_and_reasons(prepared):
     assert set(report) == set(data.SOURCES)
     expect = {"math_train": 3, "math500": 2, "aime2024": 2, "aime2025": 2, "amc23": 2, "minerva_math": 2,
               "olympiadbench": 3, "gsm8k_train": 3, "gsm8k_test": 1, "humaneval": 2, "knights_knaves": 2,
-              "zebra_puzzles": 1}
+              "zebra_puzzles": 1, "bbh": 60, "synlogic": 32, "livecodebench": 2}
     assert {n: r["written"] for n, r in report.items()} == expect
     assert report["math_train"]["dropped"] == {"no answer (empty, or no \\boxed{} in the solution)": 1}
     assert report["aime2024"]["dropped"] == {"not from 2024": 1}
     assert report["amc23"]["dropped"] == {"not from 2023": 1}
+    assert report["synlogic"]["dropped"] == {
+        "reference answer does not verify (sudoku)": 1,
+        "unsupported type arrow_maze (ray-cover grid rules not re-implemented)": 1,
+        "unsupported type calcudoko (cage arithmetic rules not re-implemented)": 1}
+    assert list(report["livecodebench"]["dropped"]) == [
+        "tests refused or unreadable (refused: the pickle is not a plain string)"]
     text = " ".join(p["problem"] for n in expect for p in data.load_dataset(n, out))
     assert "TEST SPLIT ROW" not in text and "TRAIN SPLIT ROW" not in text and "PHYSICS ROW" not in text
+    assert "HARD CONFIG ROW" not in text and "FUTURE RELEASE ROW" not in text and "MODEL OUTPUT ROW" not in text
     assert not [f for f in out.iterdir() if f.name.startswith(".")]  # no temporary file left behind
 
 
@@ -138,6 +150,8 @@ def test_prepared_files_load_and_their_references_verify(prepared):
     gold answer itself) earns reward 1 from verifier.py: a file the verifier cannot grade is caught here."""
     _, out, _ = prepared
     for name in data.SOURCES:
+        if name in ("bbh", "synlogic", "livecodebench"):
+            continue   # their own references: tests/test_benchmarks.py
         for p in data.load_dataset(name, out):
             task = p["task"]
             if task == "code":

@@ -267,7 +267,9 @@ def load_dataset(name_or_path, data_dir=None, limit: int | None = None) -> list[
         if missing:
             raise DataError(f"{path}:{row['_line']}: a {bench or task} problem needs field(s) "
                              f"{', '.join(map(repr, missing))}")
-        if task != "code" and not row["answer"].strip():   # (code is scored by its tests, not the answer)
+        # code is scored by its tests and SynLogic by its puzzle's rules (prepare keeps only rows whose
+        # reference verifies), not by the answer string
+        if task != "code" and bench != "synlogic" and not row["answer"].strip():
             raise DataError(f"{path}:{row['_line']}: empty answer: the problem could never be scored "
                             "right (it would count as 0 in every reward and pass@k)")
         if not row["problem"].strip():

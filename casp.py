@@ -474,23 +474,23 @@ def _grpo_adv(r, G, c):
 
 
 METHODS: dict[str, Method] = {
-    "grpo": Method(_grpo_adv, None, ppo_token_loss, about="GRPO: group-normalised A, PPO-clip"),
+    "grpo": Method(_grpo_adv, None, ppo_token_loss, about="group-normalised A, PPO-clip"),
     "casp": Method(_grpo_adv, None, casp_token_loss, ("alpha", "entropy_quantile", "neg_scale"),
-                   about="CaSP: top-N share on correct, lambda on wrong top-1, at high-entropy tokens"),
-    "psr": Method(lambda r, G, c: psr_advantages(r), None, ppo_token_loss, about="PSR: A = r"),
-    "nsr": Method(lambda r, G, c: nsr_advantages(r), None, ppo_token_loss, about="NSR: A = r - 1"),
+                   about="top-N share on correct, lambda on the wrong top-1, at high-entropy tokens"),
+    "psr": Method(lambda r, G, c: psr_advantages(r), None, ppo_token_loss, about="A = r"),
+    "nsr": Method(lambda r, G, c: nsr_advantages(r), None, ppo_token_loss, about="A = r - 1"),
     "w-reinforce": Method(lambda r, G, c: w_reinforce_advantages(r, c.lambda_pos), None, ppo_token_loss,
-                          ("lambda_pos",), about="W-REINFORCE: A = lambda_pos on correct, -1 on wrong"),
+                          ("lambda_pos",), about="A = lambda_pos on correct, -1 on wrong"),
     "passk": Method(lambda r, G, c: passk_advantages(r, G, c.passk_k), None, ppo_token_loss, ("passk_k",),
-                    about="Pass@k Training: analytic pass@k group advantage"),
+                    about="pass@k training's analytic group advantage"),
     "entropy-adv": Method(_grpo_adv, lambda a, h, c: entropy_advantages(a, h, c.entropy_adv_alpha,
                                                                         c.entropy_adv_kappa),
                           ppo_token_loss, ("entropy_adv_alpha", "entropy_adv_kappa"), linear=False,
-                          about="Entropy-Adv: A + min(alpha H, |A| / kappa)"),
+                          about="A + min(alpha H, |A| / kappa) per token"),
     "kl-cov": Method(_grpo_adv, None, kl_cov_token_loss, ("kl_cov_k", "kl_cov_beta"), linear=False,
-                     coupled=True, about="KL-Cov: KL penalty on the top-k covariance tokens"),
+                     coupled=True, about="KL penalty on the top-k covariance tokens"),
     "clip-cov": Method(_grpo_adv, None, clip_cov_token_loss, ("clip_cov_r", "clip_cov_low", "clip_cov_high"),
-                       linear=False, coupled=True, about="Clip-Cov: detach r of the high-covariance tokens"),
+                       linear=False, coupled=True, about="gradient detached at r of the high-covariance tokens"),
 }
 
 

@@ -197,6 +197,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--overwrite", action="store_true", help="delete the run already in --out and start anew")
     g.add_argument("--force", action="store_true", help="run even if the memory estimate exceeds free memory")
+    g.add_argument("--dry-run", action="store_true", help="resolve every setting (recipe, data, --epochs -> steps, "
+                   "memory estimate), print the config the run would log, and exit without writing anything")
     g.add_argument("--eval-every", type=at_least(0), default=25, help="held-out pass@1 every k steps (0: off)")
     g.add_argument("--eval-prompts", type=at_least(1), default=500, help="held-out problems evaluated per set")
     g.add_argument("--eval-decoding", default="sample", choices=["sample", "greedy"],
@@ -652,7 +654,8 @@ def setup(args) -> Run:
     allocated when the run folder, the resume or the memory does not allow the run."""
     dist = setup_dist(args.fsdp, args.device)
     out = Path(args.out)
-    claim_run_folder(out, args.resume, args.overwrite, delete=dist.main)
+    if not args.dry_run:
+        claim_run_folder(out, args.resume, args.overwrite, delete=dist.main)
     dist.barrier()   # the other ranks read the folder only after rank 0 has cleared it
     if args.resume:
         check_resume_config(out, vars(args))
@@ -675,6 +678,13 @@ def setup(args) -> Run:
             raise UserError(f"--epochs: {len(train_set)} training prompts make no full step of "
                             f"--prompts-per-step {args.prompts_per_step}")
         args.steps = args.epochs * per_epoch
+    if args.dry_run:   # every setting resolved; nothing large allocated, nothing written
+        line, _ = memory_check(argparse.Namespace(**{**vars(args), "force": True}), config, dist,
+                               max(len(p["prompt_ids"]) for p in train_set))
+        print("config:", json.dumps(vars(args)))
+        print(f"[data] {len(train_set)} training prompts ({n_skipped} over --max-prompt-len skipped), {args.steps} "
+              f"steps; prompts: {data.prompt_source(tokenizer, args.prompt_format)}\n{line}")
+        return None
     memory, expected_gb = memory_check(args, config, dist, max(len(p["prompt_ids"]) for p in train_set))
     ckpt = latest_checkpoint(out) if args.resume else None
     model, opt = build_model(args, ckpt, dist)
@@ -700,6 +710,8 @@ def setup(args) -> Run:
 def run(args, argv: list[str]):
     """The RL loop: a step, its log line, the periodic held-out pass@1 and checkpoint."""
     r = setup(args)
+    if r is None:   # --dry-run
+        return None
     dist, demo = r.dist, args.model == "tiny"
     if demo and r.start == 0 and dist.main:
         before = heldout_metrics(r.policy, r.tokenizer, r.heldout, args, n=8, seed=10**6)

@@ -222,7 +222,7 @@ def get_args(argv=None):
     return check_args(p, args)
 
 
-_show_recipes()
+_show_recipes()   # --help: beside each default, the value each recipe sets
 
 
 def check_args(p: argparse.ArgumentParser, args):
@@ -235,7 +235,7 @@ def check_args(p: argparse.ArgumentParser, args):
                 f"{args.mini_batches}")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite contradict each other: choose one")
-    if args.loss == "passk" and args.passk_k > args.group_size:
+    if "passk_k" in METHODS[args.loss].params and args.passk_k > args.group_size:
         p.error(f"--passk-k {args.passk_k} is larger than --group-size {args.group_size}")
     if args.clip_cov_low >= args.clip_cov_high:
         p.error(f"--clip-cov-low {args.clip_cov_low} must be below --clip-cov-high {args.clip_cov_high}")

@@ -20,6 +20,9 @@ public sources (SOURCES below; `python data.py sources` lists them with the down
 
     name            task    source
     math_train      math    EleutherAI/hendrycks_math, 7 subjects, train (MATH train, 7,500: the paper's)
+    math_test       math    EleutherAI/hendrycks_math, 7 subjects, test (MATH test, 5,000: the authors' validation)
+    simplelr_gsm8k_level1  math  the authors' Llama training set: GSM8K + MATH level-1, 8,388 rows
+                            (SimpleRL-Zoo's simplelr_abel data), their parquet file in CLR-Lab/SimKO
     math500         math    HuggingFaceH4/MATH-500
     aime2024        math    AI-MO/aimo-validation-aime, the 2024 rows (AIME 2024 I and II)
     aime2025        math    opencompass/AIME2025 (AIME 2025 I and II)
@@ -35,12 +38,16 @@ public sources (SOURCES below; `python data.py sources` lists them with the down
     livecodebench   code    livecodebench/code_generation_lite, release_v6 (1,055; tests decoded beside the file)
     synthetic       math    built in (tiny.py): the CPU demo's task; nothing to download
 
-Prompt (CASP.md): the model's chat template with one user turn = problem + an instruction. Math and logic
-ask for step-by-step reasoning and a final \\boxed{} answer (the Qwen2.5-Math instruction); code asks for
-the completed function in a ```python block. A problem may carry its own `instruction` (the synthetic task
-does: an empty one, see below). No system message is inserted. SynLogic questions state their own answer
-format and LiveCodeBench's problem text is LiveCodeBench's own prompt (its Qwen template, lcb_runner), so
-both carry an empty instruction; BBH gets the logic instruction above.
+Prompt (`build_prompt`): one user turn = problem + an instruction. Math and logic ask for step-by-step
+reasoning and a final \\boxed{} answer (the Qwen2.5-Math instruction); code asks for the completed function
+in a ```python block. A problem may carry its own `instruction` (the synthetic task does: an empty one, see
+below). SynLogic questions state their own answer format and LiveCodeBench's problem text is
+LiveCodeBench's own prompt (its Qwen template, lcb_runner), so both carry an empty instruction; BBH gets
+the logic instruction above. Two formats (`--prompt-format`):
+    template   the model's chat template (whatever system message it inserts; built-in ChatML or Llama 3
+               headers without a template), no system message of our own
+    authors    the authors' fixed ChatML text for every model (their rl_dataset.py, prompt_template_type
+               "qwen"): AUTHORS_PROMPT below, byte for byte, encoded without added special tokens
 
 Departures: MATH500's file wraps each problem as "Question:\\n...\\nAnswer:\\nLet's think step by
 step.\\n"; that wrapper is removed (no other benchmark has it, and it would precede our own instruction).
@@ -77,6 +84,14 @@ INSTRUCTIONS = {"math": MATH_INSTRUCTION, "logic": MATH_INSTRUCTION, "code": COD
 # rows graded by benchmarks.py: the fields their grader needs instead of the task's (LiveCodeBench also
 # needs its tests: `tests` inline or `tests_file`, a path relative to the JSONL file's folder)
 BENCHMARK_FIELDS = {"bbh": ("subtask",), "synlogic": ("subtask", "game"), "livecodebench": ("subtask", "test_style")}
+
+
+# The authors' prompt (CLR-Lab/SimKO @ 306f4ff, verl/utils/dataset/rl_dataset.py, prompt_template_type
+# "qwen", used for their Qwen and their Llama runs alike): `{content}` is the problem followed by "\n" and
+# the instruction, so for math the text is theirs byte for byte.
+AUTHORS_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{content}"
+                  "<|im_end|>\n<|im_start|>assistant\n")
+PROMPT_FORMATS = ("template", "authors")
 
 
 class UserError(Exception):
@@ -313,10 +328,13 @@ class Source:
     files: tuple = ()                # only these files of the repo (a release's files), fetched one by one
     row_config: bool = False         # each row carries the config it came from (`_config`, `_index`)
     sidecar: str | None = None       # a bulky field written beside the JSONL, one gzip JSON file per row
+    url: str = ""                    # a parquet file to fetch instead of an HF dataset (repo names its home)
 
     @property
     def about(self) -> str:
         """One line for messages and listings: where the rows come from."""
+        if self.url:
+            return f"{self.repo}: {self.url}"
         if self.repo.startswith("reasoning-gym:"):
             return (f"reasoning-gym {REASONING_GYM_VERSION} {self.repo.split(':', 1)[1]}, seed {LOGIC_SEED}, "
                     f"{self.size} puzzles, " + ", ".join(f"{k}={v}" for k, v in self.settings))
@@ -423,6 +441,19 @@ def convert_gsm8k(row: dict) -> dict | str:
         return "no '####' answer line"
     answer = re.sub(r"(?<=\d),(?=\d{3}\b)", "", m.group(1)).replace("$", "").strip()
     return {"problem": row["question"], "answer": answer, "solution": row["answer"]}
+
+
+def convert_simplelr(row: dict) -> dict | str:
+    """The authors' Llama training set (verl parquet rows, data_source "simplelr_abel"): the problem is the
+    user turn's content (what their prompt template receives), the answer the reward model's ground truth;
+    `target` (a GSM8K worked solution ending in "# Answer", or a MATH answer) is kept as the solution."""
+    answer = str((row.get("reward_model") or {}).get("ground_truth") or "").strip()
+    prompt = row.get("prompt")
+    if not answer or not prompt:
+        return "no problem or no ground truth"
+    extra = row.get("extra_info") or {}
+    return {"problem": prompt[0]["content"], "answer": answer, "solution": row.get("target"),
+            "level": extra.get("level"), "source_id": extra.get("index")}
 
 
 def convert_humaneval(row: dict) -> dict | str:
@@ -591,9 +622,17 @@ def convert_livecodebench(row: dict) -> dict | str:
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
                  "prealgebra", "precalculus")
 
+# The authors' own copy of their Llama training set (8,388 rows; the same data appears on the Hugging Face
+# Hub as hkust-nlp/SimpleRL-Zoo-Data, folder simplelr_abel_gsm8k_level1), pinned to the commit of their code.
+SIMPLELR_URL = ("https://raw.githubusercontent.com/CLR-Lab/SimKO/306f4ff4e84ace53e92501939692fcfeb32596b5/"
+                "data/gsm8k_level1/train.parquet")
+
 SOURCES: dict[str, Source] = {
     # the training set of the paper's math runs: MATH train, 7,500 problems (Hendrycks et al.)
     "math_train": Source("EleutherAI/hendrycks_math", "train", MATH_SUBJECTS, convert_math),
+    # the authors' validation set (MATH test, 5,000) and their Llama training set (GSM8K + MATH level 1)
+    "math_test": Source("EleutherAI/hendrycks_math", "test", MATH_SUBJECTS, convert_math),
+    "simplelr_gsm8k_level1": Source("github.com/CLR-Lab/SimKO", convert=convert_simplelr, url=SIMPLELR_URL),
     # the paper's six math benchmarks
     "math500": Source("HuggingFaceH4/MATH-500", "test", convert=convert_math),
     "aime2024": Source("AI-MO/aimo-validation-aime", "train", convert=convert_competition("2024")),
@@ -694,7 +733,7 @@ def source_rows(name: str, src: Source, from_dir: Path | None):
             folder = from_dir / f"{name}.jsonl"
         if not folder.exists():
             raise UserError(f"{folder}: not found (--from expects DIR/{name}/, downloaded with "
-                            f"`hf download --repo-type dataset {src.repo} --local-dir {folder}`)"
+                            f"`{download_command(name, src, folder)}`)"
                             if not src.repo.startswith("reasoning-gym") else
                             f"{folder}: not found (--from expects reasoning-gym items in DIR/{name}.jsonl)")
         files = local_files(folder, src)
@@ -717,6 +756,8 @@ def source_rows(name: str, src: Source, from_dir: Path | None):
     except ImportError:
         raise UserError("`python data.py prepare` downloads with the `datasets` library: "
                         "pip install -r requirements-data.txt (or pass --from DIR with files you downloaded)") from None
+    if src.url:
+        return iter(datasets.load_dataset("parquet", data_files={"train": src.url}, split="train"))
     if src.files:       # a release of raw files (LiveCodeBench's loading script is not run: it is code)
         from huggingface_hub import hf_hub_download
         paths = [Path(hf_hub_download(src.repo, f, repo_type="dataset")) for f in src.files]
@@ -725,6 +766,14 @@ def source_rows(name: str, src: Source, from_dir: Path | None):
         return (row for config in src.configs
                 for row in _with_config(datasets.load_dataset(src.repo, config, split=src.split), config))
     return (row for config in src.configs for row in datasets.load_dataset(src.repo, config, split=src.split))
+
+
+def download_command(name: str, src: Source, folder) -> str:
+    """The command that puts a source's files where --from looks for them."""
+    if src.url:
+        return f"curl -L --create-dirs -o {folder}/train.parquet {src.url}"
+    files = "".join(f" {f}" for f in src.files)     # a release: only its own files
+    return f"hf download --repo-type dataset {src.repo}{files} --local-dir {folder}"
 
 
 def convert_rows(name: str, rows, sidecar_dir: Path | None = None) -> tuple[list[dict], dict[str, int]]:
@@ -819,7 +868,7 @@ def main(argv=None):
         if args.command == "sources":
             for name, src in SOURCES.items():
                 how = (src.about if src.repo.startswith("reasoning-gym") else
-                       f"hf download --repo-type dataset {src.repo} --local-dir DIR/{name}")
+                       download_command(name, src, f"DIR/{name}"))
                 print(f"{name:<15} {how}")
             return None
         unknown = [n for n in args.names if n not in SOURCES]
@@ -844,28 +893,41 @@ def main(argv=None):
 # Prompts
 
 
-def build_prompt(problem: dict, tokenizer) -> list[int]:
-    """Token ids of the chat prompt: one user turn = problem + instruction, then the assistant header."""
+def build_prompt(problem: dict, tokenizer, prompt_format: str = "template") -> list[int]:
+    """Token ids of the chat prompt: one user turn = problem + instruction, then the assistant header, in
+    the model's chat template ("template") or the authors' fixed ChatML text ("authors")."""
     task = problem.get("task", "math")
     instruction = problem.get("instruction", INSTRUCTIONS.get(task, MATH_INSTRUCTION))
     text = problem["problem"]
     if task == "code" and "```" not in text:
         text = f"```python\n{text.rstrip()}\n```"
     content = f"{text}\n{instruction}" if instruction else text
+    if prompt_format == "authors":   # their text as it is, special-token strings become their ids
+        return tokenizer.encode(AUTHORS_PROMPT.format(content=content))
+    if prompt_format != "template":
+        raise ValueError(f"prompt_format {prompt_format!r}: expected one of {PROMPT_FORMATS}")
     return tokenizer.encode_chat([{"role": "user", "content": content}])
 
 
-def encode_prompts(problems: list[dict], tokenizer, max_prompt_tokens: int | None = None):
+def prompt_source(tokenizer, prompt_format: str = "template") -> str:
+    """What a run's prompts are, for the `prompts:` log line."""
+    return "authors (fixed ChatML text, system: You are a helpful assistant.)" if prompt_format == "authors" \
+        else tokenizer.chat_source
+
+
+def encode_prompts(problems: list[dict], tokenizer, max_prompt_tokens: int | None = None,
+                   prompt_format: str = "template"):
     """(problems with a `prompt_ids` field, number skipped): prompts over the limit are skipped and
-    counted, never fatal (CASP.md: max prompt 1024). A problem whose text is so long that no tokenization
-    can fit it is skipped before it is tokenized: tokenizing a 50 MB row alone takes gigabytes."""
+    counted, never fatal (the authors filter the same way: max prompt 1024). A problem whose text is so long
+    that no tokenization can fit it is skipped before it is tokenized: tokenizing a 50 MB row alone takes
+    gigabytes."""
     kept, skipped = [], 0
     longest = sure_too_long_chars(tokenizer, max_prompt_tokens)
     for prob in problems:
         if len(prob["problem"]) > longest:
             skipped += 1
             continue
-        ids = build_prompt(prob, tokenizer)
+        ids = build_prompt(prob, tokenizer, prompt_format)
         if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
             skipped += 1
             continue

@@ -5,8 +5,9 @@ eval.py: pass@K over the whole K spectrum, candidate diagnostics, comparisons an
     python eval.py --rescore runs/eval/base                       # the table again, from saved samples only
     python eval.py --compare runs/eval/base runs/eval/casp --out runs/cmp   # one table + compare.png
     python eval.py --plot-metrics runs/grpo/metrics.jsonl runs/casp/metrics.jsonl --out runs/cmp
+    python eval.py --model runs/x/ckpt-000140/model --data aime2025 amc23 math_test --authors-eval  # n 256, T 0.6
 
-What it measures (CASP.md, "What the paper measures")
+What it measures
     pass@k     1 - C(n-c, k) / C(n, k) per problem (n samples, c correct), averaged over problems: the
                unbiased estimator of Chen et al. (2021), computed as 1 - prod_{i=n-c+1}^{n} (1 - k/i)
                (no huge binomials; exact to float rounding for n up to 4096 and beyond)
@@ -328,7 +329,13 @@ def plot_metrics(files, path) -> Path | None:
 
 
 SAMPLING_KEYS = ("model", "n", "max_new_tokens", "temperature", "top_p", "top_k", "top_n", "seed",
-                 "max_prompt_tokens", "max_rows", "answer_mode")
+                 "max_prompt_tokens", "max_rows", "answer_mode", "prompt_format")
+SAMPLING_ADDED = {"prompt_format": "template"}   # keys a saved eval_config.json may lack: their value then
+
+# The sampling of the pass@K curves in the evaluation code of the repository the authors' code was forked
+# from (TianHongZXY/RLVR-Decomposed @ a5d4e7c, eval.sh: --num_generation=256 --temperature=0.6 --top_p=0.95
+# --max_tokens=4096), with the authors' prompt. The CaSP paper's text does not state its own settings.
+AUTHORS_EVAL = dict(n=256, temperature=0.6, top_p=0.95, max_new_tokens=4096, prompt_format="authors")
 
 
 def _bar(total, desc, enabled):
@@ -409,7 +416,8 @@ def _check_config(out: Path, args):
         except (OSError, ValueError):
             raise data.UserError(f"{out} holds samples but no readable eval_config.json (their settings are "
                                  "unknown); use another --out to start fresh") from None
-        diff = {k: (old.get(k), v) for k, v in cfg.items() if old.get(k) != v}
+        diff = {k: (old.get(k, SAMPLING_ADDED.get(k)), v) for k, v in cfg.items()
+                if old.get(k, SAMPLING_ADDED.get(k)) != v}
         if diff:
             raise data.UserError(f"{out} holds samples drawn with other settings "
                                  f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
@@ -441,7 +449,8 @@ def run_eval(args) -> dict:
     for name in args.data:
         bench = _bench_label(name)
         problems = data.load_dataset(name, args.data_dir, limit=args.limit)
-        problems, skipped = data.encode_prompts(problems, tokenizer, args.max_prompt_tokens)
+        problems, skipped = data.encode_prompts(problems, tokenizer, args.max_prompt_tokens,
+                                                prompt_format=args.prompt_format)
         if skipped:
             print(f"{bench}: {skipped} prompts longer than --max-prompt-tokens {args.max_prompt_tokens} skipped")
         if not problems:
@@ -465,7 +474,8 @@ def _evaluate(args, out: Path, tokenizer, benchmarks, device, dtype) -> dict:
     model.eval()
     _check_config(out, args)
     (out / "samples").mkdir(parents=True, exist_ok=True)
-    print(f"[model] {args.model} on {device} ({dtype}); prompts: {tokenizer.chat_source}; answers: {args.answer_mode}")
+    print(f"[model] {args.model} on {device} ({dtype}); prompts: {data.prompt_source(tokenizer, args.prompt_format)}; "
+          f"answers: {args.answer_mode}")
     records = []
     for bench, problems in benchmarks:
         records += evaluate_benchmark(model, tokenizer, bench, problems, args, out / "samples" / f"{bench}.jsonl")
@@ -474,7 +484,8 @@ def _evaluate(args, out: Path, tokenizer, benchmarks, device, dtype) -> dict:
     subtasks = summarize_subtasks(records, args.k)
     if subtasks:
         print("\nper subtask\n" + format_table(subtasks, args.k))
-    (out / "results.json").write_text(json.dumps({"config": vars(args), "prompts": tokenizer.chat_source,
+    (out / "results.json").write_text(json.dumps({"config": vars(args),
+                                                  "prompts": data.prompt_source(tokenizer, args.prompt_format),
                                                   "table": table, "subtasks": subtasks}, indent=2))
     png = plot_compare({Path(out).name: table}, out / "passk.png") if args.plot else None
     print(f"[done] {out}: samples/<benchmark>.jsonl (every response, verdict and candidate record), "
@@ -502,6 +513,12 @@ def get_args(argv=None):
     g.add_argument("--answer-mode", default="lenient", choices=["strict", "lenient"],
                    help="strict: only the last \\boxed{} is the answer (the training reward); lenient: also "
                    "'the answer is ...' and a final-line fallback (as the Qwen2.5-Math and math-verify evaluators)")
+    g.add_argument("--prompt-format", default="template", choices=list(data.PROMPT_FORMATS),
+                   help="template: the model's chat template; authors: the authors' fixed ChatML text")
+    g.add_argument("--authors-eval", action="store_true",
+                   help="the pass@K sampling of the evaluation code the authors' repository comes from: "
+                   + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in AUTHORS_EVAL.items())
+                   + " (flags given explicitly win)")
     g = ap.add_argument_group("sampling")
     g.add_argument("--n", type=at_least(1), default=64, help="samples per problem (>= the largest K)")
     g.add_argument("--k", type=at_least(1), nargs="+", default=None, help="K values (default: 1, 2, 4, ..., n)")
@@ -539,6 +556,9 @@ def get_args(argv=None):
                    help="two saved runs side by side in --out/explore_compare.html (same problems and seeds: "
                    "response j of one beside response j of the other, first difference marked)")
     args = ap.parse_args(argv)
+    if args.authors_eval:
+        ap.set_defaults(**AUTHORS_EVAL)
+        args = ap.parse_args(argv)
     if args.explore_samples is not None and not (args.explore or args.explore_compare):
         ap.error("--explore-samples needs --explore or --explore-compare")
     args.explore_samples = args.explore_samples or 8

@@ -2,6 +2,7 @@
 miniature.py: the paper's mechanism in miniature, exactly on a token tree and visibly on the tiny model.
 
     python miniature.py tree --out DIR      # exact; ~90 s of CPU time in 2 processes -> tree.json, tree.png
+    python miniature.py tree --methods all  # every method of casp.METHODS -> tree_methods.md, tree_methods.png
     python miniature.py lm --out DIR        # the tiny language model (3 seeds x 2 losses, 256 x 64 eval)
     python miniature.py lm --full --out DIR # 200 RL steps, 5 seeds, 512 problems: better resolved (hours)
     python miniature.py --replot DIR        # redraw every figure of DIR from its saved results
@@ -24,10 +25,10 @@ lambda times harder on the top-1 of wrong answers (both only at high-entropy tok
              Some correct answers are "popular" (correct for many problems): concentration on them is
              concentration that generalises across problems, as in a language model.
    Training is the RL loop of train.py on these logits: each step samples G = 8 answers per problem,
-   rewards 1/0, advantages by `casp.group_advantages`, old log-probs from the sampling policy, then
+   rewards 1/0, advantages by `casp.advantages` (GRPO's for GRPO and CaSP), old log-probs from the sampling policy, then
    `mini_batches` mini-batches (problems split in a random order), each one call of the project's own
-   `casp.grpo_loss` or `casp.casp_loss` on the (rows, depth, branching) logits gathered from the policy
-   (PPO clipping with eps = 0.2, entropy gate per response, top-N = 3), per-seed grad-norm clip 1.0 and
+   `casp.method_loss` (as `casp.grpo_loss`, `casp.casp_loss`) on the (rows, depth, branching) logits gathered
+   from the policy (PPO clipping with eps = 0.2, entropy gate per response, top-N = 3), per-seed grad-norm clip 1.0 and
    AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0.01: train.py's) with its own lr. All seeds run as one
    batch: each seed's advantages are multiplied by n_all / n_seed and the loss is divided by n_all, which
    equals each seed's own token-mean loss exactly (the loss is linear in A, and A's sign is all the
@@ -57,6 +58,13 @@ lambda times harder on the top-1 of wrong answers (both only at high-entropy tok
                                 mean probability of the most, 2nd, 3rd, 4th likeliest correct answer
      loss                       the loss and its settings (alpha, neg_scale, entropy_quantile, top_n)
    tree.png: p(1..3) at forks over steps, correct answers kept, pass@K, and the alpha / lambda sweeps.
+   `--methods all` trains instead every method CaSP is compared with (COMPARISON: casp.METHODS at each
+   paper's defaults, and GRPO with the entropy bonus 0.001) under the same instances, random numbers,
+   optimizer and clip; a method whose loss is not linear in A (entropy-adv, kl-cov, clip-cov, any entropy
+   bonus: casp.rescalable) gets one loss call per seed instead of the stacked call. Each M then also has
+     final_seeds                {"p1_forks": [...], "p2_forks": [...]}: the final values per seed
+   and tree_methods.md / tree_methods.png give per policy the final p(1), p(2) at the forks and exact
+   pass@1 / pass@16 / pass@256 of every method, each minus GRPO's paired by seed with a 95% interval.
 
 2. The tiny language model (`lm`): the same comparison on tiny.py's built-in task, through train.py and
    eval.py's command lines (see the comment above LM_TASK and the README). lm.json holds every number
@@ -112,14 +120,35 @@ class TreeConfig:
     seed: int = 0                     # base seed: instance s of the run uses seed + s
     dtype: str = "float32"            # of the trained logits (the exact statistics are float64)
     workers: int = 2                  # processes (one method each at a time)
+    methods: tuple = ("ablations",)   # "ablations" (CaSP's), "all" (COMPARISON), or names of COMPARISON
 
 
 PAPER = dict(alpha=0.01, neg_scale=1.1, entropy_quantile=0.8)
 PASSK_SEED_KS = (1, 4, 16, 64, 256)
 
 
+# The methods CaSP is compared with (casp.METHODS), each at its paper's defaults (casp.LossConfig), plus
+# GRPO with verl's entropy bonus (the coefficient of the authors' GRPO run): `tree --methods all`.
+COMPARISON = {"grpo": {"loss": "grpo"}, "casp": {"loss": "casp", **PAPER, "top_n": 3}, "psr": {"loss": "psr"},
+              "nsr": {"loss": "nsr"}, "w-reinforce": {"loss": "w-reinforce"}, "passk": {"loss": "passk"},
+              "entropy-adv": {"loss": "entropy-adv"}, "kl-cov": {"loss": "kl-cov"}, "clip-cov": {"loss": "clip-cov"},
+              "grpo+entropy": {"loss": "grpo", "entropy_coeff": 0.001}}
+
+
 def tree_methods(cfg: TreeConfig) -> dict[str, dict]:
-    """name -> loss settings. casp_alpha_only: lambda = 1; casp_lambda_only: alpha = 0."""
+    """name -> loss settings (casp.LossConfig's fields). cfg.methods "all": COMPARISON; names: those of
+    COMPARISON; "ablations" (default): GRPO, CaSP and its ablations (casp_alpha_only: lambda = 1;
+    casp_lambda_only: alpha = 0; sweeps of alpha and lambda; gate off)."""
+    if tuple(cfg.methods) != ("ablations",):
+        names = list(COMPARISON) if tuple(cfg.methods) == ("all",) else list(cfg.methods)
+        unknown = [n for n in names if n not in COMPARISON]
+        if unknown:
+            raise SystemExit(f"error: --methods: unknown {unknown} (all, ablations, or of {', '.join(COMPARISON)})")
+        m = {n: dict(COMPARISON[n]) for n in (["grpo"] if "grpo" not in names else []) + names}
+        for v in m.values():
+            if v["loss"] == "casp":
+                v["top_n"], v["entropy_quantile"] = cfg.top_n, cfg.entropy_quantile
+        return m
     m = {"grpo": {"loss": "grpo"},
          "casp": {"loss": "casp", **PAPER},
          "casp_alpha_only": {"loss": "casp", **PAPER, "neg_scale": 1.0},
@@ -325,12 +354,13 @@ class TreePolicy:
 
 
 def loss_call(method: dict, logits, tokens, old_logprobs, adv, mask, loss_denom, clip_eps):
-    """One call of the project's own loss (casp.grpo_loss or casp.casp_loss)."""
-    if method["loss"] == "grpo":
-        return casp.grpo_loss(logits, tokens, old_logprobs, adv, mask, clip_eps=clip_eps, loss_denom=loss_denom)
-    return casp.casp_loss(logits, tokens, old_logprobs, adv, mask, top_n=method["top_n"], alpha=method["alpha"],
-                          entropy_quantile=method["entropy_quantile"], neg_scale=method["neg_scale"],
-                          clip_eps=clip_eps, loss_denom=loss_denom)
+    """One call of the project's own loss (casp.method_loss: casp.grpo_loss, casp.casp_loss, ... by name)."""
+    return casp.method_loss(logits, tokens, old_logprobs, adv, mask, loss_denom=loss_denom, clip_eps=clip_eps,
+                            **method)
+
+
+def loss_config(method: dict) -> "casp.LossConfig":
+    return casp.LossConfig(**method)
 
 
 def per_seed_clip_(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -352,7 +382,7 @@ def tree_rl_step(shape, policy: TreePolicy, opt, correct, method: dict, cfg: Tre
     u = torch.rand(S, P, G, D, generator=gen, dtype=torch.float64).to(z.dtype)
     tokens, mask, nodes, old, leaf, finished = tree_sample(shape, z, u)
     rewards = (finished & correct.gather(2, leaf)).to(z.dtype)                        # (S, P, G)
-    adv = casp.group_advantages(rewards.reshape(-1), G).reshape(S, P, G)
+    adv = casp.advantages(rewards.reshape(-1), G, loss_config(method)).to(z.dtype).reshape(S, P, G)
     flat = ((torch.arange(S)[:, None] * P + torch.arange(P)[None, :]) * shape.n_nodes)[..., None, None] + nodes
     order = torch.randperm(P, generator=gen)
     for chunk in order.chunk(cfg.mini_batches):
@@ -360,11 +390,17 @@ def tree_rl_step(shape, policy: TreePolicy, opt, correct, method: dict, cfg: Tre
         m = mask[:, chunk]
         n_seed = m.flatten(1).sum(1).double()                                          # (S,) tokens per seed
         n_all = float(n_seed.sum())
-        a = adv[:, chunk] * (n_all / n_seed)[:, None, None]   # so that sum / n_all == each seed's token-mean
-        rows = S * len(chunk) * G
-        loss, _ = loss_call(method, zc.reshape(rows, D, V), tokens[:, chunk].reshape(rows, D),
-                            old[:, chunk].reshape(rows, D), a.reshape(rows), m.reshape(rows, D), n_all,
-                            cfg.clip_eps)
+        if casp.rescalable(loss_config(method)):   # all seeds in one call: the loss is linear in A
+            a = adv[:, chunk] * (n_all / n_seed)[:, None, None]   # so that sum / n_all == each seed's token-mean
+            rows = S * len(chunk) * G
+            loss, _ = loss_call(method, zc.reshape(rows, D, V), tokens[:, chunk].reshape(rows, D),
+                                old[:, chunk].reshape(rows, D), a.reshape(rows), m.reshape(rows, D), n_all,
+                                cfg.clip_eps)
+        else:   # one call per seed: the loss reads A beyond its sign, or couples a call's tokens
+            rows = len(chunk) * G
+            loss = sum(loss_call(method, zc[s].reshape(rows, D, V), tokens[s, chunk].reshape(rows, D),
+                                 old[s, chunk].reshape(rows, D), adv[s, chunk].reshape(rows), m[s].reshape(rows, D),
+                                 float(n_seed[s]), cfg.clip_eps)[0] for s in range(S))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         raw = policy.param.grad.clone() if trace is not None else None
@@ -393,6 +429,7 @@ def train_tree(shape, inst: dict, method: dict, cfg: TreeConfig) -> dict:
     policy = TreePolicy(inst, getattr(torch, cfg.dtype))
     opt = make_opt(policy, cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 12345)   # the same random numbers for every method
+    torch.manual_seed(cfg.seed + 777)                       # Clip-Cov's draw uses torch's global generator
     hist = []
     ex0 = tree_exact(shape, policy.logits().detach(), inst["correct"], cfg.max_k)
     hist.append({k: ex0[k] for k in SERIES})
@@ -414,6 +451,7 @@ def train_tree(shape, inst: dict, method: dict, cfg: TreeConfig) -> dict:
     out["passk_step0"] = {str(k): round(v, 6) for k, v in zip(ks, ex0["passk"].mean(0).tolist())}
     out["passk_seeds"] = {str(k): [round(v, 6) for v in ex["passk"][:, k - 1].tolist()]
                           for k in PASSK_SEED_KS if k <= cfg.max_k}
+    out["final_seeds"] = {k: [round(v, 6) for v in hist[-1][k].tolist()] for k in ("p1_forks", "p2_forks")}
     out["correct_leaf_probs"] = [round(v, 6) for v in ex["correct_leaf_probs"].mean(0).tolist()]
     out["correct_leaf_probs_step0"] = [round(v, 6) for v in ex0["correct_leaf_probs"].mean(0).tolist()]
     return out
@@ -468,9 +506,98 @@ def run_tree(cfg: TreeConfig, out_dir: Path, plot: bool = True, log=print) -> di
     tmp = out_dir / "tree.json.tmp"
     tmp.write_text(json.dumps(result))
     tmp.replace(out_dir / "tree.json")
+    if is_comparison(result):
+        table = format_tree_methods(result)
+        (out_dir / "tree_methods.md").write_text(table + "\n")
+        log(table)
     if plot:
-        plot_tree(result, out_dir / "tree.png")
+        plot_tree_methods(result, out_dir / "tree_methods.png") if is_comparison(result) else \
+            plot_tree(result, out_dir / "tree.png")
     return result
+
+
+def is_comparison(result: dict) -> bool:
+    """Whether tree.json holds the comparison of methods (--methods all or names), not CaSP's ablations."""
+    return tuple(result["settings"].get("methods", ("ablations",))) != ("ablations",)
+
+
+TREE_COLUMNS = (("p1_forks", "p(1) forks"), ("p2_forks", "p(2) forks"), ("1", "pass@1"), ("16", "pass@16"),
+                ("256", "pass@256"))
+
+
+def method_vs_grpo(methods: dict, name: str, prefix: str = "") -> dict:
+    """Per column of TREE_COLUMNS: (final mean over seeds, paired difference to GRPO's, its 95% half-width)."""
+    m, g = methods[prefix + name], methods[prefix + "grpo"]
+    out = {}
+    for key, _ in TREE_COLUMNS:
+        if key in m.get("final_seeds", {}):
+            a, b = m["final_seeds"][key], g["final_seeds"][key]
+        elif key in m["passk_seeds"]:
+            a, b = m["passk_seeds"][key], g["passk_seeds"][key]
+        else:
+            continue
+        out[key] = (sum(a) / len(a), *paired_diff(a, b))
+    return out
+
+
+def format_tree_methods(result: dict) -> str:
+    """The comparison as a Markdown table per policy: final p(1), p(2) at the forks and exact pass@1/16/256
+    (mean over seeds), each with its difference to GRPO paired by seed and the 95% half-width."""
+    methods, lines = result["methods"], []
+    for prefix, title in (("", "table policy"), ("shared_", "shared (log-linear) policy")):
+        names = [n for n in methods if n.startswith(prefix) and not (prefix == "" and n.startswith("shared_"))]
+        if not names:
+            continue
+        seeds = methods[prefix + "grpo"]["seeds"]
+        lines += [f"{title}, {seeds} seeds, {result['settings']['steps']} steps; cells: mean (minus GRPO, paired by "
+                  "seed, +- 95%)", "| method | " + " | ".join(c for _, c in TREE_COLUMNS) + " |",
+                  "|---|" + "---|" * len(TREE_COLUMNS)]
+        for key in names:
+            name = key[len(prefix):]
+            cols = method_vs_grpo(methods, name, prefix)
+            cells = [f"{v:.3f}" if name == "grpo" else f"{v:.3f} ({d:+.3f} +- {h:.3f})" for v, d, h in
+                     (cols[k] for k, _ in TREE_COLUMNS if k in cols)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def plot_tree_methods(result: dict, path: Path):
+    """tree_methods.png, one row per policy: p(1) and p(2) at the forks over steps for every method, and
+    the final pass@1 / pass@16 / pass@256 minus GRPO's (paired by seed, 95% intervals)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    methods = result["methods"]
+    prefixes = [p for p in ("", "shared_") if p + "grpo" in methods]
+    fig, axes = plt.subplots(len(prefixes), 3, figsize=(20, 4.8 * len(prefixes)), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for r, prefix in enumerate(prefixes):
+        names = [n[len(prefix):] for n in methods if n.startswith(prefix) and
+                 not (prefix == "" and n.startswith("shared_"))]
+        title = "table policy" if not prefix else "shared (log-linear) policy"
+        for c, key in enumerate(("p1_forks", "p2_forks")):
+            ax = axes[r][c]
+            for j, name in enumerate(names):
+                ax.plot(methods[prefix + name][key], color=cmap(j % 10), lw=2.0 if name in ("grpo", "casp") else 1.0,
+                        ls="-" if j < 10 else "--", label=name)
+            ax.set(xlabel="RL step", ylabel="probability",
+                   title=f"{title}: p({c + 1}) at the forks (mean of {methods[prefix + 'grpo']['seeds']} seeds)")
+            ax.legend(fontsize=7, ncol=2)
+        ax = axes[r][2]
+        others = [n for n in names if n != "grpo"]
+        width = 0.8 / 3
+        for i, (k, color) in enumerate((("1", "tab:orange"), ("16", "tab:green"), ("256", "tab:purple"))):
+            pts = [method_vs_grpo(methods, n, prefix)[k] for n in others]
+            ax.errorbar([x + (i - 1) * width for x in range(len(others))], [p[1] for p in pts],
+                        yerr=[p[2] for p in pts], fmt="o", capsize=3, color=color, label=f"pass@{k}")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(others)), others, rotation=30, fontsize=8)
+        ax.set(ylabel="minus GRPO (paired by seed, 95% CI)", title=f"{title}: final exact pass@K vs GRPO")
+        ax.legend(fontsize=7)
+        for ax in axes[r]:
+            ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
 
 
 # -----------------------------------------------------------------------------
@@ -1032,6 +1159,8 @@ def _tree_config(args) -> TreeConfig:
         cfg.forks = tuple(args.forks)
     if args.policies:
         cfg.policies = tuple(args.policies)
+    if args.methods:
+        cfg.methods = tuple(args.methods)
     return cfg
 
 
@@ -1039,7 +1168,9 @@ def replot(folder: Path) -> list[Path]:
     """Redraw every figure of a results folder from its saved results (tree.json, lm.json)."""
     done = []
     if (folder / "tree.json").is_file():
-        done.append(plot_tree(json.loads((folder / "tree.json").read_text()), folder / "tree.png"))
+        res = json.loads((folder / "tree.json").read_text())
+        done.append(plot_tree_methods(res, folder / "tree_methods.png") if is_comparison(res)
+                    else plot_tree(res, folder / "tree.png"))
     if (folder / "lm.json").is_file():
         done += plot_lm(json.loads((folder / "lm.json").read_text()), folder)
     if not done:
@@ -1065,6 +1196,8 @@ def main(argv=None):
     t.add_argument("--forks", type=int, nargs="+", help=f"fork depths (default {TreeConfig.forks})")
     t.add_argument("--policies", nargs="+", choices=["table", "shared"], help="default: both")
     t.add_argument("--workers", type=int, help=f"processes (default {TreeConfig.workers})")
+    t.add_argument("--methods", nargs="+", help="ablations (default: GRPO, CaSP and its ablations), all (every "
+                   f"method of casp.METHODS and GRPO + entropy bonus), or names: {', '.join(COMPARISON)}")
     t.add_argument("--no-plot", action="store_true")
     lm = sub.add_parser("lm", help="the tiny language model (<= 15 min; --full: longer)")
     add_lm_args(lm)
@@ -1075,8 +1208,10 @@ def main(argv=None):
         return
     if args.cmd == "tree":
         out = Path(args.out)
-        run_tree(_tree_config(args), out, plot=not args.no_plot)
-        print(f"wrote {out / 'tree.json'}" + ("" if args.no_plot else f" and {out / 'tree.png'}"))
+        res = run_tree(_tree_config(args), out, plot=not args.no_plot)
+        png = out / ("tree_methods.png" if is_comparison(res) else "tree.png")
+        print(f"wrote {out / 'tree.json'}" + (f", {out / 'tree_methods.md'}" if is_comparison(res) else "")
+              + ("" if args.no_plot else f" and {png}"))
     elif args.cmd == "lm":
         run_lm(args)
     else:

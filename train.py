@@ -1,20 +1,24 @@
 """
-train.py: the GRPO / CaSP training loop (RLVR on one GPU, several GPUs through FSDP2, or a laptop CPU).
+train.py: the RLVR training loop for CaSP and the methods it is compared with (one GPU, several GPUs
+through FSDP2, or a laptop CPU).
 
     python train.py                                  # the CPU demo: tiny model, built-in task, < 5 min
-    python train.py --model qwen-1.5b                # the paper's setting on MATH train (one GPU)
-    torchrun --nproc_per_node 8 train.py --model qwen-7b --fsdp
+    python train.py --model qwen-1.5b                # one GPU: the authors' Qwen recipe scaled down (below)
+    python train.py --recipe authors-qwen7b --model qwen-1.5b --loss grpo   # their run, every setting, 1.5B
+    torchrun --nproc_per_node 8 train.py --recipe authors-qwen7b --fsdp     # their Qwen2.5-Math-7B run
 
 One step (the paper's Algorithm, as the released verl code runs it), `rl_step` top to bottom:
     1. draw `prompts_per_step` problems                                   (PromptStream: seeded, resumable)
     2. sample G = `group_size` responses per prompt                        (rollout.rollout -> sampler.generate)
-    3. verify every response -> reward r in {0, 1}; truncated -> 0        (rollout.rollout -> verifier.verify)
-    4. A_i = (r_i - mean_group) / (std_group + 1e-6)                       (casp.group_advantages)
+    3. verify every response -> reward r in {0, 1}; truncated -> 0 (or graded: --truncated-reward)
+    4. the method's advantages, GRPO's A_i = (r_i - mean_group) / (std_group + 1e-6) by default
+                                                                           (casp.advantages: casp.METHODS)
     5. old log-probs pi_old(y_t) recomputed by the training forward pass   (old_logprobs; no grad)
     6. `update`: split the prompts into `mini_batches` mini-batches; for each, for each micro-batch of at
        most `micro_batch_tokens` tokens: hidden states -> candidate statistics (token_stats, the output
-       layer in chunks) -> casp.policy_loss (CaSP or GRPO, one LossConfig) divided by the valid-token count
-       of the WHOLE mini-batch (token-mean) -> backward; then clip the grad norm and take an AdamW step
+       layer in chunks) -> casp.policy_loss (the method of --loss, one LossConfig) divided by the
+       valid-token count of the WHOLE mini-batch (token-mean) -> backward; then clip the grad norm and take
+       an AdamW step
     7. log one line and one JSON object (metrics.jsonl); eval and save periodically
 
 Around it: runtime.py (processes and FSDP2, the memory pre-flight, the run folder, checkpoints), tiny.py
@@ -25,10 +29,20 @@ of the weight): bf16 weights would silently drop almost every update. So the tra
 AdamW state are float32 ("master weights"); forward/backward run under bf16 autocast (`--dtype
 bfloat16`, the default on CUDA), and sampling uses a bf16 copy refreshed after every step.
 
+The authors' runs (`--recipe`, RECIPES): Qwen2.5-Math-7B on MATH train and Llama-3.2-3B-Instruct on GSM8K
++ MATH level 1, 1024 prompts x 8 responses x 3072 tokens, 20 epochs with the last partial batch dropped,
+their fixed ChatML prompt, truncated responses graded, greedy validation on MATH test, AIME 2025 and AMC
+2023. `--model qwen-1.5b` with the defaults is this project's one-GPU scale-down of their Qwen run: the
+same loss, batch and lengths, but 200 steps (not 20 epochs), the model's own chat template, truncated
+responses scored 0, no entropy bonus, and sampled pass@1 on MATH-500 as validation.
+
 Departures from the paper / released code, all deliberate:
+    - the update is not verl's: the loss is the exact token-mean over the whole mini-batch (casp.py,
+      "The one denominator"); verl weights each micro-batch's token-mean by its share of the
+      mini-batch's sequences, so tokens of different micro-batches weigh differently there.
     - rows whose advantage is exactly 0 (groups with equal rewards) are not run through forward/backward:
-      their loss and gradient are exactly 0, but their tokens still count in the token-mean denominator,
-      so the update is the same as verl's.
+      their loss and gradient are exactly 0 (unless the method or the entropy bonus reads them:
+      casp.zero_advantage_rows_matter), but their tokens still count in the token-mean denominator.
     - the demo (`--model tiny`) uses its own defaults (DEMO_DEFAULTS, e.g. a larger lr); the config
       logged in the output folder shows every value actually used.
 """
@@ -51,7 +65,8 @@ from tqdm import tqdm
 
 import data
 import tiny
-from casp import LossConfig, add_metrics, candidate_stats_from_hidden, group_advantages, mean_metrics, policy_loss
+from casp import (METHODS, LossConfig, add_metrics, advantages, candidate_stats_from_hidden, mean_metrics, policy_loss,
+                  zero_advantage_rows_matter)
 from data import UserError, at_least, between, check_output_folder, positive
 from model import MODEL_NAMES, ModelConfig, Transformer, casp_home, load_model, load_tokenizer, resolve_model_path
 from runtime import (Dist, StopSignals, WriteFailed, append_metrics, check_resume_config, claim_run_folder,
@@ -71,28 +86,64 @@ DEMO_DEFAULTS = dict(lr=2e-4, steps=30, prompts_per_step=32, mini_batches=2, max
                      save_every=0, dtype="float32", weight_decay=0.0)
 
 
+# The authors' runs (CLR-Lab/SimKO @ 306f4ff: run_qwen2.5-math-7b_{SimKO,grpo}.sh and
+# run_llama3.2-3b_{SimKO,grpo}.sh, with the verl defaults of verl/trainer/config/ppo_trainer.yaml they do
+# not override), every value a flag here controls; the loss comes from --loss. `per_loss`: where their
+# CaSP (SimKO) script differs from their GRPO one: the CaSP path detaches the entropy (coefficient 0 in
+# effect) and the Qwen SimKO script validates every 14 steps. Explicit flags win over a recipe, so
+# `--recipe authors-qwen7b --model qwen-1.5b` is their Qwen run scaled down to one GPU.
+AUTHORS = dict(prompt_format="authors", prompts_per_step=1024, mini_batches=4, group_size=8, max_prompt_len=1024,
+               max_response_len=3072, epochs=20, truncated_reward="grade", lr=1e-6, weight_decay=0.01, grad_clip=1.0,
+               clip_eps=0.2, temperature=1.0, top_p=1.0, top_n=3, alpha=0.01, entropy_quantile=0.8, neg_scale=1.1,
+               answer_mode="strict", heldout=["math_test", "aime2025", "amc23"], eval_decoding="greedy",
+               eval_prompts=5000)
+RECIPES = {
+    "authors-qwen7b": dict(values=dict(AUTHORS, model="qwen-7b", data="math_train", entropy_coeff=0.001,
+                                       eval_every=7, save_every=7),
+                           per_loss={"casp": dict(entropy_coeff=0.0, eval_every=14)},
+                           about="Qwen2.5-Math-7B on MATH train (their run_qwen2.5-math-7b_*.sh)"),
+    "authors-llama3b": dict(values=dict(AUTHORS, model="llama-3b", data="simplelr_gsm8k_level1", entropy_coeff=0.0,
+                                        eval_every=8, save_every=8),
+                            per_loss={}, about="Llama-3.2-3B-Instruct on GSM8K + MATH level 1 (run_llama3.2-3b_*.sh)"),
+}
+
+
 class HelpFormatter(data.HelpFormatter):
     presets = {"--model tiny": DEMO_DEFAULTS}
 
 
-def get_args(argv=None):
+def _show_recipes():
+    """--help shows, beside each flag's default, the value each recipe sets where it differs."""
+    defaults = get_parser().parse_args([])
+    HelpFormatter.presets.update({f"--recipe {name}": {k: v for k, v in r["values"].items()
+                                                        if getattr(defaults, k) != v}
+                                  for name, r in RECIPES.items()})
+
+
+def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=HelpFormatter)
     g = p.add_argument_group("model and data")
+    g.add_argument("--recipe", default=None, choices=list(RECIPES),
+                   help="every setting of the authors' run: " + "; ".join(f"{n}: {r['about']}" for n, r in RECIPES.items())
+                   + " (flags given explicitly win, e.g. --model qwen-1.5b)")
     g.add_argument("--model", default="tiny", help=f"a name ({', '.join(MODEL_NAMES)}) or a HF model folder")
     g.add_argument("--init", default="checkpoint", choices=["checkpoint", "random"],
                    help="random: the named architecture with random weights (timing, memory)")
     g.add_argument("--tokenizer", default=None, help="folder or tokenizer.json (default: the model's folder)")
     g.add_argument("--data", default=None, help="training problems: a dataset name or JSONL path "
                    "(default: the built-in task for tiny, math_train otherwise)")
-    g.add_argument("--heldout", default=None, help="held-out problems for periodic pass@1 "
-                   "(default: the built-in task's held-out split for tiny, math500 otherwise)")
+    g.add_argument("--heldout", default=None, nargs="+", help="held-out sets for periodic pass@1, each a name or a "
+                   "JSONL path (default: the built-in task's held-out split for tiny, math500 otherwise)")
+    g.add_argument("--prompt-format", default="template", choices=list(data.PROMPT_FORMATS),
+                   help="template: the model's chat template; authors: the authors' fixed ChatML text for every model")
     g.add_argument("--data-dir", default=None, help="folder of the dataset files (default: $CASP_DATA, else "
                    "~/.cache/casp/data; `python data.py prepare` writes them)")
     g.add_argument("--answer-mode", default="strict", choices=["strict", "lenient"],
                    help="what the verifier reads as the answer: strict = the last \\boxed{} only (the paper's "
                    "reward); lenient = also 'the answer is ...' and a final-line fallback")
-    g = p.add_argument_group("loss (paper defaults)")
-    g.add_argument("--loss", default="casp", choices=["casp", "grpo"])
+    g = p.add_argument_group("loss (each method's paper defaults)")
+    g.add_argument("--loss", default="casp", choices=list(METHODS),
+                   help="; ".join(f"{n}: {m.about}" for n, m in METHODS.items()))
     g.add_argument("--top-n", type=at_least(1), default=3, help="N: candidates that share the positive gradient")
     g.add_argument("--alpha", type=between(0, 1, low_open=False, high_open=False), default=0.01,
                    help="a: share of the positive push moved to the top-N")
@@ -103,11 +154,26 @@ def get_args(argv=None):
     g.add_argument("--clip-eps-high", type=positive, default=None,
                    help="DAPO clip-higher (default: --clip-eps)")
     g.add_argument("--no-std-norm", action="store_true", help="Dr. GRPO advantages (no std division)")
+    g.add_argument("--entropy-coeff", type=at_least(0.0, float), default=0.0,
+                   help="entropy bonus -c H_t with any loss (verl's entropy_coeff; their Qwen GRPO run: 0.001)")
+    g.add_argument("--lambda-pos", type=at_least(0.0, float), default=0.1, help="w-reinforce: A on correct responses")
+    g.add_argument("--passk-k", type=at_least(1), default=4, help="passk: the k of pass@k training (<= --group-size)")
+    g.add_argument("--kl-cov-k", type=between(0, 1, high_open=False), default=0.002,
+                   help="kl-cov: share of tokens penalised")
+    g.add_argument("--kl-cov-beta", type=at_least(0.0, float), default=1.0, help="kl-cov: KL penalty coefficient")
+    g.add_argument("--clip-cov-r", type=between(0, 1, high_open=False), default=2e-4,
+                   help="clip-cov: share of tokens detached")
+    g.add_argument("--clip-cov-low", type=float, default=1.0, help="clip-cov: lower covariance bound")
+    g.add_argument("--clip-cov-high", type=float, default=5.0, help="clip-cov: upper covariance bound")
+    g.add_argument("--entropy-adv-alpha", type=at_least(0.0, float), default=0.4, help="entropy-adv: alpha")
+    g.add_argument("--entropy-adv-kappa", type=positive, default=2.0, help="entropy-adv: kappa")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=positive, default=1e-6, help="constant learning rate")
     g.add_argument("--weight-decay", type=at_least(0.0, float), default=0.01, help="AdamW weight decay (verl's)")
     g.add_argument("--grad-clip", type=positive, default=1.0, help="gradient norm clip")
     g.add_argument("--steps", type=at_least(1), default=200, help="RL steps")
+    g.add_argument("--epochs", type=at_least(1), default=None,
+                   help="passes over the training set, the last partial batch of each dropped (overrides --steps)")
     g.add_argument("--prompts-per-step", type=at_least(1), default=1024, help="prompts sampled per step")
     g.add_argument("--mini-batches", type=at_least(1), default=4, help="optimizer steps per training step")
     g.add_argument("--micro-batch-tokens", type=at_least(1), default=16384, help="padded tokens per forward/backward")
@@ -116,8 +182,10 @@ def get_args(argv=None):
     g.add_argument("--temperature", type=positive, default=1.0, help="sampling temperature")
     g.add_argument("--top-p", type=between(0, 1, high_open=False), default=1.0, help="nucleus sampling")
     g.add_argument("--max-prompt-len", type=at_least(1), default=1024, help="longer prompts are skipped and counted")
-    g.add_argument("--max-response-len", type=at_least(1), default=3072,
-                   help="tokens per response; a response cut off here scores 0")
+    g.add_argument("--max-response-len", type=at_least(1), default=3072, help="tokens per response")
+    g.add_argument("--truncated-reward", default="zero", choices=["zero", "grade"],
+                   help="a response cut off at --max-response-len: zero (scores 0) or grade (verified like any "
+                   "other, as the authors do)")
     g.add_argument("--rollout-batch", type=at_least(1), default=256, help="rows sampled at once (KV-cache memory)")
     g = p.add_argument_group("system")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
@@ -131,16 +199,32 @@ def get_args(argv=None):
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--overwrite", action="store_true", help="delete the run already in --out and start anew")
     g.add_argument("--force", action="store_true", help="run even if the memory estimate exceeds free memory")
+    g.add_argument("--dry-run", action="store_true", help="resolve every setting (recipe, data, --epochs -> steps, "
+                   "memory estimate), print the config the run would log, and exit without writing anything")
     g.add_argument("--eval-every", type=at_least(0), default=25, help="held-out pass@1 every k steps (0: off)")
-    g.add_argument("--eval-prompts", type=at_least(1), default=500, help="held-out problems evaluated")
+    g.add_argument("--eval-prompts", type=at_least(1), default=500, help="held-out problems evaluated per set")
+    g.add_argument("--eval-decoding", default="sample", choices=["sample", "greedy"],
+                   help="held-out pass@1: one sample at --temperature, or greedy decoding (the authors' validation)")
     g.add_argument("--save-every", type=at_least(0), default=50, help="checkpoint every k steps (0: only at the end)")
     g.add_argument("--keep", type=at_least(1), default=2, help="checkpoints kept")
     g.add_argument("--warm-start-steps", type=at_least(1), default=300, help="tiny demo: supervised steps (cached)")
+    return p
+
+
+def get_args(argv=None):
+    p = get_parser()
     args = p.parse_args(argv)
-    if args.model == "tiny":  # the demo's own defaults, unless given on the command line
+    if args.recipe:  # the recipe's values, unless given on the command line
+        recipe = RECIPES[args.recipe]
+        p.set_defaults(**{**recipe["values"], **recipe["per_loss"].get(args.loss, {})})
+        args = p.parse_args(argv)
+    elif args.model == "tiny":  # the demo's own defaults, unless given on the command line
         p.set_defaults(**DEMO_DEFAULTS)
         args = p.parse_args(argv)
     return check_args(p, args)
+
+
+_show_recipes()   # --help: beside each default, the value each recipe sets
 
 
 def check_args(p: argparse.ArgumentParser, args):
@@ -153,6 +237,10 @@ def check_args(p: argparse.ArgumentParser, args):
                 f"{args.mini_batches}")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite contradict each other: choose one")
+    if "passk_k" in METHODS[args.loss].params and args.passk_k > args.group_size:
+        p.error(f"--passk-k {args.passk_k} is larger than --group-size {args.group_size}")
+    if args.clip_cov_low >= args.clip_cov_high:
+        p.error(f"--clip-cov-low {args.clip_cov_low} must be below --clip-cov-high {args.clip_cov_high}")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available here (use --device cpu)")
     if args.out is None:
@@ -165,7 +253,10 @@ def check_args(p: argparse.ArgumentParser, args):
 
 
 class PromptStream:
-    """Problems in a seeded random order, epoch after epoch. The position is the whole state."""
+    """Problems in a seeded random order, epoch after epoch. The position is the whole state.
+
+    An epoch yields floor(n / k) steps of k prompts and drops the rest (verl's DataLoader(drop_last=True)),
+    so `--epochs E` is E * floor(n / k) steps; a set smaller than one step wraps around instead."""
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
@@ -174,6 +265,11 @@ class PromptStream:
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
 
     def take(self, k: int) -> list[int]:
+        if k <= self.n:  # drop-last: a step never spans two epochs
+            if self.pos + k > self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+            self.pos += k
+            return self._order()[self.pos - k:self.pos].tolist()
         out = []
         while len(out) < k:
             order = self._order()
@@ -192,15 +288,17 @@ class PromptStream:
 
 
 def load_problems(args, tokenizer):
-    """(train problems, held-out problems), each a list of dicts with prompt_ids."""
+    """(train problems, {held-out set name: problems}, prompts skipped), problems as dicts with prompt_ids."""
     if args.model == "tiny" and args.data is None:
         train = tiny.synthetic_problems(5000, seed=args.seed, split="train")
-        held = tiny.synthetic_problems(args.eval_prompts, seed=args.seed, split="heldout")
+        held = {"synthetic": tiny.synthetic_problems(args.eval_prompts, seed=args.seed, split="heldout")}
     else:
         train = data.load_dataset(args.data or "math_train", args.data_dir)
-        held = data.load_dataset(args.heldout or "math500", args.data_dir)[:args.eval_prompts]
-    train, skipped = data.encode_prompts(train, tokenizer, args.max_prompt_len)
-    held, _ = data.encode_prompts(held, tokenizer, args.max_prompt_len)
+        held = {Path(name).stem if name.endswith(".jsonl") else name:
+                data.load_dataset(name, args.data_dir)[:args.eval_prompts] for name in args.heldout or ["math500"]}
+    fmt = dict(prompt_format=args.prompt_format)
+    train, skipped = data.encode_prompts(train, tokenizer, args.max_prompt_len, **fmt)
+    held = {name: data.encode_prompts(probs, tokenizer, args.max_prompt_len, **fmt)[0] for name, probs in held.items()}
     if not train:
         raise UserError(f"no training prompt fits --max-prompt-len {args.max_prompt_len} ({skipped} skipped)")
     return train, held, skipped
@@ -224,12 +322,13 @@ def rl_step(step: int, model, policy, opt, tokenizer, problems: list[dict], cfg:
     seed = args.seed * 1_000_003 + step * 7919 + dist.rank * 104729     # every rank its own samples
     ro = rollout(policy, tokenizer, problems, args.group_size, max_new_tokens=args.max_response_len,
                  temperature=args.temperature, top_p=args.top_p, top_n=cfg.top_n, seed=seed,
-                 slots=args.rollout_batch, answer_mode=args.answer_mode)
+                 slots=args.rollout_batch, answer_mode=args.answer_mode,
+                 truncated_scores_zero=args.truncated_reward == "zero")
     t_sample = time.time() - t0
 
-    # 4. A_i = (r_i - mean_group) / (std_group + 1e-6), broadcast to the response's tokens
-    batch = build_batch(problems, ro, args.group_size, normalize_std=not args.no_std_norm)
-    active = torch.nonzero(batch.adv != 0).flatten()   # A = 0 rows: zero loss and gradient, skipped
+    # 4. the method's advantages (GRPO's: A_i = (r_i - mean_group) / (std_group + 1e-6)), per response
+    batch = build_batch(problems, ro, args.group_size, cfg)
+    active = loss_rows(batch, torch.arange(len(batch.adv)), cfg)   # A = 0 rows: zero loss and gradient, skipped
 
     # 5. pi_old(y_t): the training forward pass re-scores the sampled tokens (no grad)
     model.train()
@@ -260,7 +359,7 @@ def update(model, opt, batch: Batch, old: torch.Tensor, cfg: LossConfig, args, d
         loss_denom = max(dist.all_sum(float(batch.resp_mask[rows].sum())), 1.0) / dist.world
         opt.zero_grad(set_to_none=True)
         finite = True
-        for idx, S, mask in micro_batches(batch, rows[batch.adv[rows] != 0], args.micro_batch_tokens, dist):
+        for idx, S, mask in micro_batches(batch, loss_rows(batch, rows, cfg), args.micro_batch_tokens, dist):
             stats = token_stats(model, batch.seq[idx, :S], mask, cfg, args.dtype, dev)
             loss, m = policy_loss(stats, old[idx, 1:S].to(dev), batch.adv[idx].to(dev), mask.to(dev), cfg,
                                   loss_denom=loss_denom)
@@ -299,7 +398,18 @@ def loss_config(args) -> LossConfig:
     """The loss's hyperparameters, built once from the command line (casp.LossConfig)."""
     return LossConfig(loss=args.loss, top_n=args.top_n, alpha=args.alpha, neg_scale=args.neg_scale,
                       entropy_quantile=None if args.no_entropy_gate else args.entropy_quantile,
-                      clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, temperature=args.temperature)
+                      clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, temperature=args.temperature,
+                      normalize_std=not args.no_std_norm, entropy_coeff=args.entropy_coeff,
+                      lambda_pos=args.lambda_pos, passk_k=args.passk_k, kl_cov_k=args.kl_cov_k,
+                      kl_cov_beta=args.kl_cov_beta, clip_cov_r=args.clip_cov_r, clip_cov_low=args.clip_cov_low,
+                      clip_cov_high=args.clip_cov_high, entropy_adv_alpha=args.entropy_adv_alpha,
+                      entropy_adv_kappa=args.entropy_adv_kappa)
+
+
+def loss_rows(batch: "Batch", rows: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """The rows the loss needs run through forward/backward: those with A != 0, unless a row with A = 0
+    can still move the gradient (casp.zero_advantage_rows_matter: KL-Cov, Clip-Cov, the entropy bonus)."""
+    return rows if zero_advantage_rows_matter(cfg) else rows[batch.adv[rows] != 0]
 
 
 @dataclass
@@ -317,8 +427,8 @@ class Batch:
                      self.rewards[idx], self.group[idx])
 
 
-def build_batch(problems, ro, group_size: int, normalize_std: bool = True) -> Batch:
-    """Right-padded rows [prompt, response] for every sampled response, with the group advantages."""
+def build_batch(problems, ro, group_size: int, cfg: LossConfig = LossConfig(loss="grpo")) -> Batch:
+    """Right-padded rows [prompt, response] for every sampled response, with the method's advantages."""
     R = ro.tokens.shape[0]
     group = torch.arange(R) // group_size                                            # (R,) prompt of each row
     prompts = [problems[g]["prompt_ids"] for g in group.tolist()]
@@ -333,7 +443,7 @@ def build_batch(problems, ro, group_size: int, normalize_std: bool = True) -> Ba
         seq[i, a:b] = ro.tokens[i, :n]
         resp[i, a:b] = True
         slp[i, a:b] = ro.logprobs[i, :n]
-    adv = group_advantages(ro.rewards, group_size, normalize_std=normalize_std)
+    adv = advantages(ro.rewards, group_size, cfg)                                  # (R,) casp.METHODS[cfg.loss]
     return Batch(seq, resp, slp, adv.float(), ro.rewards, group)
 
 
@@ -374,7 +484,8 @@ def token_stats(model, seq: torch.Tensor, mask: torch.Tensor, cfg: LossConfig, d
     with torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext():
         hidden = model(seq[:, :-1].to(dev), return_hidden=True)                            # (b, S-1, D)
     return candidate_stats_from_hidden(hidden, model.output_weight, seq[:, 1:].to(dev), mask.to(dev),
-                                       top_n=cfg.top_n, temperature=cfg.temperature)
+                                       top_n=cfg.top_n, temperature=cfg.temperature,
+                                       entropy_grad=cfg.entropy_coeff > 0 and torch.is_grad_enabled())
 
 
 def all_sum_metrics(sums: dict, dist: Dist) -> dict:
@@ -454,12 +565,17 @@ def make_sampling_copy(model: Transformer, args, dist: Dist):
 
 
 def heldout_pass(policy, tokenizer, problems, args, n: int, seed: int) -> dict:
-    """pass@1 (and pass@n) on held-out problems, n samples each at the training temperature, scored
-    as in training (--answer-mode; truncated responses 0)."""
+    """pass@1 (and pass@n) on held-out problems, n samples each at the training temperature, or with
+    --eval-decoding greedy one greedy response each (pass@1 only); scored as in training (--answer-mode,
+    --truncated-reward)."""
     if not problems:
         return {}
-    ro = rollout(policy, tokenizer, problems, n, max_new_tokens=args.max_response_len, temperature=args.temperature,
-                 top_p=args.top_p, top_n=args.top_n, seed=seed, slots=args.rollout_batch, answer_mode=args.answer_mode)
+    greedy = args.eval_decoding == "greedy"
+    n = 1 if greedy else n
+    ro = rollout(policy, tokenizer, problems, n, max_new_tokens=args.max_response_len,
+                 temperature=0.0 if greedy else args.temperature, top_p=args.top_p, top_n=args.top_n, seed=seed,
+                 slots=args.rollout_batch, answer_mode=args.answer_mode,
+                 truncated_scores_zero=args.truncated_reward == "zero")
     correct = ro.rewards.view(len(problems), n).sum(1).long().tolist()
     return {f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for c in correct])) for k in sorted({1, n})}
 
@@ -472,7 +588,7 @@ def explore_command(args, out: Path, ckpt: Path) -> str:
     if args.model == "tiny" and args.data is None:   # eval's `synthetic` is the held-out split drawn with seed 0
         data_args = "--data synthetic"
     else:
-        data_args = (f"--data {quote(args.heldout or 'math500')}"
+        data_args = (f"--data {' '.join(quote(h) for h in args.heldout or ['math500'])}"
                      + (f" --data-dir {quote(args.data_dir)}" if args.data_dir else ""))
     cmd = (f"python eval.py --model {quote(str(ckpt / 'model'))} {data_args} --limit {args.eval_prompts} --n 8 "
            f"--max-new-tokens {args.max_response_len} --max-prompt-tokens {args.max_prompt_len} --seed {10**6} "
@@ -480,8 +596,21 @@ def explore_command(args, out: Path, ckpt: Path) -> str:
     for flag, value, default in (("--temperature", args.temperature, 1.0), ("--top-p", args.top_p, 1.0),
                                  ("--top-n", args.top_n, 3)):
         cmd += f" {flag} {value}" if value != default else ""
+    cmd += f" --prompt-format {args.prompt_format}" if args.prompt_format != "template" else ""
     cmd += f" --dtype {args.dtype} --device {args.device}" if args.dtype == "float32" else ""
     return cmd + f" --explore --out {quote(str(out.parent / 'eval' / out.name))}"
+def heldout_metrics(policy, tokenizer, sets: dict, args, n: int, seed: int) -> dict:
+    """heldout_pass on every held-out set: heldout_pass@k over all their problems (each problem counts
+    once) and, with several sets, heldout_<set>_pass@k per set."""
+    out, sums, total = {}, {}, 0
+    for name, probs in sets.items():
+        for k, v in heldout_pass(policy, tokenizer, probs, args, n, seed).items():
+            if len(sets) > 1:
+                out[f"heldout_{name}_{k}"] = v
+            sums[k] = sums.get(k, 0.0) + v * len(probs)
+        total += len(probs)
+    out.update({f"heldout_{k}": v / total for k, v in sums.items()})
+    return out
 
 
 # -----------------------------------------------------------------------------
@@ -541,7 +670,7 @@ class Run:
     opt: torch.optim.Optimizer
     tokenizer: object
     train_set: list[dict]
-    heldout: list[dict]
+    heldout: dict[str, list[dict]]  # held-out set name -> problems
     n_skipped: int                # training prompts over --max-prompt-len
     stream: PromptStream
     start: int                    # steps already done (resumed runs)
@@ -555,18 +684,19 @@ def setup(args) -> Run:
     checked first (a file, read-only), then locked for the run's life (one writer), before any model loads."""
     dist = setup_dist(args.fsdp, args.device)
     out = Path(args.out)
-    check_output_folder(out)
-    refused = None
-    if dist.main:
-        try:
-            lock_run_folder(out)
-        except UserError as e:
-            refused = e
-    if dist.all_max(1.0 if refused else 0.0):
-        raise refused or UserError(f"{out} is in use by another run")
-    note = claim_run_folder(out, args.resume, args.overwrite, delete=dist.main)
-    if note and dist.main:
-        print(note)
+    if not args.dry_run:   # a dry run writes nothing, so it neither checks nor locks the folder
+        check_output_folder(out)
+        refused = None
+        if dist.main:
+            try:
+                lock_run_folder(out)
+            except UserError as e:
+                refused = e
+        if dist.all_max(1.0 if refused else 0.0):
+            raise refused or UserError(f"{out} is in use by another run")
+        note = claim_run_folder(out, args.resume, args.overwrite, delete=dist.main)
+        if note and dist.main:
+            print(note)
     dist.barrier()   # the other ranks read the folder only after rank 0 has cleared it
     if args.resume:
         check_resume_config(out, vars(args))
@@ -583,6 +713,19 @@ def setup(args) -> Run:
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     train_set, heldout, n_skipped = load_problems(args, tokenizer)
+    if args.epochs:   # E passes, the last partial batch of each dropped (PromptStream)
+        per_epoch = len(train_set) // args.prompts_per_step
+        if per_epoch == 0:
+            raise UserError(f"--epochs: {len(train_set)} training prompts make no full step of "
+                            f"--prompts-per-step {args.prompts_per_step}")
+        args.steps = args.epochs * per_epoch
+    if args.dry_run:   # every setting resolved; nothing large allocated, nothing written
+        line, _ = memory_check(argparse.Namespace(**{**vars(args), "force": True}), config, dist,
+                               max(len(p["prompt_ids"]) for p in train_set))
+        print("config:", json.dumps(vars(args)))
+        print(f"[data] {len(train_set)} training prompts ({n_skipped} over --max-prompt-len skipped), {args.steps} "
+              f"steps; prompts: {data.prompt_source(tokenizer, args.prompt_format)}\n{line}")
+        return None
     memory, expected_gb = memory_check(args, config, dist, max(len(p["prompt_ids"]) for p in train_set))
     stream, ckpt, start = PromptStream(len(train_set), args.seed), None, 0
     if args.resume:   # the newest complete checkpoint (a damaged one is named and skipped)
@@ -598,9 +741,12 @@ def setup(args) -> Run:
             raise WriteFailed(f"writing {out} failed ({e.strerror})") from None
         print("config:", json.dumps(vars(args)))
         print(f"[run] {out}" + (f" (resumed from {ckpt} at step {start})" if ckpt else ""))
-        print(f"[model] {args.model}: {config.num_params() / 1e6:.1f}M parameters; prompts: {tokenizer.chat_source}")
+        print(f"[model] {args.model}: {config.num_params() / 1e6:.1f}M parameters; prompts: "
+              f"{data.prompt_source(tokenizer, args.prompt_format)}")
         print(f"[data] {len(train_set)} training prompts ({n_skipped} over --max-prompt-len skipped), "
-              f"{len(heldout)} held-out\n{memory}" + (f"\n{torn}" if torn else ""))
+              + (f"{args.epochs} epochs = {args.steps} steps, " if args.epochs else "")
+              + f"held-out: {', '.join(f'{k} {len(v)}' for k, v in heldout.items())}\n{memory}"
+              + (f"\n{torn}" if torn else ""))
     return Run(dist, out, model, make_sampling_copy(model, args, dist), opt, tokenizer, train_set, heldout,
                n_skipped, stream, start, loss_config(args), expected_gb)
 
@@ -608,10 +754,12 @@ def setup(args) -> Run:
 def run(args, argv: list[str]):
     """The RL loop: a step, its log line, the periodic held-out pass@1 and checkpoint."""
     r = setup(args)
+    if r is None:   # --dry-run
+        return None
     dist, demo = r.dist, args.model == "tiny"
     if demo and r.start == 0 and dist.main:
-        before = heldout_pass(r.policy, r.tokenizer, r.heldout, args, n=8, seed=10**6)
-        print(f"[before] held-out pass@1 {before['pass@1']:.3f} | pass@8 {before['pass@8']:.3f}")
+        before = heldout_metrics(r.policy, r.tokenizer, r.heldout, args, n=8, seed=10**6)
+        print("[before] held-out " + " | ".join(f"{k[8:]} {v:.3f}" for k, v in before.items() if k.count("_") == 1))
     bar = tqdm(range(r.start, args.steps), desc=f"RL ({args.loss})", initial=r.start, total=args.steps,
                disable=not dist.main, dynamic_ncols=True)
     stop = StopSignals().install()   # from here SIGINT/SIGTERM finish the step, save, print the resume command
@@ -632,8 +780,7 @@ def run(args, argv: list[str]):
             m = rl_step(step, r.model, r.policy, r.opt, r.tokenizer, problems, r.loss_cfg, args, dist)
             m.update(prompts_skipped_too_long=r.n_skipped, peak_mem_estimate_gb=r.expected_gb)
             if args.eval_every and (step + 1) % args.eval_every == 0:
-                m.update({f"heldout_{k}": v for k, v in
-                          heldout_pass(r.policy, r.tokenizer, r.heldout, args, n=1, seed=10**6 + step).items()})
+                m.update(heldout_metrics(r.policy, r.tokenizer, r.heldout, args, n=1, seed=10**6 + step))
             if dist.main:
                 append_metrics(r.out / "metrics.jsonl", m)
                 bar.write(log_line(m))
@@ -653,8 +800,9 @@ def run(args, argv: list[str]):
     finally:
         stop.restore()
     if demo and dist.main:
-        after = heldout_pass(r.policy, r.tokenizer, r.heldout, args, n=8, seed=10**6)
-        print(f"[after {args.loss}] held-out pass@1 {after['pass@1']:.3f} | pass@8 {after['pass@8']:.3f}")
+        after = heldout_metrics(r.policy, r.tokenizer, r.heldout, args, n=8, seed=10**6)
+        print(f"[after {args.loss}] held-out " + " | ".join(f"{k[8:]} {v:.3f}" for k, v in after.items()
+                                                           if k.count("_") == 1))
         other = args.seed != 0 and args.data is None   # eval's `synthetic` problems are those of seed 0
         print(f"[explore] every token of {'an' if other else 'this'} evaluation and its top-{args.top_n} candidates, "
               f"as a page{' (the held-out problems of --seed 0)' if other else ''}: "

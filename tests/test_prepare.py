@@ -93,6 +93,23 @@ def test_olympiadbench_multiple_answers_and_units():
     assert data.convert_olympiadbench(dict(row, final_answer=[])) == "no final answer"
 
 
+def test_simplelr_rows_of_the_authors_llama_set():
+    """The authors' Llama training set (their verl parquet, real rows in the fixture): problem = the user
+    turn's content (what their prompt template receives), answer = reward_model.ground_truth, the worked
+    solution and level kept, the id from extra_info.index; the source is their file at a pinned commit."""
+    rows = json.loads(FIXTURES.read_text())["simplelr_gsm8k_level1"]["train.parquet"]
+    gsm, alg = rows[0], rows[1]
+    out = data.convert_simplelr(gsm)
+    assert out == {"problem": gsm["prompt"][0]["content"], "answer": "180", "solution": gsm["target"], "level": 1,
+                   "source_id": 0}
+    assert out["problem"].startswith("Mrs. Gable") and out["solution"].endswith("# Answer\n\n180")
+    assert data.convert_simplelr(alg)["answer"] == "x^6-5832" and data.convert_simplelr(alg)["source_id"] == 5
+    assert data.convert_simplelr(dict(gsm, reward_model={"ground_truth": ""})) == "no problem or no ground truth"
+    src = data.SOURCES["simplelr_gsm8k_level1"]
+    assert "306f4ff4e84ace53e92501939692fcfeb32596b5/data/gsm8k_level1/train.parquet" in src.url
+    assert src.url in data.download_command("simplelr_gsm8k_level1", src, "DIR/x")
+
+
 def test_humaneval_fields():
     row = {"task_id": "HumanEval/3", "prompt": "def f():\n", "canonical_solution": "    return 1\n",
            "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}
@@ -111,7 +128,8 @@ def test_prepare_writes_every_dataset_with_counts_and_reasons(prepared):
     assert set(report) == set(data.SOURCES)
     expect = {"math_train": 3, "math500": 2, "aime2024": 2, "aime2025": 2, "amc23": 2, "minerva_math": 2,
               "olympiadbench": 3, "gsm8k_train": 3, "gsm8k_test": 1, "humaneval": 2, "knights_knaves": 2,
-              "zebra_puzzles": 1, "bbh": 60, "synlogic": 32, "livecodebench": 2}
+              "zebra_puzzles": 1, "bbh": 60, "synlogic": 32, "livecodebench": 2, "math_test": 2,
+              "simplelr_gsm8k_level1": 3}
     assert {n: r["written"] for n, r in report.items()} == expect
     assert report["math_train"]["dropped"] == {"no answer (empty, or no \\boxed{} in the solution)": 1}
     assert report["aime2024"]["dropped"] == {"not from 2024": 1}

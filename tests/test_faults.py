@@ -10,6 +10,7 @@ printed), never on sleeps, so the tests hold on a loaded machine.
 import json
 import os
 import pickle
+import random
 import re
 import shlex
 import shutil
@@ -261,7 +262,7 @@ def truncate(path: Path):
 DAMAGE = {
     "model.safetensors truncated": lambda c: truncate(c / "model" / "model.safetensors"),
     "optimizer.pt truncated": lambda c: truncate(c / "optimizer.pt"),
-    "optimizer.pt garbage": lambda c: (c / "optimizer.pt").write_bytes(os.urandom((c / "optimizer.pt").stat().st_size)),
+    "optimizer.pt garbage": lambda c: (c / "optimizer.pt").write_bytes(random.Random(0).randbytes((c / "optimizer.pt").stat().st_size)),
     "trainer_state.json garbage": lambda c: (c / "trainer_state.json").write_bytes(b"\x93\xff garbage {"),
     "model config.json missing": lambda c: (c / "model" / "config.json").unlink(),
     "NaN weights": lambda c: save_model(nan_model(c / "model"), c / "model"),

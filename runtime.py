@@ -535,6 +535,8 @@ def load_checkpoint(ckpt: Path, opt, dist: Dist) -> tuple[int, dict]:
         raise DamagedCheckpoint(f"{f}: missing") from None
     except torch.OutOfMemoryError:
         raise
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise DamagedCheckpoint(f"{f}: truncated or unreadable ({str(e).splitlines()[0][:80]})") from None
     except Exception as e:   # garbage bytes fail anywhere in the unpickler (KeyError, IndexError, struct.error, ...)
         raise DamagedCheckpoint(f"{f}: garbage or truncated ({type(e).__name__}: "
                                 f"{(str(e).splitlines() or [''])[0][:80]})") from None

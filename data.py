@@ -66,14 +66,26 @@ class UserError(Exception):
     print `error: <message>` and exit with status 2, without a traceback. Unexpected errors keep theirs."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the command-line tools: a mistake on the command line (`--steps -1`, an unknown flag,
+    a missing value) is one line `error: ...` on stderr and exit status 2, like every other user error,
+    instead of argparse's usage block followed by `prog: error: ...`. Sub-commands inherit it."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """--help with each flag's default shown once: `(default: X)` unless the help text already says it,
-    plus, where a preset changes it (train.py's demo), `PRESET: value` beside it."""
+    plus, where a preset changes it (train.py's demo), `PRESET: value` beside it. On/off switches
+    (`--no-plot`, `--force`) show none: their name says what they do."""
     presets: dict[str, dict] = {}       # label -> {dest: value}
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+        if ("default" in text or not action.option_strings or action.nargs == 0
+                or action.default in (None, False, argparse.SUPPRESS)):
             return text
         extra = "".join(f"; {label}: {values[action.dest]}" for label, values in self.presets.items()
                         if action.dest in values)
@@ -525,7 +537,7 @@ def format_report(report: list[dict]) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="data.py", description="Dataset files for train.py and eval.py.")
+    ap = ArgumentParser(prog="data.py", description="Dataset files for train.py and eval.py.")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="write the dataset files from their public sources",
                        formatter_class=HelpFormatter)

@@ -417,7 +417,7 @@ def run_eval(args) -> dict:
 
 
 def get_args(argv=None):
-    ap = argparse.ArgumentParser(description="pass@K, candidate diagnostics, comparisons and plots",
+    ap = data.ArgumentParser(description="pass@K, candidate diagnostics, comparisons and plots",
                                  formatter_class=HelpFormatter)
     g = ap.add_argument_group("what to evaluate")
     g.add_argument("--model", help="model name (see model.MODEL_NAMES) or a Hugging Face model folder")
@@ -455,7 +455,7 @@ def get_args(argv=None):
     g.add_argument("--plot-metrics", nargs="+", default=None, metavar="METRICS_JSONL",
                    help="plot training metrics.jsonl files over steps (metrics.png)")
     g.add_argument("--no-plot", dest="plot", action="store_false", help="tables only")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     args = ap.parse_args(argv)
     if args.k is not None and (min(args.k) < 1 or (not (args.rescore or args.compare) and max(args.k) > args.n)):
         ap.error(f"every --k must be in [1, --n={args.n}]: pass@k needs at least k samples per problem")

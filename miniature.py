@@ -74,6 +74,7 @@ from pathlib import Path
 import torch
 
 import casp
+import data
 
 # =============================================================================
 # 1. The token tree
@@ -1048,7 +1049,7 @@ def replot(folder: Path) -> list[Path]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+    p = data.ArgumentParser(description=__doc__.split("\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--replot", metavar="DIR", help="redraw the figures of DIR from its saved results")
     sub = p.add_subparsers(dest="cmd")

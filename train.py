@@ -74,7 +74,7 @@ class HelpFormatter(data.HelpFormatter):
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=HelpFormatter)
+    p = data.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=HelpFormatter)
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default="tiny", help=f"a name ({', '.join(MODEL_NAMES)}) or a HF model folder")
     g.add_argument("--init", default="checkpoint", choices=["checkpoint", "random"],

@@ -126,6 +126,33 @@ def test_user_errors_are_one_line_with_status_2(tiny_dir, problems_file, tmp_pat
         assert [line for line in r.stderr.splitlines() if "error:" in line], r.stderr
 
 
+def test_command_line_mistakes_are_one_line_in_every_tool():
+    """A flag out of range, an unknown flag or a missing sub-command is ONE stderr line `error: ...` naming
+    the flag, status 2, in train.py, eval.py, data.py and miniature.py: argparse's usage block is not
+    printed (data.ArgumentParser); checks that combine flags (train.check_args, eval's --k) too."""
+    cases = [("train.py", ["--steps", "-1"], "argument --steps: must be >= 1, got -1"),
+             ("train.py", ["--prompts-per-step", "3", "--mini-batches", "2"], "not a multiple of --mini-batches"),
+             ("train.py", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+             ("eval.py", ["--n", "0"], "argument --n: must be >= 1, got 0"),
+             ("eval.py", ["--n", "4", "--k", "8"], "every --k must be in [1, --n=4]"),
+             ("data.py", ["prepare", "--bogus"], "unrecognized arguments: --bogus"),
+             ("data.py", [], "required: command"),
+             ("miniature.py", ["tree", "--seeds", "x"], "argument --seeds: invalid int value: 'x'")]
+    for script, args, needle in cases:
+        r = cli(*args, script=script)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, (script, args, r.stderr)
+        assert lines[0].startswith("error: ") and needle in lines[0] and "usage" not in r.stderr, (script, lines)
+
+
+def test_switches_show_no_default_in_help():
+    """An on/off switch's help says what it does, not `(default: True)` (eval.py --no-plot stores False)."""
+    for script in ("eval.py", "train.py"):
+        r = cli("--help", script=script)
+        assert r.returncode == 0 and "(default: True)" not in r.stdout and "(default: False)" not in r.stdout
+    assert "--no-plot tables only" in " ".join(cli("--help", script="eval.py").stdout.split())
+
+
 def test_help_shows_each_default_once_with_the_demo_values():
     r = cli("--help")
     assert r.returncode == 0

@@ -189,14 +189,22 @@ class PromptStream:
         self.epoch, self.pos = s["epoch"], s["pos"]
 
 
+def heldout_used(args) -> bool:
+    """Whether the run evaluates held-out problems: every --eval-every steps, and the demo before and after."""
+    return args.eval_every > 0 or args.model == "tiny"
+
+
 def load_problems(args, tokenizer):
-    """(train problems, held-out problems), each a list of dicts with prompt_ids."""
+    """(train problems, held-out problems), each a list of dicts with prompt_ids. The held-out set is read
+    only when the run uses it (heldout_used): with --eval-every 0 a missing math500 is not an error."""
+    held = []
     if args.model == "tiny" and args.data is None:
         train = tiny.synthetic_problems(5000, seed=args.seed, split="train")
         held = tiny.synthetic_problems(args.eval_prompts, seed=args.seed, split="heldout")
     else:
         train = data.load_dataset(args.data or "math_train", args.data_dir)
-        held = data.load_dataset(args.heldout or "math500", args.data_dir)[:args.eval_prompts]
+        if heldout_used(args):
+            held = data.load_dataset(args.heldout or "math500", args.data_dir)[:args.eval_prompts]
     train, skipped = data.encode_prompts(train, tokenizer, args.max_prompt_len)
     held, _ = data.encode_prompts(held, tokenizer, args.max_prompt_len)
     if not train:
@@ -555,7 +563,8 @@ def setup(args) -> Run:
         print(f"[run] {out}" + (f" (resumed from {ckpt} at step {start})" if ckpt else ""))
         print(f"[model] {args.model}: {config.num_params() / 1e6:.1f}M parameters; prompts: {tokenizer.chat_source}")
         print(f"[data] {len(train_set)} training prompts ({n_skipped} over --max-prompt-len skipped), "
-              f"{len(heldout)} held-out\n{memory}")
+              + (f"{len(heldout)} held-out" if heldout_used(args) else "no held-out set (--eval-every 0)")
+              + f"\n{memory}")
         start_metrics_file(out / "metrics.jsonl", start)
     return Run(dist, out, model, make_sampling_copy(model, args, dist), opt, tokenizer, train_set, heldout,
                n_skipped, stream, start, loss_config(args), expected_gb)

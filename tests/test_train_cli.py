@@ -153,6 +153,22 @@ def test_switches_show_no_default_in_help():
     assert "--no-plot tables only" in " ".join(cli("--help", script="eval.py").stdout.split())
 
 
+def test_heldout_set_is_read_only_when_used(tiny_dir, problems_file, tmp_path):
+    """A model of one's own on one's own data with --eval-every 0 runs without any held-out file (math500,
+    the default, is absent from the empty data folder); with --eval-every 1 the same run needs it and
+    stops before training with the one-line `data.py prepare math500` error."""
+    env = {"CASP_DATA": str(tmp_path / "empty"), "CASP_HOME": str(tmp_path / "home")}
+    base = ["--model", tiny_dir, "--data", problems_file, "--steps", "1", "--prompts-per-step", "2",
+            "--mini-batches", "1", "--group-size", "2", "--max-response-len", "8", "--max-prompt-len", "64",
+            "--device", "cpu", "--dtype", "float32"]
+    r = cli(*base, "--eval-every", "0", "--out", tmp_path / "a", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "no held-out set (--eval-every 0)" in r.stdout and (tmp_path / "a" / "ckpt-000001").is_dir()
+    r = cli(*base, "--eval-every", "1", "--out", tmp_path / "b", env=env)
+    assert r.returncode == 2 and "python data.py prepare math500" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
 def test_help_shows_each_default_once_with_the_demo_values():
     r = cli("--help")
     assert r.returncode == 0

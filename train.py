@@ -266,7 +266,9 @@ def update(model, opt, batch: Batch, old: torch.Tensor, cfg: LossConfig, args, d
         loss_denom = max(dist.all_sum(float(batch.resp_mask[rows].sum())), 1.0) / dist.world
         opt.zero_grad(set_to_none=True)
         finite = True
-        for idx, S, mask in micro_batches(batch, rows[batch.adv[rows] != 0], args.micro_batch_tokens, dist):
+        active = rows[batch.adv[rows] != 0]
+        seen = dist.all_sum(float(batch.resp_mask[active].sum()))   # tokens the loss sees, over ranks
+        for idx, S, mask in micro_batches(batch, active, args.micro_batch_tokens, dist):
             stats = token_stats(model, batch.seq[idx, :S], mask, cfg, args.dtype, dev)
             loss, m = policy_loss(stats, old[idx, 1:S].to(dev), batch.adv[idx].to(dev), mask.to(dev), cfg,
                                   loss_denom=loss_denom)
@@ -278,10 +280,12 @@ def update(model, opt, batch: Batch, old: torch.Tensor, cfg: LossConfig, args, d
             nan_skipped += 1
             continue
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
+        if seen:   # all rows A = 0: no gradient was computed, and its "norm" 0 is not a measurement
+            grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
         opt.step()
+    # no token with A != 0 in the whole step (no mixed group): no loss metric at all, grad_norm None
     out = mean_metrics(all_sum_metrics(sums, dist)) if sums else {}
-    out.update(grad_norm=float(np.mean(grad_norms)) if grad_norms else float("nan"), nan_skipped=nan_skipped)
+    out.update(grad_norm=float(np.mean(grad_norms)) if grad_norms else None, nan_skipped=nan_skipped)
     return out
 
 
@@ -399,28 +403,33 @@ def rollout_metrics(ro, batch: Batch, old: torch.Tensor, group_size: int, dist: 
     n = max(int(mask.sum()), 1)
     groups = ro.rewards.view(-1, group_size)                                         # (P, G)
     active = batch.resp_mask & (batch.adv != 0)[:, None]
-    mismatch = (old - batch.sampler_logprobs).abs()[active]
+    mismatch = (old - batch.sampler_logprobs).abs()[active]                          # (tokens with A != 0,)
     m = dict(reward_mean=float(ro.rewards.mean()),
              frac_mixed_groups=float((groups.min(1).values != groups.max(1).values).float().mean()),
              response_len=float(mask.sum()) / mask.shape[0],
              truncated_frac=float(np.mean([r == "length" for r in ro.finish_reason])),
              sampler_entropy=float(ro.entropy[mask].sum()) / n,
-             sampler_topn_probs=(ro.topn_probs[mask].sum(0) / n).tolist(),
-             logprob_mismatch=float(mismatch.mean()) if mismatch.numel() else 0.0)
+             sampler_topn_probs=(ro.topn_probs[mask].sum(0) / n).tolist())
     if dist.world > 1:
         m = {k: ([dist.all_sum(x) / dist.world for x in v] if isinstance(v, list) else dist.all_sum(v) / dist.world)
              for k, v in m.items()}
+    # over the tokens of every rank; None when no row has A != 0 (old log-probs were not computed)
+    n_active = dist.all_sum(float(mismatch.numel()))
+    m["logprob_mismatch"] = dist.all_sum(float(mismatch.sum())) / n_active if n_active else None
     return m
 
 
 def log_line(m: dict) -> str:
     """One line per step; the fields are explained in README.md ("The log line")."""
-    topn = "/".join(f"{p:.2f}" for p in m.get("topn_probs", []))
-    gated = "/".join(f"{m[k]:.2f}" for k in ("gated_top1_prob", "gated_top2_prob", "gated_top3_prob") if k in m)
+    # `-`: a metric over an empty token set (no mixed group: no loss token; no gated token), never nan or 0
+    num = lambda key, spec: "-" if m.get(key) is None else format(m[key], spec)
+    topn = "/".join(f"{p:.2f}" for p in m["topn_probs"]) if m.get("topn_probs") else "-"
+    gated_keys = [k for k in ("gated_top1_prob", "gated_top2_prob", "gated_top3_prob") if k in m]
+    gated = "/".join(num(k, ".2f") for k in gated_keys) if any(m[k] is not None for k in gated_keys) else "-"
     s = (f"step {m['step']:4d} | reward {m['reward_mean']:.3f} | mixed {m['frac_mixed_groups']:.2f} | "
-         f"len {m['response_len']:6.1f} | H {m.get('entropy', float('nan')):.3f} | p1..N {topn}"
-         + (f" | gated {gated}" if gated else "") +
-         f" | clip {m.get('clip_frac', 0):.3f} | gnorm {m['grad_norm']:.3f} | "
+         f"len {m['response_len']:6.1f} | H {num('entropy', '.3f')} | p1..N {topn}"
+         + (f" | gated {gated}" if gated_keys or "n_tokens" not in m else "") +
+         f" | clip {num('clip_frac', '.3f')} | gnorm {num('grad_norm', '.3f')} | "
          f"t {m['time_sample']:.1f}+{m['time_verify']:.1f}+{m['time_update']:.1f}s | "
          f"{m['tokens_per_s']:.0f} tok/s | mem {m['peak_mem_gb']:.1f} GB")
     if "heldout_pass@1" in m:

@@ -554,7 +554,7 @@ def setup(args) -> Run:
     dist.barrier()
     try:
         config = model_config(args)
-        tokenizer = load_tokenizer(args.tokenizer or _model_dir(args.model))
+        tokenizer = load_tokenizer(args.tokenizer or _model_dir(args.model, args.init))
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     train_set, heldout, n_skipped = load_problems(args, tokenizer)
@@ -634,11 +634,21 @@ def build_model(args, ckpt: Path | None, dist: Dist):
     return model, opt
 
 
-def _model_dir(name):
+def _model_dir(name, init: str = "checkpoint"):
+    """The model's folder, where its tokenizer is read from (unless --tokenizer). Its absence is one line
+    naming the download; with --init random (no weights needed) only the small files it needs."""
     try:
         return resolve_model_path(name)
     except FileNotFoundError as e:
-        raise UserError(f"{e}\n(the tokenizer comes from the model's folder: pass --tokenizer PATH to use another)") from None
+        repo = MODEL_NAMES.get(str(name), (None,))[0]
+        if init == "random" and repo:
+            raise UserError(f"--init random builds {name}'s architecture without its weights, but the tokenizer "
+                            f"comes from the model's folder, which is not in the Hugging Face cache: download "
+                            f"the tokenizer and config only (a few MB) with `hf download {repo} config.json "
+                            f"generation_config.json tokenizer.json tokenizer_config.json`, or pass --tokenizer "
+                            f"PATH (a folder or a tokenizer.json)") from None
+        raise UserError(" ".join(str(e).split()) + " (the tokenizer comes from the model's folder: pass "
+                        "--tokenizer PATH to use another)") from None
 
 
 if __name__ == "__main__":

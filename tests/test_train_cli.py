@@ -169,6 +169,33 @@ def test_heldout_set_is_read_only_when_used(tiny_dir, problems_file, tmp_path):
     assert not (tmp_path / "b" / "metrics.jsonl").exists()
 
 
+def test_init_random_needs_only_a_tokenizer(tiny_dir, problems_file, tmp_path):
+    """--init random needs no weights, only a tokenizer. With an empty Hugging Face cache it stops with one
+    line that names the small download (`hf download REPO config.json ... tokenizer.json ...`) and
+    --tokenizer. Either way on then works: with --tokenizer, and with the snapshot folder that download
+    makes (config.json + tokenizer.json in the cache), the run gets past the model and the data to the
+    memory pre-flight (here refused on purpose: --max-response-len 10**6 fits no machine)."""
+    hub = tmp_path / "hf" / "hub"
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(hub), "CASP_HOME": str(tmp_path / "home"),
+           "CASP_DATA": str(tmp_path / "empty")}
+    base = ["--model", "qwen-0.5b", "--init", "random", "--data", problems_file, "--eval-every", "0",
+            "--max-response-len", "1000000", "--device", "cpu"]
+    r = cli(*base, "--out", tmp_path / "a", env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert "hf download Qwen/Qwen2.5-0.5B-Instruct config.json" in lines[0] and "tokenizer.json" in lines[0]
+    assert "--tokenizer PATH" in lines[0]
+    refused = "the estimated peak memory of a step"
+    r = cli(*base, "--tokenizer", tiny_dir / "tokenizer.json", "--out", tmp_path / "b", env=env)
+    assert r.returncode == 2 and refused in r.stderr, r.stderr[-2000:]
+    snapshot = hub / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(MODEL_NAMES["qwen-0.5b"][1].to_hf_dict()))
+    shutil.copy(tiny_dir / "tokenizer.json", snapshot / "tokenizer.json")
+    r = cli(*base, "--out", tmp_path / "c", env=env)
+    assert r.returncode == 2 and refused in r.stderr, r.stderr[-2000:]
+
+
 def test_help_shows_each_default_once_with_the_demo_values():
     r = cli("--help")
     assert r.returncode == 0

@@ -139,6 +139,49 @@ def test_compare_and_plots_render_png(tiny_dir, tmp_path):
     assert ev.plot_compare(runs, tmp_path / "one.png", bench="synthetic").is_file()
 
 
+def captured_figures(monkeypatch) -> list:
+    """Every figure eval.py saves from now on, as [(panel title, y limits, lines, bar heights)] per figure."""
+    figs, real = [], ev._save
+    def grab(plt, fig, path):
+        figs.append([(ax.get_title(), ax.get_ylim(), [list(line.get_ydata()) for line in ax.get_lines()],
+                      [p.get_height() for p in ax.patches]) for ax in fig.axes])
+        return real(plt, fig, path)
+    monkeypatch.setattr(ev, "_save", grab)
+    return figs
+
+
+def test_figures_show_what_moves_on_honest_scales(tmp_path, monkeypatch):
+    """metrics.png: no held-out panel when no run measured it; p(1..3) at the gated tokens (what CaSP acts on)
+    beside the all-token p(1..3), both on 0..1, values as logged; a step that logged null is skipped.
+    passk.png with every pass@K 0: the y axis is 0..10%, not a band of +-0.04% around 0. compare.png of two
+    runs: a third panel with the second run's p(k) minus the first's, in points."""
+    pytest.importorskip("matplotlib")
+    figs = captured_figures(monkeypatch)
+    metrics = tmp_path / "demo" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    rows = [{"step": s, "reward_mean": 0.3, "entropy": 0.4, "topn_probs": [0.84, 0.07, 0.04],
+             **{f"gated_top{k}_prob": 0.4 - 0.1 * k + 0.01 * s for k in (1, 2, 3)}} for s in range(1, 5)]
+    rows[2] = {"step": 3, "reward_mean": 0.0, "grad_norm": None}          # no mixed group: no loss metrics
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ev.plot_metrics([metrics], tmp_path / "m.png")
+    panels = {title: (ylim, lines) for title, ylim, lines, _ in figs[-1]}
+    assert list(panels) == ["reward", "p(1..N), all tokens", "p(1..N), gated tokens", "entropy"]
+    ylim, lines = panels["p(1..N), gated tokens"]
+    assert ylim == (0, 1) and panels["p(1..N), all tokens"][0] == (0, 1)
+    assert lines[0] == [r["gated_top1_prob"] for r in rows if "gated_top1_prob" in r]
+    (metrics.parent / "held.jsonl").write_text(json.dumps({**rows[0], "heldout_pass@1": 0.3}) + "\n")
+    ev.plot_metrics([metrics, metrics.parent / "held.jsonl"], tmp_path / "m.png")
+    assert "held-out pass@1" in [title for title, *_ in figs[-1]]
+
+    zero = {"problems": 4, "n": 8, "pass@1": 0.0, "pass@8": 0.0, "topn_probs": [0.9, 0.06, 0.02]}
+    ev.plot_compare({"zeros": {"b": zero, "average": zero}}, tmp_path / "passk.png")
+    assert figs[-1][0][1] == (0, 10) and len(figs[-1]) == 2
+    other = dict(zero, topn_probs=[0.88, 0.07, 0.03])
+    ev.plot_compare({"a": {"average": zero}, "b": {"average": other}}, tmp_path / "compare.png")
+    title, _, _, bars = figs[-1][2]
+    assert title == "p(k) minus a's" and bars == pytest.approx([-2.0, 1.0, 1.0])
+
+
 def test_tables_only_without_matplotlib(tmp_path, monkeypatch):
     """With matplotlib missing the plot functions write nothing and return None; the table still prints."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)

@@ -395,6 +395,36 @@ def evaluate_benchmark(model, tokenizer, bench: str, problems: list[dict], args,
     return [done[p["id"]] for p in problems if p["id"] in done]
 
 
+PAPER_RESPONSE_TOKENS = 3072   # the paper's response length (training and evaluation)
+
+
+def training_config(model) -> tuple[dict, Path] | None:
+    """The train.py run config of a checkpoint's model folder (OUT/ckpt-STEP/model -> OUT/config.json,
+    written beside the checkpoints), or None when --model is not such a folder."""
+    f = Path(os.path.expanduser(str(model))).parent.parent / "config.json"
+    if Path(os.path.expanduser(str(model))).parent.name.startswith("ckpt-") and f.is_file():
+        try:
+            cfg = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            return None
+        return (cfg, f) if isinstance(cfg, dict) and "max_response_len" in cfg else None
+    return None
+
+
+def default_max_new_tokens(model, benchmarks) -> tuple[int, str]:
+    """--max-new-tokens when not given, with where it comes from: the length the checkpoint was trained to
+    answer in (its run's --max-response-len); else the built-in synthetic task's length when every benchmark
+    is that task; else the paper's 3072. A tiny model that never stops would otherwise decode 3072 tokens
+    per sample (13+ minutes on a CPU instead of about one)."""
+    run = training_config(model)
+    if run:
+        return int(run[0]["max_response_len"]), f"the training run's --max-response-len, {run[1]}"
+    if all(str(b) in ("synthetic", "synthetic_train") for b in benchmarks):
+        import tiny
+        return tiny.SYNTH_RESPONSE_TOKENS, "the length of the built-in synthetic task"
+    return PAPER_RESPONSE_TOKENS, "the paper's response length"
+
+
 def _bench_label(name: str) -> str:
     p = Path(name)
     return p.stem if p.suffix == ".jsonl" else name
@@ -475,7 +505,10 @@ def get_args(argv=None):
     g = ap.add_argument_group("sampling")
     g.add_argument("--n", type=at_least(1), default=64, help="samples per problem (>= the largest K)")
     g.add_argument("--k", type=at_least(1), nargs="+", default=None, help="K values (default: 1, 2, 4, ..., n)")
-    g.add_argument("--max-new-tokens", type=at_least(1), default=3072, help="tokens per response")
+    g.add_argument("--max-new-tokens", type=at_least(1), default=None,
+                   help="tokens per response (default: what fits the model and the task: a train.py "
+                   "checkpoint's --max-response-len, else 48 for the built-in synthetic task, else the "
+                   f"paper's {PAPER_RESPONSE_TOKENS})")
     g.add_argument("--max-prompt-tokens", type=at_least(1), default=1024, help="longer prompts are skipped and counted")
     g.add_argument("--temperature", type=at_least(0.0, float), default=1.0, help="0: greedy")
     g.add_argument("--top-p", type=between(0, 1, high_open=False), default=1.0, help="nucleus sampling")
@@ -565,6 +598,9 @@ def _main(args) -> dict:
     if not args.model:
         raise data.UserError("--model is required (or --rescore / --compare / --plot-metrics)")
     args.k = args.k or default_ks(args.n)
+    if args.max_new_tokens is None:
+        args.max_new_tokens, source = default_max_new_tokens(args.model, args.data)
+        print(f"[sampling] --max-new-tokens {args.max_new_tokens} ({source})")
     return run_eval(args)
 
 

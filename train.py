@@ -39,6 +39,7 @@ import contextlib
 import json
 import math
 import random
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ from rollout import rollout
 
 # The CPU demo's values where they differ from the paper's (a 1M-parameter model learns at lr 1e-6 in
 # no useful number of steps). Applied only when --model tiny and the flag is not given explicitly.
-DEMO_DEFAULTS = dict(lr=2e-4, steps=30, prompts_per_step=32, mini_batches=2, max_response_len=48,
+DEMO_DEFAULTS = dict(lr=2e-4, steps=30, prompts_per_step=32, mini_batches=2, max_response_len=tiny.SYNTH_RESPONSE_TOKENS,
                      max_prompt_len=64, micro_batch_tokens=8192, eval_every=0, eval_prompts=64,
                      save_every=0, dtype="float32", weight_decay=0.0)
 
@@ -613,12 +614,24 @@ def run(args, argv: list[str]):
         after = heldout_pass(r.policy, r.tokenizer, r.heldout, args, n=8, seed=10**6)
         print(f"[after {args.loss}] held-out pass@1 {after['pass@1']:.3f} | pass@8 {after['pass@8']:.3f}")
     if dist.main:
+        ckpt = latest_checkpoint(r.out)
         print(f"[done] run folder {r.out}: config.json, metrics.jsonl (one JSON line per step), checkpoint "
-              f"{latest_checkpoint(r.out)} (model/ loads in transformers and eval.py); "
-              f"plot: python eval.py --plot-metrics {r.out / 'metrics.jsonl'}")
+              f"{ckpt} (model/ loads in transformers and eval.py)\n"
+              f"plot: python eval.py --plot-metrics {shlex.quote(str(r.out / 'metrics.jsonl'))}\n"
+              + (f"evaluate: {eval_command(args, ckpt)}" if ckpt else ""))
     if args.fsdp:
         torch.distributed.destroy_process_group()
     return r.model
+
+
+def eval_command(args, ckpt: Path) -> str:
+    """The eval.py command for a finished run's checkpoint, on its held-out set. eval.py takes the response
+    length from the run's config.json; the demo's command is sized to finish in about a minute on a CPU
+    (500 held-out problems x 16 samples: pass@1..16)."""
+    demo_task = args.model == "tiny" and args.data is None
+    held = "synthetic" if demo_task else (args.heldout or "math500")
+    command = f"python eval.py --model {shlex.quote(str(ckpt / 'model'))} --data {shlex.quote(held)}"
+    return command + (" --n 16" if demo_task else "")
 
 
 def build_model(args, ckpt: Path | None, dist: Dist):

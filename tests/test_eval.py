@@ -206,3 +206,34 @@ def test_sample_file_repair_and_malformed_lines(tmp_path):
     f.write_text('{"id": 1}\nnot json\n{"id": 2}\n')
     with pytest.raises(ValueError, match=r"s\.jsonl:2: malformed"):
         ev.read_samples(f)
+
+
+# -----------------------------------------------------------------------------
+# The response length fits the model
+
+
+def test_max_new_tokens_default_fits_the_model_and_the_task(tiny_dir, tmp_path, capsys):
+    """Without --max-new-tokens: a train.py checkpoint (OUT/ckpt-STEP/model) is evaluated at its run's
+    --max-response-len (OUT/config.json), which the printed line names, and no response is longer; the
+    built-in synthetic task on another model gets the task's 48; anything else the paper's 3072. The
+    demo's closing `evaluate:` command runs as printed (here on 2 problems) with that length."""
+    import shlex
+
+    import tiny
+    import train
+    run = tmp_path / "runs" / "tiny-casp"
+    shutil.copytree(tiny_dir, run / "ckpt-000030" / "model")
+    config = vars(train.get_args(["--max-response-len", "12"]))
+    (run / "config.json").write_text(json.dumps(config))
+    command = train.eval_command(train.get_args([]), run / "ckpt-000030")
+    assert command == f"python eval.py --model {run / 'ckpt-000030' / 'model'} --data synthetic --n 16"
+    args = shlex.split(command)[2:] + ["--limit", "2", "--out", str(tmp_path / "e"), "--workers", "1", "--no-plot"]
+    ev.main(args)
+    out = capsys.readouterr().out
+    assert f"[sampling] --max-new-tokens 12 (the training run's --max-response-len, {run / 'config.json'})" in out
+    recs = ev.read_samples(tmp_path / "e" / "samples" / "synthetic.jsonl")
+    assert len(recs) == 2 and max(n for r in recs for n in r["lengths"]) <= 12
+    assert json.loads((tmp_path / "e" / "eval_config.json").read_text())["max_new_tokens"] == 12
+    assert ev.default_max_new_tokens(tiny_dir, ["synthetic"])[0] == tiny.SYNTH_RESPONSE_TOKENS == 48
+    assert ev.default_max_new_tokens(tiny_dir, ["synthetic", "math500"])[0] == 3072
+    assert ev.default_max_new_tokens("qwen-1.5b", ["math500"])[0] == 3072

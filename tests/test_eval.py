@@ -237,3 +237,24 @@ def test_max_new_tokens_default_fits_the_model_and_the_task(tiny_dir, tmp_path, 
     assert ev.default_max_new_tokens(tiny_dir, ["synthetic"])[0] == tiny.SYNTH_RESPONSE_TOKENS == 48
     assert ev.default_max_new_tokens(tiny_dir, ["synthetic", "math500"])[0] == 3072
     assert ev.default_max_new_tokens("qwen-1.5b", ["math500"])[0] == 3072
+
+
+def test_small_models_decode_with_one_cpu_thread(tiny_dir):
+    """The tiny model on the CPU decodes with one intra-op thread (several make it many times slower when
+    other processes share the cores); a real-size model (Qwen2.5-0.5B's shape, built on the meta device)
+    and any model on CUDA keep the threads they have."""
+    import torch
+
+    from model import MODEL_NAMES, Transformer, load_model
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.device("meta"):
+            big = Transformer(MODEL_NAMES["qwen-0.5b"][1])
+        ev.one_thread_if_small(big, "cpu")
+        ev.one_thread_if_small(load_model(tiny_dir), "cuda")
+        assert torch.get_num_threads() == 2
+        ev.one_thread_if_small(load_model(tiny_dir), "cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -65,9 +65,9 @@ from rollout import rollout
 
 # The CPU demo's values where they differ from the paper's (a 1M-parameter model learns at lr 1e-6 in
 # no useful number of steps). Applied only when --model tiny and the flag is not given explicitly.
-DEMO_DEFAULTS = dict(lr=2e-4, steps=30, prompts_per_step=32, mini_batches=2, max_response_len=tiny.SYNTH_RESPONSE_TOKENS,
-                     max_prompt_len=64, micro_batch_tokens=8192, eval_every=0, eval_prompts=64,
-                     save_every=0, dtype="float32", weight_decay=0.0)
+DEMO_DEFAULTS = dict(lr=2e-4, steps=30, prompts_per_step=32, mini_batches=2,
+                     max_response_len=tiny.SYNTH_RESPONSE_TOKENS, max_prompt_len=64, micro_batch_tokens=8192,
+                     eval_every=0, eval_prompts=64, save_every=0, dtype="float32", weight_decay=0.0)
 
 
 class HelpFormatter(data.HelpFormatter):
@@ -617,8 +617,8 @@ def run(args, argv: list[str]):
         ckpt = latest_checkpoint(r.out)
         print(f"[done] run folder {r.out}: config.json, metrics.jsonl (one JSON line per step), checkpoint "
               f"{ckpt} (model/ loads in transformers and eval.py)\n"
-              f"plot: python eval.py --plot-metrics {shlex.quote(str(r.out / 'metrics.jsonl'))}\n"
-              + (f"evaluate: {eval_command(args, ckpt)}" if ckpt else ""))
+              f"plot: python eval.py --plot-metrics {shlex.quote(str(r.out / 'metrics.jsonl'))}"
+              + (f"\nevaluate: {eval_command(args, ckpt)}" if ckpt else ""))
     if args.fsdp:
         torch.distributed.destroy_process_group()
     return r.model

@@ -164,6 +164,8 @@ def test_heldout_set_is_read_only_when_used(tiny_dir, problems_file, tmp_path):
     r = cli(*base, "--eval-every", "0", "--out", tmp_path / "a", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "no held-out set (--eval-every 0)" in r.stdout and (tmp_path / "a" / "ckpt-000001").is_dir()
+    last = r.stdout.strip().splitlines()[-1]        # the run ends with the command that evaluates it
+    assert last == f"evaluate: python eval.py --model {tmp_path / 'a' / 'ckpt-000001' / 'model'} --data math500"
     r = cli(*base, "--eval-every", "1", "--out", tmp_path / "b", env=env)
     assert r.returncode == 2 and "python data.py prepare math500" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "b" / "metrics.jsonl").exists()

@@ -635,9 +635,13 @@ def add_metrics(sums, metrics):
 
 
 def mean_metrics(sums):
-    """add_metrics' sums -> the step's metrics as Python numbers (lists for p(1..N)). One CPU-GPU sync
-    per entry, once per step."""
-    return {k: v.tolist() if torch.is_tensor(v) else v for k, v in divide_by_counts(sums).items()}
+    """add_metrics' sums -> the step's metrics as Python numbers (lists for p(1..N)). A mean over no token
+    (a step without a gated token, or without a token with A < 0) is None, logged as null: there is
+    nothing to average, and divide_by_counts' 0 would read as a measurement. One CPU-GPU sync per entry,
+    once per step."""
+    empty = {k for k in sums if count_of(k) is not None and float(sums[count_of(k)]) == 0}
+    return {k: None if k in empty else v.tolist() if torch.is_tensor(v) else v
+            for k, v in divide_by_counts(sums).items()}
 
 
 # ----------------------------------------------------------------------------------------------------

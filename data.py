@@ -16,10 +16,13 @@ is $CASP_DATA if set, else ~/.cache/casp/data ($CASP_HOME/data); train.py and ev
 and a --data value that is a path is read as it is. Nothing else is searched.
 
 `python data.py prepare [NAMES...] [--out DIR] [--from DIR] [--force]` writes the files from their
-public sources (SOURCES below; `python data.py sources` lists them with the download commands):
+public sources (SOURCES below; `python data.py sources` lists them with the download commands). A dataset
+that cannot be made (no network, a folder missing from --from) does not stop the others: the closing table
+says what was and was not written, then one `error:` line and exit status 2.
 
     name            task    source
-    math_train      math    EleutherAI/hendrycks_math, 7 subjects, train (MATH train, 7,500: the paper's)
+    math_train      math    EleutherAI/hendrycks_math, 7 subjects, train (MATH train, the paper's: 7,496 rows
+                            of its 7,500; 4 solutions have no \\boxed{} answer)
     math_test       math    EleutherAI/hendrycks_math, 7 subjects, test (MATH test, 5,000: the authors' validation)
     simplelr_gsm8k_level1  math  the authors' Llama training set: GSM8K + MATH level-1, 8,388 rows
                             (SimpleRL-Zoo's simplelr_abel data), their parquet file in CLR-Lab/SimKO
@@ -120,16 +123,26 @@ def check_output_folder(path, flag: str = "--out") -> Path:
     except OSError as e:
         raise UserError(f"{flag} {path}: cannot write in {existing} ({e.strerror})") from None
     return path
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the command-line tools: a mistake on the command line (`--steps -1`, an unknown flag,
+    a missing value) is one line `error: ...` on stderr and exit status 2, like every other user error,
+    instead of argparse's usage block followed by `prog: error: ...`. Sub-commands inherit it."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 class HelpFormatter(argparse.HelpFormatter):
     """--help with each flag's default shown once: `(default: X)` unless the help text already says it,
-    plus, where a preset changes it (train.py's demo), `PRESET: value` beside it."""
+    plus, where a preset changes it (train.py's demo), `PRESET: value` beside it. On/off switches
+    (`--no-plot`, `--force`) show none: their name says what they do."""
     presets: dict[str, dict] = {}       # label -> {dest: value}
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+        if ("default" in text or not action.option_strings or action.nargs == 0
+                or action.default in (None, False, argparse.SUPPRESS)):
             return text
         extra = "".join(f"; {label}: {values[action.dest]}" for label, values in self.presets.items()
                         if action.dest in values)
@@ -628,7 +641,7 @@ SIMPLELR_URL = ("https://raw.githubusercontent.com/CLR-Lab/SimKO/306f4ff4e84ace5
                 "data/gsm8k_level1/train.parquet")
 
 SOURCES: dict[str, Source] = {
-    # the training set of the paper's math runs: MATH train, 7,500 problems (Hendrycks et al.)
+    # the training set of the paper's math runs: MATH train (Hendrycks et al.), 7,500 problems, 7,496 with an answer
     "math_train": Source("EleutherAI/hendrycks_math", "train", MATH_SUBJECTS, convert_math),
     # the authors' validation set (MATH test, 5,000) and their Llama training set (GSM8K + MATH level 1)
     "math_test": Source("EleutherAI/hendrycks_math", "test", MATH_SUBJECTS, convert_math),
@@ -697,7 +710,9 @@ def _jsonl_rows(path: Path):
 def local_files(folder: Path, src: Source) -> list[Path]:
     """The data files of `src` in a folder the user downloaded the repo into, in sorted order: every
     .parquet/.jsonl/.json file below it, narrowed to those whose path names one of the source's configs
-    (if any does), then to those whose path names the split (if any does)."""
+    (if any does), then to those whose path names the split (if any does). Two files that differ only in
+    their format (`test.json` and `test.jsonl`, as Qwen2.5-Math's evaluation folders hold) are one split
+    twice: refused, since reading both would count every problem twice."""
     if folder.is_file():
         return [folder]
     files = sorted(f for f in folder.rglob("*") if f.suffix in _DATA_FILES and f.is_file()
@@ -709,6 +724,13 @@ def local_files(folder: Path, src: Source) -> list[Path]:
     for keys in ([c for c in src.configs if c], [src.split]):
         narrowed = [f for f in files if any(k in str(f.relative_to(folder)) for k in keys)]
         files = narrowed or files
+    by_stem: dict[Path, list[Path]] = {}
+    for f in files:
+        by_stem.setdefault(f.with_suffix(""), []).append(f)
+    twins = next((fs for fs in by_stem.values() if len(fs) > 1), None)
+    if twins:
+        raise UserError(f"{folder}: {' and '.join(f.name for f in twins)} hold the same split in two formats "
+                        f"(reading both would count every problem twice): remove all but one")
     return files
 
 
@@ -724,48 +746,87 @@ def _with_config(rows, config: str):
         yield {**row, "_config": config, "_index": i}
 
 
-def source_rows(name: str, src: Source, from_dir: Path | None):
-    """The source rows of dataset `name`: from files under from_dir/<name>, else fetched. An iterator:
-    a large source is read one row at a time."""
-    if from_dir is not None:
-        folder = from_dir / name
-        if not folder.exists() and (from_dir / f"{name}.jsonl").is_file():
-            folder = from_dir / f"{name}.jsonl"
-        if not folder.exists():
-            raise UserError(f"{folder}: not found (--from expects DIR/{name}/, downloaded with "
-                            f"`{download_command(name, src, folder)}`)"
-                            if not src.repo.startswith("reasoning-gym") else
-                            f"{folder}: not found (--from expects reasoning-gym items in DIR/{name}.jsonl)")
-        files = local_files(folder, src)
-        if not files:
-            raise UserError(f"{folder}: no .parquet, .jsonl or .json file in it"
-                            + (f" named {', '.join(src.files)}" if src.files else ""))
-        if src.row_config:
-            return (row for f in files for row in _with_config(_read_rows(f), _file_config(folder, f, src)))
-        return (row for f in files for row in _read_rows(f))
-    if src.repo.startswith("reasoning-gym:"):
-        try:
-            import reasoning_gym
-        except ImportError:
-            raise UserError("the logic sets are generated by reasoning-gym: pip install -r requirements-data.txt") from None
-        ds = reasoning_gym.create_dataset(src.repo.split(":", 1)[1], seed=LOGIC_SEED, size=src.size,
-                                          **dict(src.settings))
-        return [ds[i] for i in range(src.size)]
+class FetchError(UserError):
+    """A dataset that could not be downloaded; `offline` when the network (or the Hub) is not reachable,
+    so that the other downloads are not tried (each would wait through the same retries)."""
+
+    def __init__(self, message: str, offline: bool):
+        super().__init__(message)
+        self.offline = offline
+
+
+def _is_fetch_error(e: Exception) -> bool:
+    """A failure to download (no network, offline mode, a repository not found or not allowed), as the
+    datasets / huggingface_hub / HTTP libraries raise it, as opposed to a bug, which keeps its traceback."""
+    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in (
+        "datasets", "huggingface_hub", "httpx", "httpcore", "requests", "urllib3", "fsspec", "aiohttp")
+
+
+def _is_offline(e: Exception) -> bool:
+    return isinstance(e, (ConnectionError, TimeoutError)) or any(
+        w in type(e).__name__ for w in ("Connect", "Timeout", "Offline", "Network"))
+
+
+def fetch_rows(name: str, src: Source) -> list[dict]:
+    """The source rows of an HF dataset through the `datasets` library (its cache, else the network)."""
     try:
         import datasets
     except ImportError:
         raise UserError("`python data.py prepare` downloads with the `datasets` library: "
                         "pip install -r requirements-data.txt (or pass --from DIR with files you downloaded)") from None
-    if src.url:
-        return iter(datasets.load_dataset("parquet", data_files={"train": src.url}, split="train"))
-    if src.files:       # a release of raw files (LiveCodeBench's loading script is not run: it is code)
-        from huggingface_hub import hf_hub_download
-        paths = [Path(hf_hub_download(src.repo, f, repo_type="dataset")) for f in src.files]
-        return (row for p in paths for row in _read_rows(p))
-    if src.row_config:
-        return (row for config in src.configs
-                for row in _with_config(datasets.load_dataset(src.repo, config, split=src.split), config))
-    return (row for config in src.configs for row in datasets.load_dataset(src.repo, config, split=src.split))
+    try:
+        if src.url:
+            return list(datasets.load_dataset("parquet", data_files={"train": src.url}, split="train"))
+        if src.files:       # a release of raw files (LiveCodeBench's loading script is not run: it is code)
+            from huggingface_hub import hf_hub_download
+            paths = [Path(hf_hub_download(src.repo, f, repo_type="dataset")) for f in src.files]
+            return (row for p in paths for row in _read_rows(p))      # read one row at a time: it is large
+        if src.row_config:
+            return [row for config in src.configs
+                    for row in _with_config(datasets.load_dataset(src.repo, config, split=src.split), config)]
+        return [row for config in src.configs for row in datasets.load_dataset(src.repo, config, split=src.split)]
+    except Exception as e:
+        if not _is_fetch_error(e):
+            raise
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise FetchError(f"{name}: could not download {src.repo} ({why}). Connect to the network and run this "
+                         f"again, or download the files on a machine that can (`python data.py sources` prints "
+                         f"one command per dataset) and convert them with `python data.py prepare --from DIR`",
+                         offline=_is_offline(e)) from None
+
+
+def generate_rows(src: Source) -> list[dict]:
+    """The puzzles of a reasoning-gym source, generated here (seed and settings fixed: no download)."""
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise UserError("the logic sets are generated by reasoning-gym: pip install -r requirements-data.txt") from None
+    ds = reasoning_gym.create_dataset(src.repo.split(":", 1)[1], seed=LOGIC_SEED, size=src.size,
+                                      **dict(src.settings))
+    return [ds[i] for i in range(src.size)]
+
+
+def source_rows(name: str, src: Source, from_dir: Path | None):
+    """The source rows of dataset `name`: from files under from_dir/<name> (or from_dir/<name>.jsonl),
+    else fetched; an iterable (a large source is read one row at a time). The logic sets are generated,
+    not downloaded: without files of their own in from_dir they are generated here, --from or not."""
+    generated = src.repo.startswith("reasoning-gym:")
+    if from_dir is not None:
+        folder = from_dir / name
+        if not folder.exists() and (from_dir / f"{name}.jsonl").is_file():
+            folder = from_dir / f"{name}.jsonl"
+        if folder.exists():
+            files = local_files(folder, src)
+            if not files:
+                raise UserError(f"{folder}: no .parquet, .jsonl or .json file in it"
+                                + (f" named {', '.join(src.files)}" if src.files else ""))
+            if src.row_config:
+                return (row for f in files for row in _with_config(_read_rows(f), _file_config(folder, f, src)))
+            return (row for f in files for row in _read_rows(f))
+        if not generated:
+            raise UserError(f"{folder}: not found (--from expects DIR/{name}/, downloaded with "
+                            f"`{download_command(name, src, folder)}`)")
+    return generate_rows(src) if generated else fetch_rows(name, src)
 
 
 def download_command(name: str, src: Source, folder) -> str:
@@ -812,22 +873,39 @@ def write_jsonl_atomic(path: Path, rows: list[dict]):
 
 def prepare(names, out_dir: Path, from_dir: Path | None = None, force: bool = False) -> list[dict]:
     """Write <out_dir>/<name>.jsonl for each name; an existing file is kept unless force. Returns one
-    report row per dataset: name, status, rows written, rows dropped (with reasons), path."""
-    report = []
+    report row per dataset: name, status, rows written, rows dropped (with reasons), path, error.
+
+    status: "written"; "exists" (kept); "failed" (error says why; nothing written for it); "not tried"
+    (the network was found down at an earlier download; the logic sets, generated here, are still made).
+    One dataset's failure does not stop the others: the report says what was and was not written."""
+    report, offline = [], None
     for name in names:
-        path = out_dir / f"{name}.jsonl"
+        path, src = out_dir / f"{name}.jsonl", SOURCES[name]
+        row = dict(name=name, status="written", written=None, dropped={}, path=path, error=None)
+        report.append(row)
         if path.is_file() and not force:
-            report.append(dict(name=name, status="exists", written=None, dropped={}, path=path))
+            row["status"] = "exists"
+            continue
+        local = from_dir is not None and ((from_dir / name).exists() or (from_dir / f"{name}.jsonl").is_file())
+        if offline is not None and not local and not src.repo.startswith("reasoning-gym:"):
+            row.update(status="not tried", error=f"no network: {offline} could not be downloaded")
             continue
         side = None
-        if SOURCES[name].sidecar:      # written to <name>_<field>.tmp/, swapped in just before the JSONL
-            side = out_dir / f"{name}_{SOURCES[name].sidecar}.tmp"
+        if src.sidecar:      # written to <name>_<field>.tmp/, swapped in just before the JSONL
+            side = out_dir / f"{name}_{src.sidecar}.tmp"
             shutil.rmtree(side, ignore_errors=True)
             side.mkdir(parents=True, mode=0o700)
         try:
-            kept, dropped = convert_rows(name, source_rows(name, SOURCES[name], from_dir), side)
+            kept, dropped = convert_rows(name, source_rows(name, src, from_dir), side)
             if not kept:
                 raise UserError(f"{name}: no row converted ({dropped or 'the source is empty'})")
+        except UserError as e:
+            if side is not None:
+                shutil.rmtree(side, ignore_errors=True)
+            row.update(status="failed", error=str(e))
+            if isinstance(e, FetchError) and e.offline:
+                offline = name
+            continue
         except BaseException:
             if side is not None:
                 shutil.rmtree(side, ignore_errors=True)
@@ -837,37 +915,52 @@ def prepare(names, out_dir: Path, from_dir: Path | None = None, force: bool = Fa
             shutil.rmtree(final, ignore_errors=True)
             os.replace(side, final)
         write_jsonl_atomic(path, kept)
-        report.append(dict(name=name, status="written", written=len(kept), dropped=dropped, path=path))
+        row.update(written=len(kept), dropped=dropped)
     return report
 
 
 def format_report(report: list[dict]) -> str:
-    lines = [f"{'dataset':<15} {'rows':>6} {'dropped':>8}  {'why dropped':<40} path"]
+    """The table `python data.py prepare` ends with: every dataset asked for, written or not, and why."""
+    lines = [f"{'dataset':<15} {'status':<10} {'rows':>6} {'dropped':>8}  {'why dropped':<52} path, or why not written"]
     for r in report:
+        if r["status"] in ("failed", "not tried"):   # the reason up to its details (stderr has the whole first one)
+            lines.append(f"{r['name']:<15} {r['status']:<10} {'-':>6} {'-':>8}  {'-':<52} {r['error'].split(' (')[0]}")
+            continue
         why = "; ".join(f"{n} {k}" for k, n in r["dropped"].items()) or "-"
         rows = r["written"] if r["status"] == "written" else "kept"
-        lines.append(f"{r['name']:<15} {rows!s:>6} {sum(r['dropped'].values()):>8}  {why:<40} {r['path']}")
+        lines.append(f"{r['name']:<15} {r['status']:<10} {rows!s:>6} {sum(r['dropped'].values()):>8}  {why:<52} {r['path']}")
     if any(r["status"] == "exists" for r in report):
         lines.append("kept: the file was already there (--force rewrites it)")
     return "\n".join(lines)
 
 
+def where_tools_read(out: Path) -> str:
+    """How train.py and eval.py find the files just written in `out` (the data folder rule of
+    default_data_dir: --data-dir, else $CASP_DATA, else ~/.cache/casp/data)."""
+    if out.resolve() != default_data_dir().resolve():
+        return f"train.py and eval.py read it with --data-dir {out}, or with CASP_DATA={out} set"
+    if os.environ.get("CASP_DATA"):
+        return f"train.py and eval.py read it while CASP_DATA={os.environ['CASP_DATA']} is set, else with --data-dir {out}"
+    return "train.py and eval.py read it by default"
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="data.py", description="Dataset files for train.py and eval.py.")
+    ap = ArgumentParser(prog="data.py", description="Dataset files for train.py and eval.py.")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="write the dataset files from their public sources",
                        formatter_class=HelpFormatter)
     p.add_argument("names", nargs="*", metavar="NAME", help=f"datasets (default: all): {', '.join(SOURCES)}")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: $CASP_DATA, else ~/.cache/casp/data)")
     p.add_argument("--from", dest="from_dir", type=Path, default=None, metavar="DIR",
-                   help="convert files already downloaded into DIR/<name>/ (no network)")
+                   help="convert files already downloaded into DIR/<name>/ (no network; the logic sets, "
+                   "generated rather than downloaded, are made here unless DIR has them)")
     p.add_argument("--force", action="store_true", help="rewrite files that already exist")
     sub.add_parser("sources", help="where each dataset comes from (and the download command for --from)")
     args = ap.parse_args(argv)
     try:
         if args.command == "sources":
             for name, src in SOURCES.items():
-                how = (src.about if src.repo.startswith("reasoning-gym") else
+                how = (src.about + " (generated here, no download)" if src.repo.startswith("reasoning-gym") else
                        download_command(name, src, f"DIR/{name}"))
                 print(f"{name:<15} {how}")
             return None
@@ -882,8 +975,15 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(format_report(report))
-    print(f"data folder: {out}  (train.py and eval.py read it by default"
-          + ("" if args.out is None or args.out == default_data_dir() else "; pass --data-dir to use it") + ")")
+    if any(r["status"] in ("written", "exists") for r in report):
+        print(f"data folder: {out}; {where_tools_read(out)}")
+    sys.stdout.flush()   # the table before the error line below
+    failed = [r for r in report if r["status"] == "failed"]
+    if failed:
+        not_written = sum(r["status"] in ("failed", "not tried") for r in report)
+        more = f" ({not_written} of {len(report)} datasets not written: see the table)" if not_written > 1 else ""
+        print(f"error: {failed[0]['error']}{more}", file=sys.stderr)
+        raise SystemExit(2)
     return report
 
 

@@ -246,31 +246,56 @@ def _pyplot():
 
 
 def plot_compare(runs: dict[str, dict], path, bench: str = "average") -> Path | None:
-    """pass@K curves (log-scale K) and candidate probability by rank, one line / bar group per run.
+    """pass@K curves (log-scale K, y from 0) and the candidate probabilities by rank, one colour per run;
+    with two runs or more a third panel shows each run's p(k) minus the first run's, in points (runs
+    differ by a few points, which bars of height ~0.8 side by side do not show).
     runs: {label: summarize_run(...)}; plots the given benchmark row (default: the average)."""
     plt = _pyplot()
     if plt is None:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / max(1, len(runs))
-    all_ks = set()
-    for j, (label, table) in enumerate(runs.items()):
-        row = table.get(bench) or next(iter(table.values()))
+    rows = {label: table.get(bench) or next(iter(table.values())) for label, table in runs.items()}
+    labels = list(rows)
+    N = max((len(r.get("topn_probs", [])) for r in rows.values()), default=0)
+    with_diff = len(rows) > 1 and N > 0
+    fig, axes = plt.subplots(1, 3 if with_diff else 2, figsize=(16.5 if with_diff else 11, 4))
+    ax1, ax2 = axes[0], axes[1]
+    width = 0.8 / max(1, len(rows))
+    all_ks, top = set(), 0.0
+    for j, (label, row) in enumerate(rows.items()):
         ks = sorted(int(key[5:]) for key in row if key.startswith("pass@"))
         all_ks.update(ks)
-        ax1.plot(ks, [100 * row[f"pass@{k}"] for k in ks], marker="o", label=label)
+        ys = [100 * row[f"pass@{k}"] for k in ks]
+        top = max([top] + ys)
+        ax1.plot(ks, ys, marker="o", color=f"C{j}", label=label, clip_on=False)   # points at 0 stay whole
         tp = row.get("topn_probs", [])
-        ax2.bar([i + 1 + (j - (len(runs) - 1) / 2) * width for i in range(len(tp))], tp, width, label=label)
+        bars = ax2.bar([i + 1 + (j - (len(rows) - 1) / 2) * width for i in range(len(tp))], tp, width,
+                       color=f"C{j}", label=label)
+        ax2.bar_label(bars, fmt="%.3f", fontsize=7)
     ax1.set_xscale("log", base=2)
     ax1.set_xticks(sorted(all_ks), [str(k) for k in sorted(all_ks)])
     ax1.minorticks_off()
+    ax1.set_ylim(0, min(100.0, max(10.0, 1.12 * top)))   # all zeros: 0..10%, not a +-0.04% band around 0
     ax1.set(xlabel="K", ylabel="pass@K (%)", title=f"pass@K ({bench})")
-    ax2.set(xlabel="candidate rank", ylabel="mean probability", title="candidate probability by rank")
-    ax2.set_xticks(range(1, 1 + max((len(t.get(bench, {}).get("topn_probs", [])) for t in runs.values()),
-                                    default=0)))
-    for ax in (ax1, ax2):
+    ax2.set(xlabel="candidate rank", ylabel="mean probability", title="candidate probability by rank",
+            ylim=(0, 1.08))
+    ax2.set_xticks(range(1, N + 1))
+    if with_diff:
+        ax3, base, others = axes[2], rows[labels[0]].get("topn_probs", []), labels[1:]
+        w, span = 0.8 / len(others), 1.0
+        for j, label in enumerate(others, 1):
+            tp = rows[label].get("topn_probs", [])
+            d = [100 * (tp[i] - base[i]) for i in range(min(len(tp), len(base)))]
+            span = max([span] + [abs(v) for v in d])
+            bars = ax3.bar([i + 1 + (j - 1 - (len(others) - 1) / 2) * w for i in range(len(d))], d, w,
+                           color=f"C{j}", label=f"{label} - {labels[0]}")
+            ax3.bar_label(bars, fmt="%+.2f", fontsize=7)
+        ax3.axhline(0, color="k", lw=0.8)
+        ax3.set_ylim(-1.3 * span, 1.3 * span)             # at least +-1.3 points: noise stays small
+        ax3.set_xticks(range(1, N + 1))
+        ax3.set(xlabel="candidate rank", ylabel="difference (points)", title=f"p(k) minus {labels[0]}'s")
+    for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     return _save(plt, fig, path)
 
 
@@ -294,33 +319,50 @@ def read_metrics(path) -> list[dict]:
     return out
 
 
+RANK_STYLES = ("-", "--", ":")     # line style of p(1), p(2), p(3..N)
+
+
 def plot_metrics(files, path) -> Path | None:
-    """A training run's metrics.jsonl over steps: reward, held-out pass@1, candidate probabilities
-    (p(1) solid, p(2..N) dashed) and entropy; several runs overlaid (label = the run's folder)."""
+    """A training run's metrics.jsonl over steps: reward; held-out pass@1 (only when a run measured it);
+    p(1..N) over all the loss's tokens and, beside it on the same 0..1 scale, at the tokens the entropy
+    gate selects (where CaSP acts, and where the distribution moves: over all tokens it hardly does);
+    entropy. p(1) solid, p(2) dashed, p(3..N) dotted; several runs overlaid, one colour each (label = the run's folder).
+    A step that logged null for a metric (no mixed group) is skipped in that panel."""
     plt = _pyplot()
     if plt is None:
         return None
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    for f in files:
-        rows = [r for r in read_metrics(f) if "step" in r]
-        label = Path(f).parent.name or Path(f).stem
+    runs = [(Path(f).parent.name or Path(f).stem, [r for r in read_metrics(f) if "step" in r]) for f in files]
+    held = any(k.endswith("pass@1") and r[k] is not None for _, rows in runs for r in rows for k in r)
+    gated = any(r.get("gated_top1_prob") is not None for _, rows in runs for r in rows)
+    panels = (["reward"] + (["held-out pass@1"] if held else []) + ["p(1..N), all tokens"]
+              + (["p(1..N), gated tokens"] if gated else []) + ["entropy"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.8))
+    ax = dict(zip(panels, axes))
+    for j, (label, rows) in enumerate(runs):
+        c = f"C{j}"
         def series(key):
             pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
             return [p[0] for p in pts], [p[1] for p in pts]
-        axes[0].plot(*series("reward_mean"), label=label)
-        pass_key = next((k for r in rows for k in r if k.endswith("pass@1")), None)
-        if pass_key:
-            axes[1].plot(*series(pass_key), marker=".", label=f"{label} ({pass_key})")
+        ax["reward"].plot(*series("reward_mean"), color=c, label=label)
+        pass_key = next((k for r in rows for k in r if k.endswith("pass@1") and r[k] is not None), None)
+        if held and pass_key:
+            ax["held-out pass@1"].plot(*series(pass_key), marker=".", color=c, label=f"{label} ({pass_key})")
         tp = [(r["step"], r["topn_probs"]) for r in rows if r.get("topn_probs")]
         for i in range(max((len(p) for _, p in tp), default=0)):
-            axes[2].plot([s for s, p in tp if len(p) > i], [p[i] for s, p in tp if len(p) > i],
-                         ls="-" if i == 0 else "--", label=f"{label} p({i + 1})")
-        axes[3].plot(*series("entropy"), label=label)
-    for ax, title in zip(axes, ["reward", "held-out pass@1", "candidate probability", "entropy"]):
-        ax.set(xlabel="step", title=title)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            ax["p(1..N), all tokens"].plot([s for s, p in tp if len(p) > i], [p[i] for s, p in tp if len(p) > i],
+                                           color=c, ls=RANK_STYLES[min(i, 2)], label=f"{label} p({i + 1})")
+        for i in range(1, 10):
+            if gated and any(r.get(f"gated_top{i}_prob") is not None for r in rows):
+                ax["p(1..N), gated tokens"].plot(*series(f"gated_top{i}_prob"), color=c, ls=RANK_STYLES[min(i - 1, 2)],
+                                                 label=f"{label} p({i})")
+        ax["entropy"].plot(*series("entropy"), color=c, label=label)
+    for name, a in ax.items():
+        a.set(xlabel="step", title=name)
+        if name.startswith("p(1..N)"):
+            a.set(ylim=(0, 1), ylabel="probability")
+        a.grid(alpha=0.3)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
     return _save(plt, fig, path)
 
 
@@ -388,6 +430,36 @@ def evaluate_benchmark(model, tokenizer, bench: str, problems: list[dict], args,
     return [done[p["id"]] for p in problems if p["id"] in done]
 
 
+PAPER_RESPONSE_TOKENS = 3072   # the paper's response length (training and evaluation)
+
+
+def training_config(model) -> tuple[dict, Path] | None:
+    """The train.py run config of a checkpoint's model folder (OUT/ckpt-STEP/model -> OUT/config.json,
+    written beside the checkpoints), or None when --model is not such a folder."""
+    f = Path(os.path.expanduser(str(model))).parent.parent / "config.json"
+    if Path(os.path.expanduser(str(model))).parent.name.startswith("ckpt-") and f.is_file():
+        try:
+            cfg = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            return None
+        return (cfg, f) if isinstance(cfg, dict) and "max_response_len" in cfg else None
+    return None
+
+
+def default_max_new_tokens(model, benchmarks) -> tuple[int, str]:
+    """--max-new-tokens when not given, with where it comes from: the length the checkpoint was trained to
+    answer in (its run's --max-response-len); else the built-in synthetic task's length when every benchmark
+    is that task; else the paper's 3072. A tiny model that never stops would otherwise decode 3072 tokens
+    per sample (13+ minutes on a CPU instead of about one)."""
+    run = training_config(model)
+    if run:
+        return int(run[0]["max_response_len"]), f"the training run's --max-response-len, {run[1]}"
+    if all(str(b) in ("synthetic", "synthetic_train") for b in benchmarks):
+        import tiny
+        return tiny.SYNTH_RESPONSE_TOKENS, "the length of the built-in synthetic task"
+    return PAPER_RESPONSE_TOKENS, "the paper's response length"
+
+
 def _bench_label(name: str) -> str:
     p = Path(name)
     return p.stem if p.suffix == ".jsonl" else name
@@ -426,6 +498,19 @@ def _check_config(out: Path, args):
     tmp = out / ".eval_config.json.tmp"
     tmp.write_text(json.dumps(cfg, indent=2))
     os.replace(tmp, f)
+
+
+SMALL_MODEL_PARAMS = 50e6   # below this, one CPU thread decodes as fast as several (tiny matmuls)
+
+
+def one_thread_if_small(model, device: str):
+    """On the CPU, a small model (the tiny demo model: 0.8M parameters) decodes with one intra-op thread:
+    its matmuls are too small to split, and when other processes share the cores, threads that wait for
+    each other make decoding many times slower (measured on a 2-core CPU under load: 500 problems x 16
+    samples took 41 s with one thread, more than 300 s with two)."""
+    import torch
+    if str(device).startswith("cpu") and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)
 
 
 def run_eval(args) -> dict:
@@ -472,6 +557,7 @@ def _evaluate(args, out: Path, tokenizer, benchmarks, device, dtype) -> dict:
     except (FileNotFoundError, ValueError) as e:
         raise data.UserError(str(e)) from None
     model.eval()
+    one_thread_if_small(model, device)
     _check_config(out, args)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     print(f"[model] {args.model} on {device} ({dtype}); prompts: {data.prompt_source(tokenizer, args.prompt_format)}; "
@@ -500,7 +586,7 @@ def _evaluate(args, out: Path, tokenizer, benchmarks, device, dtype) -> dict:
 
 
 def get_args(argv=None):
-    ap = argparse.ArgumentParser(description="pass@K, candidate diagnostics, comparisons and plots",
+    ap = data.ArgumentParser(description="pass@K, candidate diagnostics, comparisons and plots",
                                  formatter_class=HelpFormatter)
     g = ap.add_argument_group("what to evaluate")
     g.add_argument("--model", help="model name (see model.MODEL_NAMES) or a Hugging Face model folder")
@@ -522,7 +608,10 @@ def get_args(argv=None):
     g = ap.add_argument_group("sampling")
     g.add_argument("--n", type=at_least(1), default=64, help="samples per problem (>= the largest K)")
     g.add_argument("--k", type=at_least(1), nargs="+", default=None, help="K values (default: 1, 2, 4, ..., n)")
-    g.add_argument("--max-new-tokens", type=at_least(1), default=3072, help="tokens per response")
+    g.add_argument("--max-new-tokens", type=at_least(1), default=None,
+                   help="tokens per response (default: what fits the model and the task: a train.py "
+                   "checkpoint's --max-response-len, else 48 for the built-in synthetic task, else the "
+                   f"paper's {PAPER_RESPONSE_TOKENS})")
     g.add_argument("--max-prompt-tokens", type=at_least(1), default=1024, help="longer prompts are skipped and counted")
     g.add_argument("--temperature", type=at_least(0.0, float), default=1.0, help="0: greedy")
     g.add_argument("--top-p", type=between(0, 1, high_open=False), default=1.0, help="nucleus sampling")
@@ -545,7 +634,7 @@ def get_args(argv=None):
     g.add_argument("--plot-metrics", nargs="+", default=None, metavar="METRICS_JSONL",
                    help="plot training metrics.jsonl files over steps (metrics.png)")
     g.add_argument("--no-plot", dest="plot", action="store_false", help="tables only")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     g = ap.add_argument_group("explore page (explore.py): every token of the responses and its top-N candidates")
     g.add_argument("--explore", nargs="?", const=True, default=None, metavar="RUN",
                    help="with --model: store per-token records and write OUT/explore.html; --explore RUN: the "
@@ -677,6 +766,9 @@ def _main(args) -> dict:
     if not args.model:
         raise data.UserError("--model is required (or --rescore / --compare / --plot-metrics)")
     args.k = args.k or default_ks(args.n)
+    if args.max_new_tokens is None:
+        args.max_new_tokens, source = default_max_new_tokens(args.model, args.data)
+        print(f"[sampling] --max-new-tokens {args.max_new_tokens} ({source})")
     return run_eval(args)
 
 

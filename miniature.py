@@ -82,6 +82,7 @@ from pathlib import Path
 import torch
 
 import casp
+import data
 
 # =============================================================================
 # 1. The token tree
@@ -615,8 +616,8 @@ def _pyplot():
         return None
 
 
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(plt, fig, path: Path, rect=(0, 0, 1, 1)) -> Path:
+    fig.tight_layout(rect=rect)      # rect: the part of the figure the panels fill (a legend below: less)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -644,40 +645,51 @@ TREE_STYLE = {"grpo": ("GRPO", "tab:red", "-"), "casp": ("CaSP (paper: a=0.01, l
 
 
 def plot_tree(result: dict, path: Path):
-    """tree.png: one row per policy (table, shared); columns: p(1..3) at forks over steps, correct
-    answers holding >= 1%, exact pass@K, and the alpha and lambda sweeps (pass@1 and pass@256 minus
-    GRPO's, paired over seeds, 95% intervals)."""
+    """tree.png: one row per policy (table, shared), each panel titled with its policy; columns: p(1..3) at
+    forks over steps, correct answers holding >= 1%, exact pass@K, and the alpha and lambda sweeps (pass@K
+    minus GRPO's in points, paired over seeds, 95% intervals; every sweep panel on one y scale, at least
+    +-1 point, so that a difference of a few thousandths of a point does not fill a panel). The methods'
+    legend is below the panels, so that no legend covers a curve."""
     plt = _pyplot()
     if plt is None:
         return None
+    from matplotlib.lines import Line2D
     methods = result["methods"]
     rows = [p for p in ("", "shared_") if p + "grpo" in methods]
-    fig, axes = plt.subplots(len(rows), 5, figsize=(25, 4.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 5, figsize=(25, 4.6 * len(rows) + 0.8), squeeze=False)
+    ranks = (("p1", "tab:red"), ("p2", "tab:blue"), ("p3", "tab:green"))
+    forks_ls = (("grpo", "-"), ("casp", "--"), ("casp_alpha=0.3", ":"))
+    sweep_axes, lo, hi = [], -1.0, 1.0        # points; the common y range of the sweep panels
     for r, prefix in enumerate(rows):
-        title = "table policy" if not prefix else "shared (log-linear) policy"
+        policy = "table policy" if not prefix else "shared policy"
         seeds = methods[prefix + "grpo"]["seeds"]
         ax = axes[r][0]
-        for name, ls in (("grpo", "-"), ("casp", "--"), ("casp_alpha=0.3", ":")):
+        for name, ls in forks_ls:
             m = methods.get(prefix + name)
             if m is None:
                 continue
-            for k, color in (("p1", "tab:red"), ("p2", "tab:blue"), ("p3", "tab:green")):
+            for k, color in ranks:
                 y, sd = m[f"{k}_forks"], m[f"{k}_forks_std"]
                 x = range(len(y))
-                ax.plot(x, y, ls=ls, color=color, label=f"{k.replace('p', 'p(')}) {TREE_STYLE[name][0]}")
+                ax.plot(x, y, ls=ls, color=color)
                 if name == "grpo":
                     ax.fill_between(x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)],
                                     color=color, alpha=0.12, lw=0)
-        ax.plot(methods[prefix + "grpo"]["p1_all"], color="k", lw=0.8, label="p(1) all tokens, GRPO")
-        ax.set(xlabel="RL step", ylabel="probability", title=f"{title}: p(1..3) at the forks")
-        ax.legend(fontsize=6.5, ncol=2)
+        ax.plot(methods[prefix + "grpo"]["p1_all"], color="k", lw=0.8)
+        ax.set(xlabel="RL step", ylabel="probability", title=f"{policy}: p(1..3) at the forks" + (" (log-linear)" if prefix else ""),
+               ylim=(-0.03, 1.42), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        # colours are ranks, line styles methods; the legend sits above 1, where no probability can be
+        handles = [Line2D([], [], color=c, label=k.replace("p", "p(") + ")") for k, c in ranks]
+        handles += [Line2D([], [], color="k", lw=0.8, label="p(1) all tokens, GRPO")]
+        handles += [Line2D([], [], color="gray", ls=ls, label=TREE_STYLE[n][0]) for n, ls in forks_ls
+                    if prefix + n in methods]
+        ax.legend(handles=handles, fontsize=7, ncol=2, loc="upper center")
         ax = axes[r][1]
         for name, (label, color, ls) in TREE_STYLE.items():
             m = methods.get(prefix + name)
             if m:
                 ax.plot(m["n_correct_1pct"], color=color, ls=ls, label=label)
-        ax.set(xlabel="RL step", ylabel="per problem", title="correct answers holding >= 1% of the mass")
-        ax.legend(fontsize=7)
+        ax.set(xlabel="RL step", ylabel="per problem", title=f"{policy}: correct answers >= 1% of the mass")
         ax = axes[r][2]
         ks = [int(k) for k in methods[prefix + "grpo"]["passk"]]
         ax.plot(ks, [methods[prefix + "grpo"]["passk_step0"][str(k)] for k in ks], color="k", label="before RL")
@@ -686,8 +698,7 @@ def plot_tree(result: dict, path: Path):
             if m:
                 ax.plot(ks, [m["passk"][str(k)] for k in ks], color=color, ls=ls, label=label)
         ax.set_xscale("log", base=2)
-        ax.set(xlabel="K", ylabel="exact pass@K", title=f"final pass@K (mean of {seeds} seeds)")
-        ax.legend(fontsize=7)
+        ax.set(xlabel="K", ylabel="exact pass@K", title=f"{policy}: final pass@K ({seeds} seeds)")
         alphas, lambdas = sweep_members(methods, prefix)
         for c, (sweep, sym) in enumerate(((alphas, "alpha (lambda 1.1)"), (lambdas, "lambda (alpha 0.01)"))):
             ax = axes[r][3 + c]
@@ -695,16 +706,30 @@ def plot_tree(result: dict, path: Path):
             for k, color in (("1", "tab:orange"), ("16", "tab:green"), ("256", "tab:purple")):
                 if k not in base:
                     continue
-                pts = [paired_diff(methods[n]["passk_seeds"][k], base[k]) for _, n in sweep]
+                pts = [paired_diff([100 * v for v in methods[n]["passk_seeds"][k]], [100 * v for v in base[k]])
+                       for _, n in sweep]
+                ends = [(m - h, m + h) if h == h else (m, m) for m, h in pts]   # h is NaN with one seed
+                lo, hi = min([lo] + [a for a, _ in ends]), max([hi] + [b for _, b in ends])
                 ax.errorbar(range(len(sweep)), [p[0] for p in pts], yerr=[p[1] for p in pts], marker="o",
                             capsize=3, color=color, label=f"pass@{k}")
             ax.axhline(0, color="k", lw=0.8)
             ax.set_xticks(range(len(sweep)), [f"{v:g}" for v, _ in sweep])
-            ax.set(xlabel=sym, ylabel="minus GRPO (paired, 95% CI)", title=f"sweep of {sym.split()[0]}")
-            ax.legend(fontsize=7)
+            ax.set(xlabel=sym, ylabel="minus GRPO, points (paired, 95% CI)",
+                   title=f"{policy}: sweep of {sym.split()[0]}")
+            ax.legend(fontsize=7, loc="upper center", ncol=3)
+            sweep_axes.append(ax)
         for ax in axes[r]:
             ax.grid(alpha=0.3)
-    return _save(plt, fig, path)
+    for ax in sweep_axes:      # headroom above the highest interval for the legend
+        ax.set_ylim(lo - 0.08 * (hi - lo), hi + 0.22 * (hi - lo))
+    labels = ["before RL"] + [label for name, (label, _, _) in TREE_STYLE.items()
+                              if any(p + name in methods for p in rows)]
+    handles = [Line2D([], [], color="k", label="before RL")] + [
+        Line2D([], [], color=c, ls=ls, label=label) for name, (label, c, ls) in TREE_STYLE.items()
+        if any(p + name in methods for p in rows)]
+    fig.legend(handles=handles, labels=labels, loc="lower center", ncol=len(handles), fontsize=9,
+               title="correct answers and pass@K panels", title_fontsize=9, frameon=False)
+    return _save(plt, fig, path, rect=(0, 0.8 / (4.6 * len(rows) + 0.8), 1, 1))
 
 
 # =============================================================================
@@ -1179,7 +1204,7 @@ def replot(folder: Path) -> list[Path]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+    p = data.ArgumentParser(description=__doc__.split("\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--replot", metavar="DIR", help="redraw the figures of DIR from its saved results")
     sub = p.add_subparsers(dest="cmd")

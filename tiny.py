@@ -50,6 +50,8 @@ from model import MODEL_NAMES, Transformer, save_model
 
 SYNTH_INSTRUCTION = ""        # the tiny model learns the \\boxed{} format from its warm start
 SYNTH_HELDOUT_EVERY = 8       # 1 in 8 expressions (by hash) is held out
+SYNTH_RESPONSE_TOKENS = 48    # response length limit of the task (demo training, eval): the longest worked
+                              # solution is 30 tokens with its stop token; the rest is room to wander
 
 
 def _split_of(expr: str) -> str:

@@ -53,6 +53,7 @@ import contextlib
 import json
 import math
 import random
+import shlex
 import signal
 import sys
 import time
@@ -81,9 +82,9 @@ from rollout import rollout
 
 # The CPU demo's values where they differ from the paper's (a 1M-parameter model learns at lr 1e-6 in
 # no useful number of steps). Applied only when --model tiny and the flag is not given explicitly.
-DEMO_DEFAULTS = dict(lr=2e-4, steps=30, prompts_per_step=32, mini_batches=2, max_response_len=48,
-                     max_prompt_len=64, micro_batch_tokens=8192, eval_every=0, eval_prompts=64,
-                     save_every=0, dtype="float32", weight_decay=0.0)
+DEMO_DEFAULTS = dict(lr=2e-4, steps=30, prompts_per_step=32, mini_batches=2,
+                     max_response_len=tiny.SYNTH_RESPONSE_TOKENS, max_prompt_len=64, micro_batch_tokens=8192,
+                     eval_every=0, eval_prompts=64, save_every=0, dtype="float32", weight_decay=0.0)
 
 
 # The authors' runs (CLR-Lab/SimKO @ 306f4ff: run_qwen2.5-math-7b_{SimKO,grpo}.sh and
@@ -121,7 +122,7 @@ def _show_recipes():
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=HelpFormatter)
+    p = data.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=HelpFormatter)
     g = p.add_argument_group("model and data")
     g.add_argument("--recipe", default=None, choices=list(RECIPES),
                    help="every setting of the authors' run: " + "; ".join(f"{n}: {r['about']}" for n, r in RECIPES.items())
@@ -287,15 +288,24 @@ class PromptStream:
         self.epoch, self.pos = s["epoch"], s["pos"]
 
 
+def heldout_used(args) -> bool:
+    """Whether the run evaluates held-out problems: every --eval-every steps, and the demo before and after."""
+    return args.eval_every > 0 or args.model == "tiny"
+
+
 def load_problems(args, tokenizer):
-    """(train problems, {held-out set name: problems}, prompts skipped), problems as dicts with prompt_ids."""
+    """(train problems, {held-out set name: problems}, prompts skipped), problems as dicts with prompt_ids.
+    The held-out sets are read only when the run uses them (heldout_used): with --eval-every 0 a missing
+    math500 is not an error."""
+    held = {}
     if args.model == "tiny" and args.data is None:
         train = tiny.synthetic_problems(5000, seed=args.seed, split="train")
         held = {"synthetic": tiny.synthetic_problems(args.eval_prompts, seed=args.seed, split="heldout")}
     else:
         train = data.load_dataset(args.data or "math_train", args.data_dir)
-        held = {Path(name).stem if name.endswith(".jsonl") else name:
-                data.load_dataset(name, args.data_dir)[:args.eval_prompts] for name in args.heldout or ["math500"]}
+        if heldout_used(args):
+            held = {Path(name).stem if name.endswith(".jsonl") else name:
+                    data.load_dataset(name, args.data_dir)[:args.eval_prompts] for name in args.heldout or ["math500"]}
     fmt = dict(prompt_format=args.prompt_format)
     train, skipped = data.encode_prompts(train, tokenizer, args.max_prompt_len, **fmt)
     held = {name: data.encode_prompts(probs, tokenizer, args.max_prompt_len, **fmt)[0] for name, probs in held.items()}
@@ -359,7 +369,9 @@ def update(model, opt, batch: Batch, old: torch.Tensor, cfg: LossConfig, args, d
         loss_denom = max(dist.all_sum(float(batch.resp_mask[rows].sum())), 1.0) / dist.world
         opt.zero_grad(set_to_none=True)
         finite = True
-        for idx, S, mask in micro_batches(batch, loss_rows(batch, rows, cfg), args.micro_batch_tokens, dist):
+        active = loss_rows(batch, rows, cfg)
+        seen = dist.all_sum(float(batch.resp_mask[active].sum()))   # tokens the loss sees, over ranks
+        for idx, S, mask in micro_batches(batch, active, args.micro_batch_tokens, dist):
             stats = token_stats(model, batch.seq[idx, :S], mask, cfg, args.dtype, dev)
             loss, m = policy_loss(stats, old[idx, 1:S].to(dev), batch.adv[idx].to(dev), mask.to(dev), cfg,
                                   loss_denom=loss_denom)
@@ -371,10 +383,12 @@ def update(model, opt, batch: Batch, old: torch.Tensor, cfg: LossConfig, args, d
             nan_skipped += 1
             continue
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
+        if seen:   # all rows A = 0: no gradient was computed, and its "norm" 0 is not a measurement
+            grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
         opt.step()
+    # no token with A != 0 in the whole step (no mixed group): no loss metric at all, grad_norm None
     out = mean_metrics(all_sum_metrics(sums, dist)) if sums else {}
-    out.update(grad_norm=float(np.mean(grad_norms)) if grad_norms else float("nan"), nan_skipped=nan_skipped)
+    out.update(grad_norm=float(np.mean(grad_norms)) if grad_norms else None, nan_skipped=nan_skipped)
     return out
 
 
@@ -504,28 +518,33 @@ def rollout_metrics(ro, batch: Batch, old: torch.Tensor, group_size: int, dist: 
     n = max(int(mask.sum()), 1)
     groups = ro.rewards.view(-1, group_size)                                         # (P, G)
     active = batch.resp_mask & (batch.adv != 0)[:, None]
-    mismatch = (old - batch.sampler_logprobs).abs()[active]
+    mismatch = (old - batch.sampler_logprobs).abs()[active]                          # (tokens with A != 0,)
     m = dict(reward_mean=float(ro.rewards.mean()),
              frac_mixed_groups=float((groups.min(1).values != groups.max(1).values).float().mean()),
              response_len=float(mask.sum()) / mask.shape[0],
              truncated_frac=float(np.mean([r == "length" for r in ro.finish_reason])),
              sampler_entropy=float(ro.entropy[mask].sum()) / n,
-             sampler_topn_probs=(ro.topn_probs[mask].sum(0) / n).tolist(),
-             logprob_mismatch=float(mismatch.mean()) if mismatch.numel() else 0.0)
+             sampler_topn_probs=(ro.topn_probs[mask].sum(0) / n).tolist())
     if dist.world > 1:
         m = {k: ([dist.all_sum(x) / dist.world for x in v] if isinstance(v, list) else dist.all_sum(v) / dist.world)
              for k, v in m.items()}
+    # over the tokens of every rank; None when no row has A != 0 (old log-probs were not computed)
+    n_active = dist.all_sum(float(mismatch.numel()))
+    m["logprob_mismatch"] = dist.all_sum(float(mismatch.sum())) / n_active if n_active else None
     return m
 
 
 def log_line(m: dict) -> str:
     """One line per step; the fields are explained in README.md ("The log line")."""
-    topn = "/".join(f"{p:.2f}" for p in m.get("topn_probs", []))
-    gated = "/".join(f"{m[k]:.2f}" for k in ("gated_top1_prob", "gated_top2_prob", "gated_top3_prob") if k in m)
+    # `-`: a metric over an empty token set (no mixed group: no loss token; no gated token), never nan or 0
+    num = lambda key, spec: "-" if m.get(key) is None else format(m[key], spec)
+    topn = "/".join(f"{p:.2f}" for p in m["topn_probs"]) if m.get("topn_probs") else "-"
+    gated_keys = [k for k in ("gated_top1_prob", "gated_top2_prob", "gated_top3_prob") if k in m]
+    gated = "/".join(num(k, ".2f") for k in gated_keys) if any(m[k] is not None for k in gated_keys) else "-"
     s = (f"step {m['step']:4d} | reward {m['reward_mean']:.3f} | mixed {m['frac_mixed_groups']:.2f} | "
-         f"len {m['response_len']:6.1f} | H {m.get('entropy', float('nan')):.3f} | p1..N {topn}"
-         + (f" | gated {gated}" if gated else "") +
-         f" | clip {m.get('clip_frac', 0):.3f} | gnorm {m['grad_norm']:.3f} | "
+         f"len {m['response_len']:6.1f} | H {num('entropy', '.3f')} | p1..N {topn}"
+         + (f" | gated {gated}" if gated_keys or "n_tokens" not in m else "") +
+         f" | clip {num('clip_frac', '.3f')} | gnorm {num('grad_norm', '.3f')} | "
          f"t {m['time_sample']:.1f}+{m['time_verify']:.1f}+{m['time_update']:.1f}s | "
          f"{m['tokens_per_s']:.0f} tok/s | mem {m['peak_mem_gb']:.1f} GB")
     if "heldout_pass@1" in m:
@@ -709,7 +728,7 @@ def setup(args) -> Run:
     dist.barrier()
     try:
         config = model_config(args)
-        tokenizer = load_tokenizer(args.tokenizer or _model_dir(args.model))
+        tokenizer = load_tokenizer(args.tokenizer or _model_dir(args.model, args.init))
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     train_set, heldout, n_skipped = load_problems(args, tokenizer)
@@ -745,8 +764,9 @@ def setup(args) -> Run:
               f"{data.prompt_source(tokenizer, args.prompt_format)}")
         print(f"[data] {len(train_set)} training prompts ({n_skipped} over --max-prompt-len skipped), "
               + (f"{args.epochs} epochs = {args.steps} steps, " if args.epochs else "")
-              + f"held-out: {', '.join(f'{k} {len(v)}' for k, v in heldout.items())}\n{memory}"
-              + (f"\n{torn}" if torn else ""))
+              + (f"held-out: {', '.join(f'{k} {len(v)}' for k, v in heldout.items())}" if heldout_used(args)
+                 else "no held-out set (--eval-every 0)")
+              + f"\n{memory}" + (f"\n{torn}" if torn else ""))
     return Run(dist, out, model, make_sampling_copy(model, args, dist), opt, tokenizer, train_set, heldout,
                n_skipped, stream, start, loss_config(args), expected_gb)
 
@@ -808,12 +828,24 @@ def run(args, argv: list[str]):
               f"as a page{' (the held-out problems of --seed 0)' if other else ''}: "
               f"{explore_command(args, r.out, latest_checkpoint(r.out))}")
     if dist.main:
+        ckpt = latest_checkpoint(r.out)
         print(f"[done] run folder {r.out}: config.json, metrics.jsonl (one JSON line per step), checkpoint "
-              f"{latest_checkpoint(r.out)} (model/ loads in transformers and eval.py); "
-              f"plot: python eval.py --plot-metrics {r.out / 'metrics.jsonl'}")
+              f"{ckpt} (model/ loads in transformers and eval.py)\n"
+              f"plot: python eval.py --plot-metrics {shlex.quote(str(r.out / 'metrics.jsonl'))}"
+              + (f"\nevaluate: {eval_command(args, ckpt)}" if ckpt else ""))
     if args.fsdp:
         torch.distributed.destroy_process_group()
     return r.model
+
+
+def eval_command(args, ckpt: Path) -> str:
+    """The eval.py command for a finished run's checkpoint, on its held-out set. eval.py takes the response
+    length from the run's config.json; the demo's command is sized to finish in about a minute on a CPU
+    (500 held-out problems x 16 samples, pass@1..16: 42 s on a 2-core CPU shared with other jobs)."""
+    demo_task = args.model == "tiny" and args.data is None
+    held = "synthetic" if demo_task else (args.heldout or "math500")
+    command = f"python eval.py --model {shlex.quote(str(ckpt / 'model'))} --data {shlex.quote(held)}"
+    return command + (" --n 16" if demo_task else "")
 
 
 def build_model(args, ckpt: Path | None, dist: Dist):
@@ -834,11 +866,21 @@ def build_model(args, ckpt: Path | None, dist: Dist):
     return model, opt
 
 
-def _model_dir(name):
+def _model_dir(name, init: str = "checkpoint"):
+    """The model's folder, where its tokenizer is read from (unless --tokenizer). Its absence is one line
+    naming the download; with --init random (no weights needed) only the small files it needs."""
     try:
         return resolve_model_path(name)
     except FileNotFoundError as e:
-        raise UserError(f"{e}\n(the tokenizer comes from the model's folder: pass --tokenizer PATH to use another)") from None
+        repo = MODEL_NAMES.get(str(name), (None,))[0]
+        if init == "random" and repo:
+            raise UserError(f"--init random builds {name}'s architecture without its weights, but the tokenizer "
+                            f"comes from the model's folder, which is not in the Hugging Face cache: download "
+                            f"the tokenizer and config only (a few MB) with `hf download {repo} config.json "
+                            f"generation_config.json tokenizer.json tokenizer_config.json`, or pass --tokenizer "
+                            f"PATH (a folder or a tokenizer.json)") from None
+        raise UserError(" ".join(str(e).split()) + " (the tokenizer comes from the model's folder: pass "
+                        "--tokenizer PATH to use another)") from None
 
 
 if __name__ == "__main__":

@@ -583,3 +583,18 @@ def test_loss_denom_makes_micro_batches_sum_to_the_mini_batch(path):
     assert abs(total - full.item()) < 1e-13
     assert (h.grad - hf).abs().max().item() < 1e-13 and (w.grad - wf).abs().max().item() < 1e-13
     assert abs(naive - full.item()) > 1e-3
+
+
+def test_a_mean_over_no_token_is_null():
+    """mean_metrics: a step whose loss saw no token with A < 0 (all advantages positive) has no
+    neg_scaled_frac to report: None (logged as null), not the 0 that divide_by_counts gives; the means
+    over tokens that exist are unchanged."""
+    logits, tokens, old, adv, mask = make_batch(seed=3)
+    adv = adv.abs() + 0.5                                                    # (B,) every row positive
+    cfg = LossConfig(loss="casp", temperature=1.0)
+    stats = candidate_stats(logits, tokens, mask, top_n=cfg.top_n, temperature=cfg.temperature)
+    _, m = policy_loss(stats, old, adv, mask, cfg)
+    step = mean_metrics(add_metrics({}, m))
+    assert step["n_negative"] == 0 and step["neg_scaled_frac"] is None
+    assert float(m["neg_scaled_frac"]) == 0.0                              # the per-call value, before
+    assert step["entropy"] == pytest.approx(float(m["entropy"])) and step["n_tokens"] == mask.sum().item()

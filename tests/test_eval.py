@@ -139,6 +139,49 @@ def test_compare_and_plots_render_png(tiny_dir, tmp_path):
     assert ev.plot_compare(runs, tmp_path / "one.png", bench="synthetic").is_file()
 
 
+def captured_figures(monkeypatch) -> list:
+    """Every figure eval.py saves from now on, as [(panel title, y limits, lines, bar heights)] per figure."""
+    figs, real = [], ev._save
+    def grab(plt, fig, path):
+        figs.append([(ax.get_title(), ax.get_ylim(), [list(line.get_ydata()) for line in ax.get_lines()],
+                      [p.get_height() for p in ax.patches]) for ax in fig.axes])
+        return real(plt, fig, path)
+    monkeypatch.setattr(ev, "_save", grab)
+    return figs
+
+
+def test_figures_show_what_moves_on_honest_scales(tmp_path, monkeypatch):
+    """metrics.png: no held-out panel when no run measured it; p(1..3) at the gated tokens (what CaSP acts on)
+    beside the all-token p(1..3), both on 0..1, values as logged; a step that logged null is skipped.
+    passk.png with every pass@K 0: the y axis is 0..10%, not a band of +-0.04% around 0. compare.png of two
+    runs: a third panel with the second run's p(k) minus the first's, in points."""
+    pytest.importorskip("matplotlib")
+    figs = captured_figures(monkeypatch)
+    metrics = tmp_path / "demo" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    rows = [{"step": s, "reward_mean": 0.3, "entropy": 0.4, "topn_probs": [0.84, 0.07, 0.04],
+             **{f"gated_top{k}_prob": 0.4 - 0.1 * k + 0.01 * s for k in (1, 2, 3)}} for s in range(1, 5)]
+    rows[2] = {"step": 3, "reward_mean": 0.0, "grad_norm": None}          # no mixed group: no loss metrics
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ev.plot_metrics([metrics], tmp_path / "m.png")
+    panels = {title: (ylim, lines) for title, ylim, lines, _ in figs[-1]}
+    assert list(panels) == ["reward", "p(1..N), all tokens", "p(1..N), gated tokens", "entropy"]
+    ylim, lines = panels["p(1..N), gated tokens"]
+    assert ylim == (0, 1) and panels["p(1..N), all tokens"][0] == (0, 1)
+    assert lines[0] == [r["gated_top1_prob"] for r in rows if "gated_top1_prob" in r]
+    (metrics.parent / "held.jsonl").write_text(json.dumps({**rows[0], "heldout_pass@1": 0.3}) + "\n")
+    ev.plot_metrics([metrics, metrics.parent / "held.jsonl"], tmp_path / "m.png")
+    assert "held-out pass@1" in [title for title, *_ in figs[-1]]
+
+    zero = {"problems": 4, "n": 8, "pass@1": 0.0, "pass@8": 0.0, "topn_probs": [0.9, 0.06, 0.02]}
+    ev.plot_compare({"zeros": {"b": zero, "average": zero}}, tmp_path / "passk.png")
+    assert figs[-1][0][1] == (0, 10) and len(figs[-1]) == 2
+    other = dict(zero, topn_probs=[0.88, 0.07, 0.03])
+    ev.plot_compare({"a": {"average": zero}, "b": {"average": other}}, tmp_path / "compare.png")
+    title, _, _, bars = figs[-1][2]
+    assert title == "p(k) minus a's" and bars == pytest.approx([-2.0, 1.0, 1.0])
+
+
 def test_tables_only_without_matplotlib(tmp_path, monkeypatch):
     """With matplotlib missing the plot functions write nothing and return None; the table still prints."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -163,3 +206,55 @@ def test_sample_file_repair_and_malformed_lines(tmp_path):
     f.write_text('{"id": 1}\nnot json\n{"id": 2}\n')
     with pytest.raises(ValueError, match=r"s\.jsonl:2: malformed"):
         ev.read_samples(f)
+
+
+# -----------------------------------------------------------------------------
+# The response length fits the model
+
+
+def test_max_new_tokens_default_fits_the_model_and_the_task(tiny_dir, tmp_path, capsys):
+    """Without --max-new-tokens: a train.py checkpoint (OUT/ckpt-STEP/model) is evaluated at its run's
+    --max-response-len (OUT/config.json), which the printed line names, and no response is longer; the
+    built-in synthetic task on another model gets the task's 48; anything else the paper's 3072. The
+    demo's closing `evaluate:` command runs as printed (here on 2 problems) with that length."""
+    import shlex
+
+    import tiny
+    import train
+    run = tmp_path / "runs" / "tiny-casp"
+    shutil.copytree(tiny_dir, run / "ckpt-000030" / "model")
+    config = vars(train.get_args(["--max-response-len", "12"]))
+    (run / "config.json").write_text(json.dumps(config))
+    command = train.eval_command(train.get_args([]), run / "ckpt-000030")
+    assert command == f"python eval.py --model {run / 'ckpt-000030' / 'model'} --data synthetic --n 16"
+    args = shlex.split(command)[2:] + ["--limit", "2", "--out", str(tmp_path / "e"), "--workers", "1", "--no-plot"]
+    ev.main(args)
+    out = capsys.readouterr().out
+    assert f"[sampling] --max-new-tokens 12 (the training run's --max-response-len, {run / 'config.json'})" in out
+    recs = ev.read_samples(tmp_path / "e" / "samples" / "synthetic.jsonl")
+    assert len(recs) == 2 and max(n for r in recs for n in r["lengths"]) <= 12
+    assert json.loads((tmp_path / "e" / "eval_config.json").read_text())["max_new_tokens"] == 12
+    assert ev.default_max_new_tokens(tiny_dir, ["synthetic"])[0] == tiny.SYNTH_RESPONSE_TOKENS == 48
+    assert ev.default_max_new_tokens(tiny_dir, ["synthetic", "math500"])[0] == 3072
+    assert ev.default_max_new_tokens("qwen-1.5b", ["math500"])[0] == 3072
+
+
+def test_small_models_decode_with_one_cpu_thread(tiny_dir):
+    """The tiny model on the CPU decodes with one intra-op thread (several make it many times slower when
+    other processes share the cores); a real-size model (Qwen2.5-0.5B's shape, built on the meta device)
+    and any model on CUDA keep the threads they have."""
+    import torch
+
+    from model import MODEL_NAMES, Transformer, load_model
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.device("meta"):
+            big = Transformer(MODEL_NAMES["qwen-0.5b"][1])
+        ev.one_thread_if_small(big, "cpu")
+        ev.one_thread_if_small(load_model(tiny_dir), "cuda")
+        assert torch.get_num_threads() == 2
+        ev.one_thread_if_small(load_model(tiny_dir), "cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -232,6 +232,50 @@ def test_tree_cli_writes_the_documented_json(tmp_path):
     assert png.is_file()
 
 
+def legend_hits(fig) -> dict[str, int]:
+    """Per panel with a legend: how many plotted points of its lines the legend box covers (display
+    coordinates, after drawing)."""
+    fig.canvas.draw()
+    hits = {}
+    for ax in fig.axes:
+        if ax.get_legend() is not None:
+            box = ax.get_legend().get_window_extent()
+            hits[ax.get_title()] = sum(bool(box.contains(x, y)) for line in ax.get_lines()
+                                       for x, y in line.get_transform().transform(line.get_xydata()))
+    return hits
+
+
+def test_tree_figure_is_readable(tmp_path, monkeypatch):
+    """tree.png: every panel names its policy; no legend covers a plotted point (the methods' legend is
+    the figure's, below the panels); the sweep panels show pass@K minus GRPO in points (the value plotted
+    equals 100 x the paired mean difference from tree.json) on one common y range of at least +-1 point."""
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "tree"
+    mn.main(["tree", "--out", str(out), "--seeds", "2", "--steps", "6", "--problems", "3",
+             "--shared-problems", "4", "--workers", "1", "--no-plot"])
+    figs, real = [], mn._save
+    monkeypatch.setattr(mn, "_save", lambda plt, fig, path, rect=(0, 0, 1, 1):
+                        figs.append((fig, legend_hits(fig) if fig.tight_layout(rect=rect) is None else None))
+                        or real(plt, fig, path, rect))
+    mn.main(["--replot", str(out)])
+    (fig, hits), = figs
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 10 and all(t.startswith(("table policy: ", "shared policy: ")) for t in titles), titles
+    assert hits and all(n == 0 for n in hits.values()), hits
+    assert fig.legends and not any(ax.get_legend() for ax in fig.axes if "correct answers" in ax.get_title()
+                                   or "final pass@K" in ax.get_title())
+    sweeps = [ax for ax in fig.axes if "sweep of" in ax.get_title()]
+    assert len(sweeps) == 4 and len({ax.get_ylim() for ax in sweeps}) == 1
+    lo, hi = sweeps[0].get_ylim()
+    assert lo <= -1 and hi >= 1
+    res = json.loads((out / "tree.json").read_text())["methods"]
+    alphas, _ = mn.sweep_members(res)
+    line = sweeps[0].get_lines()[0]                                  # pass@1 along the alpha sweep, table policy
+    want = [100 * sum(a - b for a, b in zip(res[n]["passk_seeds"]["1"], res["grpo"]["passk_seeds"]["1"])) / 2
+            for _, n in alphas]
+    assert list(line.get_ydata()) == pytest.approx(want, abs=1e-9)
+
+
 # -----------------------------------------------------------------------------
 # The tiny language model part: its own statistics
 

@@ -9,6 +9,7 @@ the path says, plus rows of the other split / config / year that must be left ou
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,146 @@ def test_missing_optional_dependency_says_what_to_install(tmp_path, monkeypatch,
     with pytest.raises(SystemExit) as e:
         data.main(["prepare", "gsm8k_test", "--out", str(tmp_path)])
     assert e.value.code == 2 and "requirements-data.txt" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------
+# Without network, with part of the sources: what was and was not written
+
+# Stand-ins put first on PYTHONPATH of a subprocess: `datasets` fails as the real one does without network
+# (a builtin ConnectionError "Couldn't reach ... on the Hub") and counts its calls; `reasoning_gym` serves
+# the fixture's items of the logic sets, repeated to the set's size, instead of generating the puzzles (18 s).
+FAKE_DATASETS = '''
+import os
+def load_dataset(repo, config=None, split=None):
+    with open(os.environ["FAKE_CALLS"], "a") as f:
+        f.write(repo + "\\n")
+    raise ConnectionError(f"Couldn't reach '{repo}' on the Hub (LocalEntryNotFoundError)")
+'''
+FAKE_REASONING_GYM = '''
+import json, os
+def create_dataset(name, seed, size, **settings):
+    files = json.load(open(os.environ["FAKE_FIXTURES"]))[name]
+    items = [item for rows in files.values() for item in rows]
+    return [items[i % len(items)] for i in range(size)]
+'''
+
+
+def fake_env(tmp_path: Path) -> dict:
+    fakes = tmp_path / "fakes"
+    fakes.mkdir()
+    (fakes / "datasets.py").write_text(FAKE_DATASETS)
+    (fakes / "reasoning_gym.py").write_text(FAKE_REASONING_GYM)
+    return {"PYTHONPATH": str(fakes), "FAKE_CALLS": str(tmp_path / "calls.txt"), "FAKE_FIXTURES": str(FIXTURES)}
+
+
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split() for line in stdout.splitlines() if line.split() and line.split()[0] in data.SOURCES}
+
+
+def test_prepare_without_network_is_one_error_line_and_a_table(tmp_path):
+    """No network: one `error:` line names the dataset and the two ways on (network, or `data.py sources` +
+    `--from DIR`), status 2, no traceback; only the first download is tried (each would wait through the
+    same retries); the logic set, generated here, is still written; the table says what was and was not."""
+    out = tmp_path / "o"
+    r = run_cli("prepare", "math_train", "math500", "knights_knaves", "--out", str(out), env=fake_env(tmp_path))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("error: math_train: could not download EleutherAI/hendrycks_math"), lines
+    for way in ("Connect to the network", "python data.py sources", "python data.py prepare --from DIR",
+                "2 of 3 datasets not written"):
+        assert way in lines[0], way
+    rows = table_rows(r.stdout)
+    assert rows["math_train"][1] == "failed" and rows["math500"][1:3] == ["not", "tried"], r.stdout
+    assert rows["knights_knaves"][1:3] == ["written", "300"], r.stdout
+    assert sorted(f.name for f in out.iterdir()) == ["knights_knaves.jsonl"]
+    assert (tmp_path / "calls.txt").read_text().split() == ["EleutherAI/hendrycks_math"]
+
+
+def test_prepare_with_the_real_datasets_library_offline(tmp_path):
+    """The same with the `datasets` library itself in offline mode (HF_HUB_OFFLINE=1, an empty private
+    cache: it raises at once, nothing is fetched): one error line naming the dataset and its repository."""
+    pytest.importorskip("datasets")
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "ds"),
+           "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
+    r = run_cli("prepare", "gsm8k_test", "--out", str(tmp_path / "o"), env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith("error: gsm8k_test: could not download openai/gsm8k") and "--from DIR" in lines[0]
+    assert not (tmp_path / "o" / "gsm8k_test.jsonl").exists()
+
+
+def test_from_generates_the_logic_sets_and_reports_every_dataset(tmp_path):
+    """`prepare --from DIR` with no names: the logic sets, absent from DIR, are generated (not required);
+    a download missing from DIR (math500) fails alone, after every other dataset is written, and the table
+    lists all of them; the error line names the missing folder and the download command."""
+    src = write_sources(tmp_path / "downloads")
+    for name in ("knights_knaves", "zebra_puzzles", "math500"):
+        shutil.rmtree(src / name)
+    out = tmp_path / "o"
+    r = run_cli("prepare", "--from", str(src), "--out", str(out), env=fake_env(tmp_path))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith(f"error: {src / 'math500'}: not found") and "HuggingFaceH4/MATH-500" in lines[0]
+    rows = table_rows(r.stdout)
+    assert set(rows) == set(data.SOURCES), r.stdout
+    assert {n: row[1] for n, row in rows.items() if row[1] != "written"} == {"math500": "failed"}, r.stdout
+    assert rows["knights_knaves"][2] == "300" and rows["zebra_puzzles"][2] == "200"
+    assert len(data.load_dataset("knights_knaves", out)) == 300
+    assert not (tmp_path / "calls.txt").exists()   # nothing was downloaded
+
+
+def test_one_split_in_two_formats_is_refused(tmp_path, capsys):
+    """Qwen2.5-Math's olympiadbench folder holds test.json and test.jsonl (the same 675 rows): reading both
+    would double every problem, so --from refuses, naming the two files, and writes nothing."""
+    rows = json.loads(FIXTURES.read_text())["olympiadbench"]
+    rows = [r for path, rs in rows.items() if "maths" in path for r in rs]
+    folder = tmp_path / "src" / "olympiadbench"
+    folder.mkdir(parents=True)
+    (folder / "test.json").write_text(json.dumps(rows))
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit) as e:
+        data.main(["prepare", "olympiadbench", "--from", str(tmp_path / "src"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "test.json and test.jsonl hold the same split" in err and str(folder) in err
+    assert not (tmp_path / "o" / "olympiadbench.jsonl").exists()
+    (folder / "test.jsonl").unlink()   # one format: read once
+    report = data.main(["prepare", "olympiadbench", "--from", str(tmp_path / "src"), "--out", str(tmp_path / "o")])
+    assert report[0]["written"] == len(rows)
+
+
+def test_the_closing_line_says_how_the_tools_find_the_files(tmp_path, monkeypatch, capsys):
+    """After --out DIR the message names the flag and the variable that point train.py and eval.py at DIR,
+    and both work; written into the default folder, it says they read it by default, which is true."""
+    src = write_sources(tmp_path / "downloads")
+    monkeypatch.delenv("CASP_DATA", raising=False)
+    monkeypatch.setenv("CASP_HOME", str(tmp_path / "home"))
+    out = tmp_path / "elsewhere"
+    data.main(["prepare", "gsm8k_test", "--from", str(src), "--out", str(out)])
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said == (f"data folder: {out}; train.py and eval.py read it with --data-dir {out}, "
+                    f"or with CASP_DATA={out} set"), said
+    assert data.load_dataset("gsm8k_test", out)
+    monkeypatch.setenv("CASP_DATA", str(out))
+    assert data.load_dataset("gsm8k_test")
+    monkeypatch.delenv("CASP_DATA")
+    data.main(["prepare", "gsm8k_test", "--from", str(src)])
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said == f"data folder: {tmp_path / 'home' / 'data'}; train.py and eval.py read it by default", said
+    assert data.load_dataset("gsm8k_test")
+
+
+def test_readme_row_counts_are_the_prepared_files(data_dir):
+    """README's data table states the rows `prepare` writes: each count equals the line count of the
+    prepared file of that name (math_train: 7,496, the 4 problems without an answer dropped)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("| name | source | rows |"):]
+    section = section[:section.index("\n\n")]
+    checked = 0
+    for line in section.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        names = [n.strip(" `") for n in cells[0].split(",")]
+        counts = [c.strip() for c in cells[-1].split(", ")] if cells[-1] else []
+        for name, count in zip(names, counts):
+            assert int(count.replace(",", "")) == sum(1 for _ in open(data_dir / f"{name}.jsonl")), name
+            checked += 1
+    assert checked == len(data.SOURCES)

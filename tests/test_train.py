@@ -183,6 +183,33 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_dir, problems_file):
     assert moved > 1e-3 and diff < 1e-6
 
 
+def test_metrics_over_no_token_are_null_not_zero(tiny_dir, problems_file, tmp_path, capsys):
+    """A step without a mixed group computes no loss: the step's metrics over the loss's tokens are absent,
+    grad_norm and logprob_mismatch are null (not a made-up 0.0), metrics.jsonl holds no NaN, and the log
+    line prints `-` for them. (--max-response-len 1 cuts every response: every reward is 0.)"""
+    out = tmp_path / "run"
+    train.main(run_args(tiny_dir, problems_file, out, "--steps", "1", "--max-response-len", "1"))
+    text = (out / "metrics.jsonl").read_text()
+    m = json.loads(text)
+    assert m["frac_mixed_groups"] == 0 and "NaN" not in text
+    assert m["grad_norm"] is None and m["logprob_mismatch"] is None
+    assert not {"entropy", "topn_probs", "clip_frac", "gated_top1_prob"} & set(m)
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step")][0]
+    assert "| H - | p1..N - | gated - | clip - | gnorm - |" in line and "nan" not in line, line
+
+
+def test_grad_norm_is_over_the_mini_batches_that_had_a_gradient(tiny_dir, problems_file):
+    """A mini-batch whose rows all have A = 0 computes no gradient: grad_norm is the mean over the other
+    mini-batches only, equal to the norm of that mini-batch updated alone (not halved by a 0)."""
+    model, batch, args = rollout_batch(tiny_dir, problems_file, mini_batches=2)
+    first, second = train.mini_batches(batch.group, 2)
+    batch.adv[first] = 0
+    assert (batch.adv[second] != 0).any()
+    m, _ = one_update(model, batch, args, lr=0.0)        # lr 0: the weights stay as they were
+    alone, _ = one_update(model, batch.rows(second), args, lr=0.0)
+    assert m["grad_norm"] > 0 and m["grad_norm"] == pytest.approx(alone["grad_norm"], rel=1e-5)  # float32 sums
+
+
 def test_fp32_master_weights_keep_what_bf16_weights_lose(tiny_dir, problems_file):
     """One AdamW step at lr 1e-6. bf16 autocast compute with float32 master weights moves the weights
     like the all-float32 reference (same sign of the update for > 95% of the entries, same size),

@@ -124,6 +124,78 @@ def test_user_errors_are_one_line_with_status_2(tiny_dir, problems_file, tmp_pat
         assert [line for line in r.stderr.splitlines() if "error:" in line], r.stderr
 
 
+def test_command_line_mistakes_are_one_line_in_every_tool():
+    """A flag out of range, an unknown flag or a missing sub-command is ONE stderr line `error: ...` naming
+    the flag, status 2, in train.py, eval.py, data.py and miniature.py: argparse's usage block is not
+    printed (data.ArgumentParser); checks that combine flags (train.check_args, eval's --k) too."""
+    cases = [("train.py", ["--steps", "-1"], "argument --steps: must be >= 1, got -1"),
+             ("train.py", ["--prompts-per-step", "3", "--mini-batches", "2"], "not a multiple of --mini-batches"),
+             ("train.py", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+             ("eval.py", ["--n", "0"], "argument --n: must be >= 1, got 0"),
+             ("eval.py", ["--n", "4", "--k", "8"], "every --k must be in [1, --n=4]"),
+             ("data.py", ["prepare", "--bogus"], "unrecognized arguments: --bogus"),
+             ("data.py", [], "required: command"),
+             ("miniature.py", ["tree", "--seeds", "x"], "argument --seeds: invalid int value: 'x'")]
+    for script, args, needle in cases:
+        r = cli(*args, script=script)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, (script, args, r.stderr)
+        assert lines[0].startswith("error: ") and needle in lines[0] and "usage" not in r.stderr, (script, lines)
+
+
+def test_switches_show_no_default_in_help():
+    """An on/off switch's help says what it does, not `(default: True)` (eval.py --no-plot stores False)."""
+    for script in ("eval.py", "train.py"):
+        r = cli("--help", script=script)
+        assert r.returncode == 0 and "(default: True)" not in r.stdout and "(default: False)" not in r.stdout
+    assert "--no-plot tables only" in " ".join(cli("--help", script="eval.py").stdout.split())
+
+
+def test_heldout_set_is_read_only_when_used(tiny_dir, problems_file, tmp_path):
+    """A model of one's own on one's own data with --eval-every 0 runs without any held-out file (math500,
+    the default, is absent from the empty data folder); with --eval-every 1 the same run needs it and
+    stops before training with the one-line `data.py prepare math500` error."""
+    env = {"CASP_DATA": str(tmp_path / "empty"), "CASP_HOME": str(tmp_path / "home")}
+    base = ["--model", tiny_dir, "--data", problems_file, "--steps", "1", "--prompts-per-step", "2",
+            "--mini-batches", "1", "--group-size", "2", "--max-response-len", "8", "--max-prompt-len", "64",
+            "--device", "cpu", "--dtype", "float32"]
+    r = cli(*base, "--eval-every", "0", "--out", tmp_path / "a", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "no held-out set (--eval-every 0)" in r.stdout and (tmp_path / "a" / "ckpt-000001").is_dir()
+    last = r.stdout.strip().splitlines()[-1]        # the run ends with the command that evaluates it
+    assert last == f"evaluate: python eval.py --model {tmp_path / 'a' / 'ckpt-000001' / 'model'} --data math500"
+    r = cli(*base, "--eval-every", "1", "--out", tmp_path / "b", env=env)
+    assert r.returncode == 2 and "python data.py prepare math500" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+def test_init_random_needs_only_a_tokenizer(tiny_dir, problems_file, tmp_path):
+    """--init random needs no weights, only a tokenizer. With an empty Hugging Face cache it stops with one
+    line that names the small download (`hf download REPO config.json ... tokenizer.json ...`) and
+    --tokenizer. Either way on then works: with --tokenizer, and with the snapshot folder that download
+    makes (config.json + tokenizer.json in the cache), the run gets past the model and the data to the
+    memory pre-flight (here refused on purpose: --max-response-len 10**6 fits no machine)."""
+    hub = tmp_path / "hf" / "hub"
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(hub), "CASP_HOME": str(tmp_path / "home"),
+           "CASP_DATA": str(tmp_path / "empty")}
+    base = ["--model", "qwen-0.5b", "--init", "random", "--data", problems_file, "--eval-every", "0",
+            "--max-response-len", "1000000", "--device", "cpu"]
+    r = cli(*base, "--out", tmp_path / "a", env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert "hf download Qwen/Qwen2.5-0.5B-Instruct config.json" in lines[0] and "tokenizer.json" in lines[0]
+    assert "--tokenizer PATH" in lines[0]
+    refused = "the estimated peak memory of a step"
+    r = cli(*base, "--tokenizer", tiny_dir / "tokenizer.json", "--out", tmp_path / "b", env=env)
+    assert r.returncode == 2 and refused in r.stderr, r.stderr[-2000:]
+    snapshot = hub / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(MODEL_NAMES["qwen-0.5b"][1].to_hf_dict()))
+    shutil.copy(tiny_dir / "tokenizer.json", snapshot / "tokenizer.json")
+    r = cli(*base, "--out", tmp_path / "c", env=env)
+    assert r.returncode == 2 and refused in r.stderr, r.stderr[-2000:]
+
+
 def test_help_shows_each_default_once_with_the_demo_values():
     r = cli("--help")
     assert r.returncode == 0

@@ -843,8 +843,9 @@ def eval_command(args, ckpt: Path) -> str:
     length from the run's config.json; the demo's command is sized to finish in about a minute on a CPU
     (500 held-out problems x 16 samples, pass@1..16: 42 s on a 2-core CPU shared with other jobs)."""
     demo_task = args.model == "tiny" and args.data is None
-    held = "synthetic" if demo_task else (args.heldout or "math500")
-    command = f"python eval.py --model {shlex.quote(str(ckpt / 'model'))} --data {shlex.quote(held)}"
+    held = ["synthetic"] if demo_task else (args.heldout or ["math500"])
+    command = (f"python eval.py --model {shlex.quote(str(ckpt / 'model'))} --data "
+               + " ".join(shlex.quote(h) for h in held))
     return command + (" --n 16" if demo_task else "")
 
 

@@ -534,6 +534,30 @@ def test_compile_failure_falls_back_with_one_line(model, monkeypatch, capsys):
     assert capsys.readouterr().err == "" and torch.equal(r2.tokens, eager.tokens)
 
 
+def test_no_c_compiler_falls_back(model, monkeypatch, capsys):
+    """The failure a user meets on a machine without a C compiler (inductor's C++ compiler set to a path
+    that does not exist, caches off so that it is needed): one line naming inductor's error, then the
+    eager tokens with attention="full"."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    import sampler
+    monkeypatch.setattr(sampler, "_compile_failure", None)
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
+    kw = dict(n_samples=2, max_new_tokens=6, vocab_size=V, seed=7, stop_ids=[3])
+    eager = generate(model, PROMPTS, **kw)
+    capsys.readouterr()
+    stats = {}
+    try:
+        r = generate(model, PROMPTS, compile=True, stats=stats, **kw)
+    finally:
+        torch._dynamo.reset()   # no half-compiled state for later tests
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning: torch.compile failed")]
+    assert len(lines) == 1 and "C++ compiler" in lines[0], lines
+    assert stats["attention"] == "full" and torch.equal(r.tokens, eager.tokens)
+
+
 # ----------------------------------------------------------------------------- the sampled distribution
 
 def chi_square_pvalue(counts: torch.Tensor, expected: torch.Tensor) -> float:

@@ -370,13 +370,15 @@ def micro_batches(batch: Batch, rows: torch.Tensor, max_tokens: int, dist: Dist)
 
 def token_stats(model, seq: torch.Tensor, mask: torch.Tensor, cfg: LossConfig, dtype: str, dev):
     """The candidate statistics of the response tokens: hidden states of the training model, then the
-    output layer applied in chunks of 1024 tokens, so the (b, S-1, V) float32 logits never exist whole.
+    output layer applied in chunks of 1024 tokens, so the (b, S-1, V) float32 logits never exist whole
+    (with bf16: bf16 operands, float32 logits; casp.matmul_float).
     Under FSDP2 the root module (embeddings, output layer) stays gathered after forward until backward,
     so its weight is the full matrix here."""
     with torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext():
         hidden = model(seq[:, :-1].to(dev), return_hidden=True)                            # (b, S-1, D)
     return candidate_stats_from_hidden(hidden, model.output_weight, seq[:, 1:].to(dev), mask.to(dev),
-                                       top_n=cfg.top_n, temperature=cfg.temperature)
+                                       top_n=cfg.top_n, temperature=cfg.temperature,
+                                       matmul_dtype=torch.bfloat16 if dtype == "bfloat16" else None)
 
 
 def all_sum_metrics(sums: dict, dist: Dist) -> dict:

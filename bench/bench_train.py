@@ -64,7 +64,7 @@ def ours_step_fn(config, state, batch, device, chunk_size):
         with torch.autocast(device.type, dtype=torch.bfloat16):
             hidden = model(seq[:, :-1], return_hidden=True)                               # (B, T-1, D)
         loss, _ = casp_loss_from_hidden(hidden, model.output_weight, seq[:, 1:], old, adv, mask,
-                                        chunk_size=chunk_size)
+                                        chunk_size=chunk_size, matmul_dtype=torch.bfloat16)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

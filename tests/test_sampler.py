@@ -632,9 +632,16 @@ def test_cuda_graph_matches_plain_path(compile):
 def flex_decoding_choices(monkeypatch):
     """What inductor decides, for each flex_attention it lowers, about its one-token decoding kernel
     (True: FlashDecoding; False: the general kernel). Caches are off so that every kernel is lowered."""
+    import importlib
+
     import torch._dynamo
     import torch._inductor.config
-    import torch._inductor.kernel.flex.flex_attention as lowering
+    for name in ("torch._inductor.kernel.flex.flex_attention", "torch._inductor.kernel.flex_attention"):
+        try:   # where inductor's flex lowering lives: torch >= 2.9, then 2.8
+            lowering = importlib.import_module(name)
+            break
+        except ImportError:
+            continue
     choices, decide = [], lowering._use_flex_decoding
     monkeypatch.setattr(lowering, "_use_flex_decoding", lambda *a, **k: choices.append(decide(*a, **k)) or choices[-1])
     monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)

@@ -296,8 +296,9 @@ def check_resume_config(out: Path, new: dict):
 
 
 def full_state_model(model: Transformer, dist: Dist) -> Transformer:
-    """An unsharded float32 CPU copy for saving (under FSDP: gathered; rank 0 keeps it)."""
-    if not dist.world > 1:
+    """An unsharded float32 CPU copy for saving (under FSDP: gathered; rank 0 keeps it). FSDP's parameters
+    are DTensors even in a single process (torchrun --nproc_per_node 1), so that is what is checked."""
+    if not any(hasattr(p, "full_tensor") for p in model.parameters()):
         return model
     with torch.device("meta"):
         full = Transformer(model.config)

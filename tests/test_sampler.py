@@ -650,8 +650,7 @@ def flex_decoding_choices(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("H,Hkv", HEAD_LAYOUTS)
+@pytest.mark.parametrize("H,Hkv,dtype", [(h, kv, torch.bfloat16) for h, kv in HEAD_LAYOUTS] + [(12, 2, torch.float32)])
 def test_cuda_prefix_kernel_in_a_cuda_graph(H, Hkv, dtype, flex_decoding_choices):
     """The production decode path on CUDA: the compiled length-aware kernel (PrefixAttention) inside a
     captured CUDA graph, at every named head layout with head dim 128, gives the logits of the dense masked
@@ -727,3 +726,27 @@ def test_cuda_prefill_runs_without_the_math_kernel():
         with sdpa_kernel([SDPBackend.MATH]):
             _, math = prefill(m, prompts, V)
     assert (fused - math).abs().max().item() < 0.02 * math.abs().max().item()
+
+
+@pytest.mark.gpu
+def test_cuda_compiled_step_compiles_once_28_layers():
+    """generate(compile=True) on CUDA, inside the CUDA graph, with the length-aware kernel on a 28-layer
+    model at qwen-1.5b's head layout (12/2 heads, head dim 128; narrow widths, float32): no frame is
+    recompiled (dynamo raises on any recompilation) and the tokens equal the eager step's."""
+    import torch._dynamo
+    cfg = ModelConfig(vocab_size=V_ROWS, hidden_size=256, intermediate_size=512, num_hidden_layers=28,
+                      num_attention_heads=12, num_key_value_heads=2, head_dim=128,
+                      max_position_embeddings=1024, tie_word_embeddings=True)
+    m = Transformer(cfg).eval()
+    m.init_weights(std=0.2, generator=torch.Generator().manual_seed(0))
+    m = m.cuda()
+    kw = dict(n_samples=4, max_new_tokens=40, vocab_size=V, seed=3, stop_ids=[3], slots=8)
+    eager = generate(m, PROMPTS, cuda_graph=False, attention="full", **kw)
+    torch._dynamo.reset()
+    stats = {}
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = generate(m, PROMPTS, compile=True, stats=stats, **kw)
+        again = generate(m, PROMPTS, compile=True, **kw)
+    assert stats["attention"] == "prefix"
+    for r in (compiled, again):
+        assert torch.equal(r.tokens, eager.tokens) and (r.logprobs - eager.logprobs).abs().max() < TOL

@@ -94,7 +94,8 @@ def shard_model(model: Transformer, compute_dtype) -> Transformer:
 #              of the weights (2P in bf16; none when sampling uses the float32 weights themselves), and
 #              the step's rollout on the host (token ids, masks, log-probs, top-N records, the batch)
 #   rollout    the KV cache of the rows sampled at once (slots x (prompt + response) positions), the
-#              (rows, V) float32 next-token distributions of the sampler, the prefill's activations
+#              (rows, V) float32 next-token distributions of the sampler, the prefill's activations (one
+#              layer's at a time, no (T, T) scores: prefill attends causally in SDPA's fused kernels)
 #   update     float32 gradients 4P/W, the micro-batch's activations (all layers, or one layer plus the
 #              block inputs with --grad-checkpoint), under bf16 autocast without checkpointing the bf16
 #              copies of the block weights that autocast makes and backward keeps (2 bytes per block

@@ -6,7 +6,7 @@ sampler.py: batched, KV-cached sampling of G answers per prompt, recording the c
 Per generated position t of every answer it records what the RLVR loss and the paper's diagnostics need:
 the sampled token y_t, log pi_old(y_t | s_t) under the distribution it was drawn from (after temperature,
 top-k, top-p), and the *candidate distribution* of the temperature-1 policy: its top-N ids c_1..c_N and
-probabilities p(1) >= ... >= p(N), and its entropy H_t (CASP.md: the entropy gate and the p(1..N) plots).
+probabilities p(1) >= ... >= p(N), and its entropy H_t (what CaSP's entropy gate and the p(1..N) plots read).
 
 How one rollout runs (RL-shaped: P prompts x G samples, lengths from a few tokens to the cap)
     slots      the decode loop works on a fixed set of S rows ("slots", train.py's --rollout-batch;
@@ -68,7 +68,7 @@ about 1e-7 absolute (a token of probability 1e-7 is drawn about once per 10M dra
 in one list get different streams (the occurrence count is in the key), so they act as more samples of
 the same problem, not as copies.
 
-Where the time goes (PERF.md, H100, Qwen2.5-1.5B, B=64): a decode step reads ~3.1 GB of weights plus the
+Where the time goes (measured on an H100 80GB, torch 2.11, Qwen2.5-1.5B shape, B=64): a decode step reads ~3.1 GB of weights plus the
 KV cache (a ~1.3 ms floor), but an eager step launches ~560 small kernels whose launch overhead is most
 of the cost: eager PyTorch takes 20-33 ms per step, transformers 78 ms. So on CUDA the whole step
 (sample + record + the model's forward for one token) is captured once per call into a CUDA graph and

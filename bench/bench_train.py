@@ -7,9 +7,9 @@ ours against Hugging Face transformers, on the same model shape and batch, in on
 
 Ours: float32 master weights and AdamW state (fused), bf16 autocast compute, per-block activation
 checkpointing, the CaSP loss applied to the final hidden states chunk by chunk (casp_loss_from_hidden:
-the float32 (B, T, V) logits never exist whole).
+the float32 (B, T, V) logits never exist whole; bf16 operands, float32 logits).
 transformers: its Qwen2ForCausalLM with gradient checkpointing, bf16 weights and bf16 AdamW state (the
-setting measured in PERF.md, which at lr 1e-6 loses most updates to rounding), full float32 logits and
+all-bf16 setting, which at lr 1e-6 loses most updates to rounding), full float32 logits and
 the same GRPO-style token loss on them.
 Both see identical random weights and tokens. `--compile on,off` (the default): each side also with every
 decoder block torch.compile'd (`nn.Module.compile`: forward and backward through inductor; train.py

@@ -563,7 +563,7 @@ def generate(model: Transformer, prompts: list[list[int]], n_samples: int, max_n
             raise   # nothing was compiled: a real error
         _compile_failed(e)
         compiling, cache.attend, step_fn = False, None, dec.step
-        graph = _warm_up(dec, step_fn, cuda_graph) if cuda_graph else None
+        graph = _warm_up(dec, step_fn, cuda_graph)   # also resets what a half-run compiled step counted
     if _compile_failure is not None and (compile or on_cuda):
         attention = "full"   # what ran instead (stats say so)
     sync()

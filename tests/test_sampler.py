@@ -521,10 +521,12 @@ def test_compile_failure_falls_back_with_one_line(model, monkeypatch, capsys):
     monkeypatch.setattr(sampler, "_compiled_flex", None)
     monkeypatch.setattr(torch, "compile", broken_compile)
     kw = dict(n_samples=2, max_new_tokens=8, vocab_size=V, seed=5, stop_ids=[3])
-    eager = generate(model, PROMPTS, **kw)
+    eager_stats = {}
+    eager = generate(model, PROMPTS, stats=eager_stats, **kw)
     capsys.readouterr()
     stats = {}
     r = generate(model, PROMPTS, compile=True, stats=stats, **kw)
+    assert stats["kv_slots_read_longest"] == eager_stats["kv_slots_read_longest"]   # counters not polluted
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: torch.compile failed (RuntimeError: CppCompileError")
     assert 'attention="full"' in err[0] and "eager decode step" in err[0]

@@ -78,7 +78,9 @@ TOKENIZER="$SHARED/tokenizers/qwen2.5"
 TRAIN_DATA="$SHARED/data/math_train.jsonl"
 HELDOUT_DATA="$SHARED/data/math500.jsonl"
 if [ $SMOKE = 1 ] || [ ! -f "$TOKENIZER/tokenizer.json" ] || [ ! -f "$TRAIN_DATA" ] || [ ! -f "$HELDOUT_DATA" ]; then
-    DATA_NOTE="NOT the real data: $SHARED has no Qwen2.5 tokenizer or MATH data (or --cpu-smoke), so the runs use the project's character tokenizer and built-in synthetic problems"
+    WHY="$SHARED has no Qwen2.5 tokenizer or MATH data"
+    [ $SMOKE = 1 ] && WHY="--cpu-smoke"
+    DATA_NOTE="NOT the real data ($WHY): the runs use the project's character tokenizer and built-in synthetic problems"
     TOKENIZER="$LOG/fallback/tokenizer"
     TRAIN_DATA="$LOG/fallback/train.jsonl"
     HELDOUT_DATA="$LOG/fallback/heldout.jsonl"
@@ -132,7 +134,8 @@ else
 fi
 COMMON=(--data "$TRAIN_DATA" --heldout "$HELDOUT_DATA" --save-every 0)
 # train.py with every group's rewards forced to alternate 0, 1, 0, 1 (random weights never answer right):
-# without it no row would have an advantage, and the update, AdamW's state and its resume would go unchecked
+# without it no row would have an advantage, and the update, AdamW's state and its resume would go unchecked.
+# (The logged rewards and held-out pass@1 are then 0.5 by construction.)
 TRAIN="$LOG/train_mixed_rewards.py"
 cat > "$TRAIN" <<EOF
 import sys, torch

@@ -648,9 +648,33 @@ def mean_metrics(sums):
 # Memory-efficient path: the same statistics from hidden states, chunk by chunk
 
 
+# The output layer's precision. Under bf16 autocast the hidden states reach the loss in float32 (the
+# residual stream and the final RMSNorm stay float32) and the output weight is the float32 master copy,
+# so a plain `h @ W.T` would run the V x D products (forward, backward recompute, dh, dW: for a 151k
+# vocabulary among the largest of the step) in full float32, a fraction of bf16 speed. The choice made
+# here: bf16 OPERANDS with float32 accumulation and a float32 RESULT (not TF32, not bf16 logits).
+# `matmul_dtype=torch.bfloat16` casts the hidden chunk and the weight to bf16 (as autocast would) and
+# multiplies them with float32 accumulation, returning float32: on CUDA one cuBLAS call (torch.mm's
+# out_dtype); elsewhere the float32 product of the same bf16-valued operands (the same numbers up to
+# summation order: a product of two bf16 values is exact in float32). The logits are never rounded to
+# bf16 (that would cost up to 2^-9 of a logit: 0.06 nats at a logit of 30); the operands' rounding moves
+# a log-prob by ~1e-3 (tests/test_casp.py bounds it against float64). The weight gradient is summed over
+# chunks in float32, as before.
+
+
+def matmul_float(a, b):
+    """a @ b returned in float32 (float64 for float64 operands), accumulated in float32 or better.
+    bf16 operands on CUDA: one bf16 GEMM with a float32 result (torch.mm's out_dtype, torch >= 2.8)."""
+    if a.dtype == b.dtype == torch.bfloat16 and a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    dtype = float_dtype(torch.promote_types(a.dtype, b.dtype))
+    return a.to(dtype) @ b.to(dtype)
+
+
 def chunk_logits(h, out_weight, temperature):
-    """(m, D) hidden states -> (m, V) logits / T in float32 (float64 if given float64)."""
-    return (h @ out_weight.T).to(float_dtype(h.dtype)) / temperature
+    """(m, D) hidden states, (V, D) weight in the matmul dtype -> (m, V) logits / T in float32 (float64
+    if given float64)."""
+    return matmul_float(h, out_weight.T) / temperature
 
 
 class ChunkedCandidateLogprobs(torch.autograd.Function):
@@ -658,27 +682,32 @@ class ChunkedCandidateLogprobs(torch.autograd.Function):
     (V, D), without ever holding more than (chunk_size, V) logits.
 
     forward: per chunk, z = h W^T / temperature in float32, then exactly stats_from_logp. Only hidden,
-    W and the (M, 1+N) selected ids are saved.
+    W and the (M, 1+N) selected ids are saved. matmul_dtype (None: hidden's dtype): the dtype of the
+    matrix products' operands (bf16: see the note above `matmul_float`); W is cast once per pass.
     backward: per chunk, recompute z, p = softmax(z), and use d log p_j / dz = e_j - p:
         dz = sum_j g_j e_j - (sum_j g_j) p        (ids j = y, c_1..c_N; duplicates add up)
         dh = dz W / temperature,   dW += dz^T h / temperature
     Cost: 4 lm-head-sized matmuls (forward, recompute, dh, dW) instead of 3 on the plain path, and a
     float32 (V, D) accumulator for dW (summed over chunks in float32, cast to W's dtype at the end).
-    Peak extra memory: a few (chunk_size, V) float32 tensors (~4 bytes * chunk_size * V each).
+    Peak extra memory: a few (chunk_size, V) float32 tensors (~4 bytes * chunk_size * V each), and with
+    a cast the (V, D) weight in the matmul dtype (2 bytes * V * D for bf16) while a pass runs.
     entropy_grad (only for the entropy bonus): H is differentiable too, and backward adds
         dz += g_H * dH/dz,   dH/dz = -p (log p + H)          (entropy_logit_grad)
     one more (chunk_size, V) log and product per chunk; with entropy_grad False nothing changes.
     """
 
     @staticmethod
-    def forward(ctx, hidden, out_weight, tokens, top_n, temperature, chunk_size, entropy_grad=False):
+    def forward(ctx, hidden, out_weight, tokens, top_n, temperature, chunk_size, matmul_dtype=None,
+                entropy_grad=False):
+        dt = matmul_dtype or hidden.dtype
+        w = out_weight.to(dt)  # (V, D) once per pass (a no-op without a cast)
         c, parts = chunk_size, []  # parts: one CandidateStats per chunk
         for s in range(0, max(hidden.shape[0], 1), c):  # M = 0: one empty chunk, so torch.cat has a part
-            z = chunk_logits(hidden[s:s + c], out_weight, temperature)  # (m, V)
+            z = chunk_logits(hidden[s:s + c].to(dt), w, temperature)  # (m, V) float32
             parts.append(stats_from_logp(torch.log_softmax(z, dim=-1), tokens[s:s + c], top_n))
         logp_y, logp_topn, entropy, topn_ids, _ = (torch.cat(field) for field in zip(*parts))
         ctx.save_for_backward(hidden, out_weight, torch.cat([tokens[:, None], topn_ids], dim=1))
-        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        ctx.temperature, ctx.chunk_size, ctx.matmul_dtype = temperature, chunk_size, dt
         ctx.entropy_grad = entropy_grad
         ctx.mark_non_differentiable(topn_ids, *([] if entropy_grad else [entropy]))
         return logp_y, logp_topn, entropy, topn_ids
@@ -686,26 +715,27 @@ class ChunkedCandidateLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_y, g_topn, g_entropy, _g_ids):
         hidden, out_weight, ids = ctx.saved_tensors  # (M, D), (V, D), (M, 1+N)
-        t, c = ctx.temperature, ctx.chunk_size
+        t, c, dt = ctx.temperature, ctx.chunk_size, ctx.matmul_dtype
+        w = out_weight.to(dt)  # (V, D) cast again rather than kept from forward: memory over a cheap copy
         g = torch.cat([g_y[:, None], g_topn], dim=1)  # (M, 1+N) dL/dlog p(id)
         d_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None  # (M, D)
         d_weight = (torch.zeros(out_weight.shape, dtype=torch.promote_types(out_weight.dtype, torch.float32),
                                 device=out_weight.device) if ctx.needs_input_grad[1] else None)  # (V, D)
         for s in range(0, hidden.shape[0], c):
-            h = hidden[s:s + c]  # (m, D)
-            p = torch.softmax(chunk_logits(h, out_weight, t), dim=-1)  # (m, V) recomputed, never stored
+            h = hidden[s:s + c].to(dt)  # (m, D)
+            p = torch.softmax(chunk_logits(h, w, t), dim=-1)  # (m, V) recomputed, never stored
             gs = g[s:s + c]  # (m, 1+N)
             dz = (-gs.sum(-1, keepdim=True) * p).scatter_add_(1, ids[s:s + c], gs) / t  # (m, V)
             if ctx.entropy_grad:  # the entropy bonus's gradient, only when it is on
                 dz = dz + entropy_logit_grad(p, g_entropy[s:s + c]) / t  # (m, V)
-            dz = dz.to(hidden.dtype)  # matmuls in the input dtype, as autograd would do on the plain path
+            dz = dz.to(dt)  # matmul operands in the matmul dtype, as autograd would do on the plain path
             if d_hidden is not None:
-                d_hidden[s:s + c] = dz @ out_weight  # (m, D)
+                d_hidden[s:s + c] = matmul_float(dz, w)  # (m, D)
             if d_weight is not None:
-                d_weight += dz.T @ h  # (V, D)
+                d_weight += matmul_float(dz.T, h)  # (V, D) summed in float32
         if d_weight is not None:
             d_weight = d_weight.to(out_weight.dtype)
-        return d_hidden, d_weight, None, None, None, None, None
+        return d_hidden, d_weight, None, None, None, None, None, None
 
 
 def entropy_logit_grad(p, g_h):
@@ -717,17 +747,19 @@ def entropy_logit_grad(p, g_h):
 
 
 def candidate_stats_from_hidden(hidden, out_weight, tokens, mask, *, top_n=3, temperature=1.0,
-                                chunk_size=1024, entropy_grad=False):
+                                chunk_size=1024, matmul_dtype=None, entropy_grad=False):
     """CandidateStats of the valid tokens from hidden (B, T, D) and out_weight (V, D) (lm_head has no
     bias), equal to candidate_stats(hidden @ out_weight.T, ..., temperature=temperature) without the
-    (B, T, V) logits. Only valid tokens are chunked, so padding costs no matmul. hidden may be bf16:
-    each chunk's logits are cast to float32 before log-softmax. entropy_grad: H_t differentiable (for
-    the entropy bonus; off, the backward is the same as without it)."""
+    (B, T, V) logits. Only valid tokens are chunked, so padding costs no matmul. Logits are float32
+    (float64 for float64 inputs) whatever the operands' dtype. matmul_dtype: the dtype the output
+    layer's products take their operands in (None: hidden's; torch.bfloat16 for bf16 training, see the
+    note above `matmul_float`); gradients come back in hidden's and out_weight's own dtypes.
+    entropy_grad: H_t differentiable (for the entropy bonus; off, the backward is the same as without it)."""
     valid = mask.bool()  # (B, T)
     h = hidden[valid]  # (M, D); its backward scatters into a (B, T, D) zero tensor, cheap next to V
     y = tokens[valid]  # (M,)
     logp_y, logp_topn, entropy, topn_ids = ChunkedCandidateLogprobs.apply(
-        h, out_weight, y, top_n, temperature, chunk_size, entropy_grad)
+        h, out_weight, y, top_n, temperature, chunk_size, matmul_dtype, entropy_grad)
     return CandidateStats(logp_y, logp_topn, entropy, topn_ids, y == topn_ids[:, 0])
 
 
@@ -773,21 +805,23 @@ def casp_loss(logits, tokens, old_logprobs, advantages, mask, *, loss_denom=None
 
 
 def grpo_loss_from_hidden(hidden, out_weight, tokens, old_logprobs, advantages, mask, *, chunk_size=1024,
-                          loss_denom=None, **hyper):
+                          loss_denom=None, matmul_dtype=None, **hyper):
     """grpo_loss(hidden @ out_weight.T, ...): same loss, gradients (w.r.t. hidden and out_weight) and
-    metrics, without materializing the (B, T, V) float32 logits."""
+    metrics, without materializing the (B, T, V) float32 logits. matmul_dtype: as in
+    candidate_stats_from_hidden (torch.bfloat16: bf16 operands, float32 logits)."""
     return loss_from_hidden(config_for("grpo", hyper), hidden, out_weight, tokens, old_logprobs, advantages,
-                            mask, chunk_size, loss_denom)
+                            mask, chunk_size, loss_denom, matmul_dtype)
 
 
 def casp_loss_from_hidden(hidden, out_weight, tokens, old_logprobs, advantages, mask, *, chunk_size=1024,
-                          loss_denom=None, **hyper):
+                          loss_denom=None, matmul_dtype=None, **hyper):
     """casp_loss(hidden @ out_weight.T, ...) on the memory-efficient path, as grpo_loss_from_hidden."""
     return loss_from_hidden(config_for("casp", hyper), hidden, out_weight, tokens, old_logprobs, advantages,
-                            mask, chunk_size, loss_denom)
+                            mask, chunk_size, loss_denom, matmul_dtype)
 
 
-def loss_from_hidden(cfg, hidden, out_weight, tokens, old_logprobs, advantages, mask, chunk_size, loss_denom):
+def loss_from_hidden(cfg, hidden, out_weight, tokens, old_logprobs, advantages, mask, chunk_size, loss_denom,
+                     matmul_dtype=None):
     stats = candidate_stats_from_hidden(hidden, out_weight, tokens, mask, top_n=cfg.top_n,
                                         temperature=cfg.temperature, chunk_size=chunk_size,
                                         entropy_grad=cfg.entropy_coeff > 0)

@@ -40,6 +40,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -338,6 +339,11 @@ class KVCache:
     row. A forward pass over T new tokens writes them at positions lengths..lengths+T-1 of each row and
     then advances `lengths` by T. After a right-padded prefill the caller sets `lengths` to the true
     prompt lengths: the padding slots are then overwritten by the first generated tokens.
+
+    empty: True while nothing has been written (a fresh cache: every row at length 0), known on the host
+    without a sync. A forward of several tokens into an empty cache is plain causal attention over those
+    tokens (the prefill), which SDPA runs in its fused kernels; `forward` and `copy_rows_` clear it.
+    Code that sets `lengths` of a fresh cache by hand and then forwards several tokens must clear it too.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
@@ -350,10 +356,15 @@ class KVCache:
         # 0..lengths[b] only, as the masked kernel in Attention.forward does. None: that masked kernel.
         # The sampler sets a length-aware one here (sampler.PrefixAttention).
         self.attend = None
+        self.empty = True
 
     @property
     def max_len(self):
         return self.k.shape[3]
+
+    def layer(self, i: int) -> "LayerCache":
+        """Layer i's keys and values (views) with what Attention.forward needs to know about the cache."""
+        return LayerCache(self.k[i], self.v[i], self.empty, self.attend)
 
     def narrow(self, start: int, length: int) -> "KVCache":
         """Rows start..start+length-1 as a KVCache sharing this one's memory (writes go through): lets a
@@ -361,7 +372,7 @@ class KVCache:
         view = KVCache.__new__(KVCache)
         view.k, view.v = self.k.narrow(1, start, length), self.v.narrow(1, start, length)
         view.lengths = self.lengths.narrow(0, start, length)
-        view.attend = self.attend
+        view.attend, view.empty = self.attend, self.empty
         return view
 
     def copy_rows_(self, src: "KVCache", rows: torch.Tensor):
@@ -372,6 +383,17 @@ class KVCache:
         self.k[:, :, :, :n] = src.k[:, rows, :, :n]
         self.v[:, :, :, :n] = src.v[:, rows, :, :n]
         self.lengths.copy_(src.lengths[rows])
+        self.empty = False
+
+
+class LayerCache(NamedTuple):
+    """One layer's part of a KVCache. Passed to each block instead of the layer's index: a compiled frame
+    (the decode step breaks its graph at a custom kernel) then gets the same argument types at every
+    layer, and compiles once whatever the depth; a Python int would be a constant, compiled per layer."""
+    k: torch.Tensor          # (B, Hkv, max_len, hd) this layer's keys
+    v: torch.Tensor          # (B, Hkv, max_len, hd) this layer's values
+    empty: bool              # KVCache.empty: nothing written yet, every row starts at position 0
+    attend: object           # KVCache.attend: the one-token kernel, or None
 
 
 class Attention(nn.Module):
@@ -385,27 +407,31 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(D, self.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, D, bias=False)
 
-    def forward(self, x, cos, sin, layer_idx, kv_cache=None, positions=None):
+    def forward(self, x, cos, sin, cache: LayerCache | None = None, positions=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv_cache is None:
-            # training / full recompute: plain causal attention (right padding never leaks into real
-            # tokens, since padding comes after them)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        else:
-            # write the new keys/values at each row's own positions, then attend over the whole buffer;
-            # a query at position p may see keys at positions <= p of its row (later slots are unwritten
-            # or stale padding). The mask has shape (B, 1, T, max_len).
+        if cache is not None:
+            # write the new keys/values at each row's own positions
             idx = positions[:, None, :, None].expand(B, self.n_kv_heads, T, self.head_dim)
-            kc, vc = kv_cache.k[layer_idx], kv_cache.v[layer_idx]                       # (B, Hkv, S, hd)
+            kc, vc = cache.k, cache.v                                                   # (B, Hkv, S, hd)
             kc.scatter_(2, idx, k.to(kc.dtype))
             vc.scatter_(2, idx, v.to(vc.dtype))
-            if T == 1 and kv_cache.attend is not None:
+        if cache is None or (T > 1 and cache.empty):    # (T first: a compiled frame guards on shapes only)
+            # training / full recompute, and the prefill of right-padded prompts into an empty cache
+            # (positions 0..T-1 in every row): plain causal attention over the new tokens (right padding
+            # never leaks into real tokens, since padding comes after them). is_causal without a mask
+            # keeps SDPA's fused kernels; a boolean mask with enable_gqa would leave it only the math
+            # kernel on CUDA, which materialises (B, H, T, T) float32 scores per layer.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            # attend over the whole buffer: a query at position p may see keys at positions <= p of its
+            # row (later slots are unwritten or stale padding). The mask has shape (B, 1, T, max_len).
+            if T == 1 and cache.attend is not None:
                 # the cache's own one-token kernel (KVCache.attend), e.g. the sampler's length-aware one
-                y = kv_cache.attend(q, kc.to(q.dtype), vc.to(q.dtype))                  # (B, H, 1, hd)
+                y = cache.attend(q, kc.to(q.dtype), vc.to(q.dtype))                     # (B, H, 1, hd)
             else:
                 key_pos = torch.arange(kc.shape[2], device=x.device)
                 mask = key_pos[None, None, None, :] <= positions[:, None, :, None]      # (B, 1, T, S)
@@ -447,8 +473,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, layer_idx, kv_cache=None, positions=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer_idx, kv_cache, positions)
+    def forward(self, x, cos, sin, cache: LayerCache | None = None, positions=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, positions)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -511,13 +537,15 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(tokens)                                            # (B, T, D)
         cos, sin = rope_cos_sin(self.inv_freq(x.device), positions, x.dtype)                     # (B, 1, T, hd)
         for i, block in enumerate(self.model.layers):
+            cache = None if kv_cache is None else kv_cache.layer(i)   # views, not the index (LayerCache)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 # keep only the block's input; recompute its activations in backward (~1/3 more compute)
-                x = checkpoint(block, x, cos, sin, i, kv_cache, positions, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, cache, positions, use_reentrant=False)
             else:
-                x = block(x, cos, sin, i, kv_cache, positions)
+                x = block(x, cos, sin, cache, positions)
         if kv_cache is not None:
             kv_cache.lengths += T
+            kv_cache.empty = False
         x = self.model.norm(x)                                                         # (B, T, D)
         return x if return_hidden else self.lm_head(x)                                 # (B, T, V)
 

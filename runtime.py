@@ -106,15 +106,30 @@ def shard_model(model: Transformer, compute_dtype) -> Transformer:
 #              of the weights (2P in bf16; none when sampling uses the float32 weights themselves), and
 #              the step's rollout on the host (token ids, masks, log-probs, top-N records, the batch)
 #   rollout    the KV cache of the rows sampled at once (slots x (prompt + response) positions), the
-#              (rows, V) float32 next-token distributions of the sampler, the prefill's activations
+#              (rows, V) float32 next-token distributions of the sampler, the prefill's activations (one
+#              layer's at a time, no (T, T) scores: prefill attends causally in SDPA's fused kernels)
 #   update     float32 gradients 4P/W, the micro-batch's activations (all layers, or one layer plus the
-#              block inputs with --grad-checkpoint), the chunked loss's (chunk, V) float32 buffers
+#              block inputs with --grad-checkpoint), under bf16 autocast without checkpointing the bf16
+#              copies of the block weights that autocast makes and backward keeps (2 bytes per block
+#              parameter; none under FSDP, whose gathered weights are bf16 already), the chunked loss's
+#              (chunk, V) float32 buffers and, in bf16, its bf16 copy of the output weight (casp.py)
 # The peak is `always + max(rollout, update)`: the cache is freed before the update starts.
-# The activation factors are counts of (tokens, width) tensors a block keeps for backward; they were
-# checked against measured peaks on the CPU (tests/test_train_cli.py: -15% / +35% allowed).
+#
+# Activations, per token and block, as counts of (token, width) tensors that a block keeps for
+# backward: fitted to the bytes that saved-tensor hooks record for a Qwen2.5-0.5B, a Qwen2.5-1.5B and
+# a Llama-3.2-3B-shaped block on the CPU, in float32 and under bf16 autocast (each within 1.5%;
+# tests/test_memory.py measures and compares). A block keeps its input, the float32 residual stream
+# (4 bytes per value whatever the compute dtype: also what a checkpointed block keeps). Under bf16
+# autocast RMSNorm and RoPE stay float32 too, so a block keeps 3 more float32 (T, D) tensors besides
+# its bf16 ones.
+# The whole step's estimate was checked against measured peaks on the CPU (tests/test_train_cli.py:
+# -15% / +35% allowed).
 
-ACT_PER_TOKEN_HIDDEN = 10    # (T, D) tensors a block keeps for backward: norms, q/k/v/o, residuals...
+ACT_PER_TOKEN_HIDDEN = 7      # (T, D) tensors in the compute dtype: norm outputs, q, attention output...
 ACT_PER_TOKEN_MLP = 4         # (T, I) tensors: gate, up, act(gate), their product
+ACT_PER_TOKEN_KV = 1.5        # (T, K+V width) tensors: keys and values (after RoPE), per K+V width
+AUTOCAST_FLOAT32_HIDDEN = 3   # (T, D) float32 tensors a block keeps besides those under bf16 autocast
+FINAL_NORM_HIDDEN = 3         # (T, D) float32 tensors after the last block: final norm, the loss's input
 LOSS_CHUNK = 1024             # rows of the chunked output layer in casp.py
 LOSS_CHUNK_COPIES = 3         # (chunk, V) float32 buffers alive at once: logits, softmax, its gradient
 SAMPLER_VOCAB_COPIES = 4      # (rows, V) float32 buffers of one decode step: logits, probs, sort, cdf
@@ -132,7 +147,9 @@ def estimate_memory(config: ModelConfig, *, rollout_rows: int, total_rows: int, 
     V, kv_width = config.vocab_size, 2 * config.num_key_value_heads * config.head_dim   # K and V
     S = max_prompt_len + max_response_len
     T = min(micro_batch_tokens, -(-total_rows // mini_batches) * S)   # a micro-batch holds at most a mini-batch
-    per_token_layer = (ACT_PER_TOKEN_HIDDEN * D + ACT_PER_TOKEN_MLP * I) * compute_bytes
+    per_token_layer = activation_bytes_per_token(config, compute_bytes)
+    autocast = compute_bytes < 4 and world == 1   # bf16 autocast over float32 weights (not FSDP's bf16 ones)
+    block_params = P - V * D * (1 if config.tie_word_embeddings else 2) - D
     parts = {
         "weights (float32 master)": 4 * P / world,
         "AdamW moments (float32)": 8 * P / world,
@@ -144,14 +161,27 @@ def estimate_memory(config: ModelConfig, *, rollout_rows: int, total_rows: int, 
         "sampler distributions": rollout_rows * V * 4 * SAMPLER_VOCAB_COPIES,
         "prefill activations": min(PREFILL_TOKENS, rollout_rows * max_prompt_len) * (4 * D + 3 * I) * compute_bytes,
         "gradients (float32)": 4 * P / world,
-        "activations": T * (D * compute_bytes * L + per_token_layer if grad_checkpoint else per_token_layer * L),
-        "loss chunks": min(T, LOSS_CHUNK) * V * 4 * LOSS_CHUNK_COPIES,
+        # checkpointed: the float32 input of every block, and one block's activations while it is recomputed
+        "activations": T * ((4 * D * L + per_token_layer if grad_checkpoint else per_token_layer * L)
+                            + 4 * FINAL_NORM_HIDDEN * D),
+        "autocast weight copies": 2 * block_params if autocast and not grad_checkpoint else 0,
+        "loss chunks": min(T, LOSS_CHUNK) * V * 4 * LOSS_CHUNK_COPIES + (2 * V * D if autocast else 0),
     }
     always = sum(parts[k] for k in list(parts)[:4])
     rollout = parts["KV cache"] + parts["sampler distributions"] + parts["prefill activations"]
-    update = parts["gradients (float32)"] + parts["activations"] + parts["loss chunks"]
+    update = (parts["gradients (float32)"] + parts["activations"] + parts["autocast weight copies"]
+              + parts["loss chunks"])
     parts["peak"] = always + max(rollout, update)
     return parts
+
+
+def activation_bytes_per_token(config: ModelConfig, compute_bytes: int) -> float:
+    """Bytes one block keeps for backward per token (see the factors above): compute_bytes 4 is float32,
+    2 is bf16 autocast over float32 weights."""
+    D, I = config.hidden_size, config.intermediate_size
+    kv_width = 2 * config.num_key_value_heads * config.head_dim
+    per = (ACT_PER_TOKEN_HIDDEN * D + ACT_PER_TOKEN_MLP * I + ACT_PER_TOKEN_KV * kv_width) * compute_bytes
+    return per + 4 * D + (4 * AUTOCAST_FLOAT32_HIDDEN * D if compute_bytes < 4 else 0)   # + the float32 input
 
 
 def available_memory(device: torch.device) -> tuple[float, str]:
@@ -177,7 +207,7 @@ def preflight(parts: dict[str, float], device: torch.device) -> str:
     table = "\n".join(f"    {k:<34} {gb(v):>9}" for k, v in parts.items() if k != "peak")
     raise UserError(
         f"the estimated peak memory of a step, {gb(parts['peak'])}, exceeds the {what}, {gb(free)}:\n{table}\n"
-        f"  (peak = the first four + the larger of the next three (rollout) and the last three (update))\n"
+        f"  (peak = the first four + the larger of the next three (rollout) and the last four (update))\n"
         f"Shrink it with --rollout-batch (rows sampled at once: KV cache), --max-response-len, "
         f"--micro-batch-tokens (activations), --grad-checkpoint, or --prompts-per-step; --force runs anyway.")
 
@@ -428,8 +458,9 @@ def check_resume_config(out: Path, new: dict):
 
 
 def full_state_model(model: Transformer, dist: Dist) -> Transformer:
-    """An unsharded float32 CPU copy for saving (under FSDP: gathered; rank 0 keeps it)."""
-    if not dist.world > 1:
+    """An unsharded float32 CPU copy for saving (under FSDP: gathered; rank 0 keeps it). FSDP's parameters
+    are DTensors even in a single process (torchrun --nproc_per_node 1), so that is what is checked."""
+    if not any(hasattr(p, "full_tensor") for p in model.parameters()):
         return model
     with torch.device("meta"):
         full = Transformer(model.config)

@@ -6,7 +6,7 @@ sampler.py: batched, KV-cached sampling of G answers per prompt, recording the c
 Per generated position t of every answer it records what the RLVR loss and the paper's diagnostics need:
 the sampled token y_t, log pi_old(y_t | s_t) under the distribution it was drawn from (after temperature,
 top-k, top-p), and the *candidate distribution* of the temperature-1 policy: its top-N ids c_1..c_N and
-probabilities p(1) >= ... >= p(N), and its entropy H_t (CASP.md: the entropy gate and the p(1..N) plots).
+probabilities p(1) >= ... >= p(N), and its entropy H_t (what CaSP's entropy gate and the p(1..N) plots read).
 
 How one rollout runs (RL-shaped: P prompts x G samples, lengths from a few tokens to the cap)
     slots      the decode loop works on a fixed set of S rows ("slots", train.py's --rollout-batch;
@@ -33,17 +33,18 @@ to one at 2,000 tokens), so a kernel that reads every row up to the longest live
 captured per cache-length bucket, switching to the smallest bucket that covers the longest live row)
 still reads ~2-2.6x the filled cache on the RL workload (stats["kv_slots_read_longest"] counts it:
 2.63x in bench/bench_sampler.py --workload rl --tiny, 1.98x in tests/test_sampler.py), against ~1.0x per row. So on
-CUDA: FlexAttention (torch.compile'd; its FlashDecoding backend for one-token queries) with a block
-mask that lists, per row, the 128-position blocks up to its length (PrefixAttention). The lengths and
-block counts are device tensors updated inside the step, so ONE CUDA graph per call serves every length:
-no buckets, no switching; the kernel compiles once per (slots, buffer length), and a second buffer
-length recompiles it once with a dynamic length. On the CPU the dense masked kernel over the whole
-buffer computes the same values (the CPU is for tests; there, with a fixed number of slots, a row's
-values do not depend on which rows share its step or on its slot, bit for bit); the compiled flex
-kernel was checked on the CPU too (the same tokens in generate; tests check its unfused reference).
-`attention="full"`: the dense masked kernel over the whole buffer on every device, as before.
-NOT MEASURED: the session that wrote this had no GPU, so FlexAttention's speed against the dense kernel
-on CUDA is unmeasured; bench/bench_sampler.py --workload rl measures both (gpu_checks.sh).
+CUDA: FlexAttention (torch.compile'd, static shapes; its FlashDecoding kernel for short queries, fed the
+G query heads of each KV head as G query rows) with a block mask that lists, per row, the 128-position
+blocks up to its length (PrefixAttention). The lengths and block counts are device tensors updated
+inside the step, so ONE CUDA graph per call serves every length: no buckets, no switching; the kernel
+compiles once per (slots, buffer length). On the CPU the dense masked kernel over the whole buffer
+computes the same values (the CPU is for tests; there, with a fixed number of slots, a row's values do
+not depend on which rows share its step or on its slot, bit for bit); with compile=True the CPU runs the
+compiled flex kernel too (CUDA's code path without the graph: tests check its tokens against the eager
+step, and the kernel against dense attention at every named model's head layout).
+`attention="full"`: the dense masked kernel over the whole buffer on every device.
+NOT MEASURED: FlexAttention's speed against the dense kernel on CUDA; bench/bench_sampler.py
+--workload rl measures both (gpu_checks.sh).
 
 Work counters (machine-independent; `stats`): useful_tokens (generated tokens), row_steps (rows computed
 summed over decode steps: slots x steps, idle slots included), kv_slots_read (cache positions attended,
@@ -67,13 +68,17 @@ about 1e-7 absolute (a token of probability 1e-7 is drawn about once per 10M dra
 in one list get different streams (the occurrence count is in the key), so they act as more samples of
 the same problem, not as copies.
 
-Where the time goes (PERF.md, H100, Qwen2.5-1.5B, B=64): a decode step reads ~3.1 GB of weights plus the
+Where the time goes (measured on an H100 80GB, torch 2.11, Qwen2.5-1.5B shape, B=64): a decode step reads ~3.1 GB of weights plus the
 KV cache (a ~1.3 ms floor), but an eager step launches ~560 small kernels whose launch overhead is most
 of the cost: eager PyTorch takes 20-33 ms per step, transformers 78 ms. So on CUDA the whole step
 (sample + record + the model's forward for one token) is captured once per call into a CUDA graph and
 replayed: one launch per token. Admission (prefill, cache copies) runs eagerly between replays, writing
 into the tensors the graph reads. `compile=True` additionally runs the step through torch.compile
-(inductor fuses the RMSNorm, RoPE, SiLU*up and sampling elementwise chains) before capture. Over the
+(inductor fuses the RMSNorm, RoPE, SiLU*up and sampling elementwise chains) before capture; the
+length-aware kernel is a graph break (its own compiled graph), and every frame compiles once whatever
+the model's depth (the blocks get their cache tensors, not a layer index: model.LayerCache). If
+compiling fails (no C compiler, no usable Triton, an inductor error), generate prints one line naming
+the cause and continues with attention="full" and an eager step; the process does not try again. Over the
 vocabulary the step makes one log_softmax, one top-N, one cumsum and one searchsorted pass (plus one more
 softmax only when temperature / top-k / top-p change the sampling distribution). The CPU path runs the
 same step and the same scheduler eagerly, checking for finished rows after every step.
@@ -86,6 +91,7 @@ probable than i is below p (ties in or out together); greedy rows report the tem
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
 
@@ -95,6 +101,7 @@ from model import KVCache, Transformer
 
 MAX_PAD_WASTE = 0.25     # at most this fraction of a prefill chunk's padded tokens is padding
 BLOCK = 128              # positions per block of the length-aware kernel's block mask; buffers round up to it
+FLEX_RECOMPILE_LIMIT = 64  # distinct (slots, buffer length) shapes the compiled kernel is compiled for
 
 
 @dataclass
@@ -260,46 +267,74 @@ _compiled_flex = None
 
 class PrefixAttention:
     """One-token attention over each row's filled prefix only: FlexAttention with a block mask whose row
-    b lists the blocks 0..length[b] // BLOCK and whose mask_mod admits positions <= length[b]. Set as
-    `KVCache.attend`; `set_lengths(cache.lengths)` before each forward (inside the captured step: the
-    lengths and block counts are device tensors updated in place, read by the kernel at replay).
-    compiled=True: torch.compile'd kernel (CUDA); False: flex's unfused reference (tests on the CPU)."""
+    b lists the blocks 0..lengths[b] // BLOCK and whose mask_mod admits positions <= lengths[b], where
+    `lengths` is the cache's own (B,) length tensor (the query of row b sits at position lengths[b]). Set
+    as `KVCache.attend`; call `sync_blocks()` before each forward (inside the captured step: the block
+    counts are a device tensor updated in place, read by the kernel at replay, as are the lengths).
 
-    def __init__(self, batch: int, max_len: int, device, compiled: bool):
+    Grouped-query heads as query rows: the G = H / Hkv query heads that share a KV head are handed to flex
+    as G query rows of that head, q (B, Hkv, G, hd) against k, v (B, Hkv, S, hd), without `enable_gqa`
+    (the dense path in model.py does the same). Same math as GQA (head h reads KV head h // G). Why: flex's
+    one-token FlashDecoding kernel takes grouped heads only when G is a power of two, and none of the named
+    models has one (qwen-1.5b 12/2 = 6, qwen-0.5b and qwen-7b 7, qwen-32b 5, llama-3b 3); otherwise flex
+    takes its general kernel, whose 128-row query tiles are 127/128 padding for a one-row query, and every
+    query head reads its KV again. With G rows per KV head the head counts are equal, the query has
+    G < 128 rows and the batch is static (`dynamic=False`): the conditions under which inductor picks the
+    decoding kernel (`_use_flex_decoding` in torch/_inductor/kernel/flex/flex_decoding.py).
+
+    The mask reads the cache's lengths directly rather than a copy written inside the step: on the CPU,
+    inductor's flex template finds no kernel when a mask_mod's tensor is computed in the same graph.
+
+    compiled=True: the torch.compile'd kernel, one wrapper per process (`dynamic=False`; each new (slots,
+    buffer length) compiles once more, up to FLEX_RECOMPILE_LIMIT shapes); False: flex's unfused
+    reference (tests). In a torch.compile'd step (`generate(compile=True)`) the call is a graph break:
+    the kernel stays a graph of its own (traced into the step's graph, flex gave wrong values from the
+    second layer on in torch 2.13's CPU backend), and the model hands each layer its cache tensors, not
+    its index (model.LayerCache), so the frames after the break compile once whatever the depth."""
+
+    def __init__(self, lengths: torch.Tensor, max_len: int, group: int, compiled: bool):
         from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
         assert max_len % BLOCK == 0, max_len
-        n_blocks = max_len // BLOCK
-        self.kv_len = torch.ones(batch, dtype=torch.long, device=device)           # (B,) positions attended
+        batch, device, n_blocks = lengths.shape[0], lengths.device, max_len // BLOCK
+        self.lengths, self.group = lengths, group
         self.num_blocks = torch.ones(batch, 1, 1, dtype=torch.int32, device=device)  # (B, heads 1, q blocks 1)
         indices = torch.arange(n_blocks, dtype=torch.int32, device=device).expand(batch, 1, 1, n_blocks)
-        kv_len = self.kv_len
 
         def attends(b, h, q_idx, kv_idx):
-            return kv_idx < kv_len[b]
+            return kv_idx <= lengths[b]
 
+        # one query block of G rows (G <= 128), all of them row b's
         self.block_mask = BlockMask.from_kv_blocks(self.num_blocks, indices.contiguous(), BLOCK_SIZE=BLOCK,
-                                                   mask_mod=attends, seq_lengths=(1, max_len))
+                                                   mask_mod=attends, seq_lengths=(group, max_len))
         global _compiled_flex
         if compiled and _compiled_flex is None:  # one compiled wrapper per process: its kernels are reused
-            _compiled_flex = torch.compile(flex_attention)
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
         self.kernel = _compiled_flex if compiled else flex_attention
 
-    def set_lengths(self, lengths: torch.Tensor):
-        """Row b's query sits at position lengths[b] and attends positions 0..lengths[b]."""
-        self.kv_len.copy_(lengths + 1)
-        self.num_blocks.copy_((lengths // BLOCK + 1).view(-1, 1, 1))
+    def sync_blocks(self):
+        """Row b's block count from its length: blocks 0..lengths[b] // BLOCK hold positions 0..lengths[b]."""
+        self.num_blocks.copy_((self.lengths // BLOCK + 1).view(-1, 1, 1))
 
     @torch.compiler.disable(recursive=False)  # a graph break in a torch.compile'd step: the kernel is
-    def __call__(self, q, k, v):               # compiled on its own, reading the cache in place
-        return self.kernel(q, k, v, block_mask=self.block_mask, enable_gqa=True)  # (B, H, 1, hd)
+    def __call__(self, q, k, v):               # compiled on its own (see the class docstring)
+        """q (B, H, 1, hd), this layer's whole cache k, v (B, Hkv, S, hd) -> (B, H, 1, hd)."""
+        B, H, _, hd = q.shape
+        qg = q.reshape(B, H // self.group, self.group, hd)                         # (B, Hkv, G, hd)
+        # Every compiled shape is a cache entry of flex_attention's code object; past dynamo's default
+        # limit (8) the kernel would silently run unfused. A long run meets a new buffer length now and then.
+        with torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
+            y = self.kernel(qg, k, v, block_mask=self.block_mask)                 # (B, Hkv, G, hd)
+        return y.reshape(B, H, 1, hd)
 
 
-def _decode_kernel(attention: str, slots: int, max_len: int, device: torch.device):
-    """KVCache.attend for generate: the compiled length-aware kernel on CUDA with attention="prefix";
+def _decode_kernel(attention: str, cache: KVCache, config, compile: bool):
+    """KVCache.attend for generate with attention="prefix": the compiled length-aware kernel on CUDA, and
+    on the CPU when the step is compiled too (compile=True: CUDA's code path without the CUDA graph);
     otherwise None, the model's dense masked kernel over the whole buffer (on the CPU: the same values)."""
-    if attention == "prefix" and device.type == "cuda":
-        return PrefixAttention(slots, max_len, device, compiled=True)
+    if attention == "prefix" and (cache.lengths.device.type == "cuda" or compile):
+        group = config.num_attention_heads // config.num_key_value_heads
+        return PrefixAttention(cache.lengths, cache.max_len, group, compiled=True)
     return None
 
 
@@ -346,7 +381,7 @@ class _Decoder:
         self.kv_read += (lengths + 1).sum()                                        # positions 0..length
         self.kv_longest += (lengths.max() + 1) * lengths.shape[0]
         if self.cache.attend is not None:                                         # the length-aware kernel
-            self.cache.attend.set_lengths(lengths)
+            self.cache.attend.sync_blocks()
         self.t += self.alive
         stopped = (token[:, None] == self.stop_ids).any(-1)                        # the stop token counts
         self.alive &= ~(stopped | (self.t == self.max_new))
@@ -363,6 +398,7 @@ class _Decoder:
         self.cache.k[:, s, :, :n] = pre.k[:, r]
         self.cache.v[:, s, :, :n] = pre.v[:, r]
         self.cache.lengths[s] = pre.lengths[r]
+        self.cache.empty = False
         self.logits[s] = logits[r]
         self.uniforms[s, :self.max_new] = row_uniforms(keys, self.max_new).to(s.device)
         self.t[s] = 0
@@ -381,22 +417,43 @@ class _Decoder:
         return n, out
 
 
-def _capture_cuda_graph(dec: _Decoder, step_fn):
-    """Record `step_fn` as a CUDA graph, while every slot is free. Warm-up steps (cuBLAS handles,
-    torch.compile) run on a side stream as PyTorch requires; free slots record nothing and stay at length
-    0, so only the counters need resetting. Capture itself executes nothing."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
+def _warm_up(dec: _Decoder, step_fn, cuda_graph: bool):
+    """Run `step_fn` while every slot is free (a first call compiles what is compiled) and, with
+    cuda_graph, record it as a CUDA graph (returned; else None). On CUDA the warm-up steps (cuBLAS
+    handles, torch.compile) run on a side stream as PyTorch requires. Free slots record nothing and stay
+    at length 0 (they write position 0 of their cache rows, which admission overwrites), so only the
+    counters need resetting. Capture itself executes nothing."""
+    graph = None
+    if cuda_graph:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step_fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
             step_fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    else:
         step_fn()
     for counter in (dec.useful, dec.kv_read, dec.kv_longest):
         counter.zero_()
     return graph
+
+
+# Why torch.compile failed in this process, once it has (then nothing is compiled again: the failure would
+# repeat, and each attempt can cost minutes). See `generate`'s fallback.
+_compile_failure: str | None = None
+
+
+def _compile_failed(e: Exception) -> str:
+    """Remember a compile failure and say, in one line on stderr, what failed and what runs instead."""
+    global _compile_failure
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    _compile_failure = f"{type(e).__name__}: {lines[0][:200] if lines else '(no message)'}"
+    print(f"warning: torch.compile failed ({_compile_failure}); the sampler falls back to attention=\"full\" "
+          "and an eager decode step for the rest of this process", file=sys.stderr, flush=True)
+    return _compile_failure
 
 
 class _Queue:
@@ -488,11 +545,27 @@ def generate(model: Transformer, prompts: list[list[int]], n_samples: int, max_n
     # --- the static buffers: the cache of S rows and the decoder state
     max_len = -(-(max(len(p) for p in prompts) + max_new_tokens) // BLOCK) * BLOCK  # few distinct shapes
     cache = KVCache(model.config, S, max_len, device, dtype)  # (layers, S, Hkv, max_len, hd)
-    cache.attend = _decode_kernel(attention, S, max_len, device)
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device).view(-1)  # (n_stop,)
     dec = _Decoder(model, cache, stop, max_new_tokens, V, params)
-    step_fn = torch.compile(dec.step, dynamic=False) if compile else dec.step
-    graph = _capture_cuda_graph(dec, step_fn) if cuda_graph else None
+    # Something is compiled when compile=True, or when the length-aware kernel runs (CUDA). If compiling
+    # fails (no C compiler, no usable Triton, a torch without FlexAttention, an inductor bug), say so once
+    # and fall back to the dense kernel and an eager step, never silently; a process whose compile failed
+    # does not try again.
+    compiling = _compile_failure is None and (compile or (attention == "prefix" and on_cuda))
+    step_fn, graph = dec.step, None
+    try:
+        if compiling:
+            cache.attend = _decode_kernel(attention, cache, model.config, compile)
+            step_fn = torch.compile(dec.step, dynamic=False) if compile else dec.step
+        graph = _warm_up(dec, step_fn, cuda_graph) if (cuda_graph or compiling) else None
+    except Exception as e:
+        if not compiling or isinstance(e, torch.OutOfMemoryError):
+            raise   # nothing was compiled: a real error
+        _compile_failed(e)
+        compiling, cache.attend, step_fn = False, None, dec.step
+        graph = _warm_up(dec, step_fn, cuda_graph)   # also resets what a half-run compiled step counted
+    if _compile_failure is not None and (compile or on_cuda):
+        attention = "full"   # what ran instead (stats say so)
     sync()
     t_capture = time.perf_counter()
 

@@ -28,8 +28,10 @@ are imposed by a bench-only device: a random model's next-token distribution is 
 round(V / --mean-len) of its V ids are stop ids, so every step ends a response with probability about
 1 / mean-len: lengths are about geometric (mean ~700 before the cap; ~1.2% reach 3072), like RL
 rollouts where most answers end within a few hundred tokens and a few run to the limit. The measured
-distribution is printed. Variants SCHEDULE/ATTENTION: static/full is the sampler before issue 14 (static
-batches, whole-buffer attention), refill/prefix the default now. Static variants run only the first
+distribution is printed. Variants SCHEDULE/ATTENTION[/compile]: static/full is a static-batch sampler
+with whole-buffer attention, refill/prefix the default, refill/prefix/compile the default with the decode
+step torch.compile'd (on CUDA). Transformers is not in this table (its generate has no refill schedule;
+the fixed workload compares it). Static variants run only the first
 --static-batches batches of --slots samples (a rate: every batch is alike); refill runs the whole queue,
 since its rate depends on the queue draining. Rows: utilization = useful tokens / rows computed, KV slots
 read per useful token and against the minimum (each token attends its own prefix only), and what a kernel
@@ -79,8 +81,9 @@ def parse_args():
     g.add_argument("--prompt-lens", default=None, help="LO,HI prompt lengths (64,320; --tiny 8,32)")
     g.add_argument("--static-batches", type=int, default=None,
                    help="batches of --slots samples the static variants run (default 2; 0 or --tiny: all)")
-    g.add_argument("--rl-variants", default="static/full,static/prefix,refill/prefix",
-                   help="comma-separated SCHEDULE/ATTENTION")
+    g.add_argument("--rl-variants", default=None,
+                   help="comma-separated SCHEDULE/ATTENTION[/compile] (default static/full,static/prefix,"
+                        "refill/prefix, and refill/prefix/compile on CUDA)")
     args = ap.parse_args()
     rl, tiny = args.workload == "rl", args.tiny
     if tiny and not rl:
@@ -94,6 +97,9 @@ def parse_args():
         args.static_batches = 0 if tiny else 2
     if args.variants is None:
         args.variants = "graph,compile,graph/full" if args.device.startswith("cuda") else "eager"
+    if args.rl_variants is None:
+        args.rl_variants = "static/full,static/prefix,refill/prefix" + (
+            ",refill/prefix/compile" if args.device.startswith("cuda") else "")
     return args
 
 
@@ -265,19 +271,20 @@ def bench_rl(args, model, device):
     prompts, stop_ids = rl_workload(V, args.prompts, args.mean_len, args.prompt_lens, args.seed)
     G, S, cap = args.group, args.slots, args.new_tokens
     kw = dict(n_samples=G, max_new_tokens=cap, stop_ids=stop_ids, seed=args.seed, slots=S)
-    variants = [v.split("/") for v in args.rl_variants.split(",") if v]
+    variants = [tuple(v.split("/")) + (("",) if v.count("/") == 1 else ()) for v in args.rl_variants.split(",") if v]
     n_static = len(prompts) if not args.static_batches else max(1, args.static_batches * S // G)
     results, lengths = {}, {}
-    for schedule, attention in variants:
+    for schedule, attention, comp in variants:
         subset = prompts[:n_static] if schedule == "static" else prompts
         if device.type == "cuda":  # warm-up at the same shapes: every row ends at its first token
             warm = sorted(prompts, key=len)[-max(1, S // G):]
-            generate(model, warm, **{**kw, "stop_ids": range(V)}, schedule=schedule, attention=attention)
+            generate(model, warm, **{**kw, "stop_ids": range(V)}, schedule=schedule, attention=attention,
+                     compile=comp == "compile")
         stats = {}
         dt, extra, ro = measure(lambda: generate(model, subset, **kw, stats=stats, schedule=schedule,
-                                                 attention=attention), device)
-        results[(schedule, attention)] = (len(subset) * G, dt, extra, stats)
-        lengths[(schedule, attention)] = ro.lengths
+                                                 attention=attention, compile=comp == "compile"), device)
+        results[(schedule, attention, comp)] = (len(subset) * G, dt, extra, stats)
+        lengths[(schedule, attention, comp)] = ro.lengths
     all_lengths = max(lengths.values(), key=len).tolist()
     same = all(torch.equal(x, y[:len(x)]) or torch.equal(y, x[:len(y)])
                for x in lengths.values() for y in lengths.values())
@@ -293,14 +300,14 @@ def bench_rl(args, model, device):
     if device.type != "cuda":
         print("(on the CPU both attentions run the dense kernel over the whole buffer; the KV rows count what "
               "the CUDA kernels read)")
-    cols = [f"{s} / {a}" for s, a in variants]
+    cols = [f"{s} / {a}" + (" / compile" if c else "") for s, a, c in variants]
     base = None
     rows = {k: [] for k in ("samples run", "utilization (useful tokens / rows computed)",
                             "KV slots read per useful token", "KV slots read / minimum",
                             "KV read by a longest-live-row kernel / minimum", "decode steps", "wall s",
                             "tokens/s", "tokens/s vs first column", "peak memory GiB")}
     for key in variants:
-        n, dt, extra, st = results[tuple(key)]
+        n, dt, extra, st = results[key]
         tps = st["useful_tokens"] / dt
         base = base or tps
         cells = [f"{n}", f"{st['useful_tokens'] / st['row_steps']:.3f}",

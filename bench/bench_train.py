@@ -7,11 +7,14 @@ ours against Hugging Face transformers, on the same model shape and batch, in on
 
 Ours: float32 master weights and AdamW state (fused), bf16 autocast compute, per-block activation
 checkpointing, the CaSP loss applied to the final hidden states chunk by chunk (casp_loss_from_hidden:
-the float32 (B, T, V) logits never exist whole).
+the float32 (B, T, V) logits never exist whole; bf16 operands, float32 logits).
 transformers: its Qwen2ForCausalLM with gradient checkpointing, bf16 weights and bf16 AdamW state (the
-setting measured in PERF.md, which at lr 1e-6 loses most updates to rounding), full float32 logits and
+all-bf16 setting, which at lr 1e-6 loses most updates to rounding), full float32 logits and
 the same GRPO-style token loss on them.
-Both see identical random weights and tokens. Prints one table: tokens/s, peak memory, and the ratios.
+Both see identical random weights and tokens. `--compile on,off` (the default): each side also with every
+decoder block torch.compile'd (`nn.Module.compile`: forward and backward through inductor; train.py
+itself runs eagerly). Prints one table: tokens/s and peak memory per row, and ours / transformers for
+each compile setting.
 """
 import argparse
 import sys
@@ -50,11 +53,19 @@ def timed(fn, iters, device):
     return dt, peak
 
 
-def ours_step_fn(config, state, batch, device, chunk_size):
+def compile_blocks(layers):
+    """torch.compile every decoder block in place (one compiled graph serves all: same code, same shapes)."""
+    for block in layers:
+        block.compile()
+
+
+def ours_step_fn(config, state, batch, device, chunk_size, compile=False):
     model = Transformer(config).to(device)
     model.load_state_dict(state)
     model.gradient_checkpointing = True
     model.train()
+    if compile:
+        compile_blocks(model.model.layers)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
     seq, mask, adv = batch
     old = torch.zeros(mask.shape, device=device)  # the first mini-batch of a step: rho = exp(logp)
@@ -64,14 +75,14 @@ def ours_step_fn(config, state, batch, device, chunk_size):
         with torch.autocast(device.type, dtype=torch.bfloat16):
             hidden = model(seq[:, :-1], return_hidden=True)                               # (B, T-1, D)
         loss, _ = casp_loss_from_hidden(hidden, model.output_weight, seq[:, 1:], old, adv, mask,
-                                        chunk_size=chunk_size)
+                                        chunk_size=chunk_size, matmul_dtype=torch.bfloat16)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     return model, step
 
 
-def hf_step_fn(config, state, batch, device):
+def hf_step_fn(config, state, batch, device, compile=False):
     import transformers
     hf_cfg = transformers.Qwen2Config(**{k: v for k, v in config.to_hf_dict().items()
                                          if k not in ("architectures", "model_type")})
@@ -80,6 +91,8 @@ def hf_step_fn(config, state, batch, device):
     getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     model.config.use_cache = False
     model.train()
+    if compile:
+        compile_blocks(model.model.layers)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     seq, mask, adv = batch
 
@@ -105,6 +118,7 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--smoke", action="store_true", help="tiny shape (checks the script, not the speed)")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--compile", default="on,off", help="comma-separated: on (every block torch.compile'd), off")
     args = p.parse_args()
     device = torch.device(args.device)
     if args.smoke:
@@ -126,24 +140,35 @@ def main():
           + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
 
     rows = []
-    model, step = ours_step_fn(config, state, batch, device, args.chunk_size)
-    dt, peak = timed(step, args.iters, device)
-    rows.append(("ours (fp32 master, bf16 compute, chunked loss)", tokens / dt, peak))
-    del model, step
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    if not args.skip_hf:
-        model, step = hf_step_fn(config, state, batch, device)
-        dt, peak = timed(step, args.iters, device)
-        rows.append(("transformers (bf16 weights+AdamW, fp32 logits)", tokens / dt, peak))
+    for comp in [c.strip() for c in args.compile.split(",") if c.strip()]:
+        on = {"on": True, "off": False}[comp]
+        sides = [("ours (fp32 master, bf16 compute, chunked loss)", ours_step_fn, (args.chunk_size,))]
+        if not args.skip_hf:
+            sides.append(("transformers (bf16 weights+AdamW, fp32 logits)", hf_step_fn, ()))
+        result = []
+        for name, make, extra in sides:
+            try:
+                model, step = make(config, state, batch, device, *extra, compile=on)
+                dt, peak = timed(step, args.iters, device)
+                result.append((f"{name}, compile {comp}", tokens / dt, peak))
+                del model, step
+            except Exception as e:  # report it in the table, measure the rest
+                result.append((f"{name}, compile {comp}: failed ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:60] if str(e) else ''})", float("nan"), float("nan")))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rows += result
+        if len(result) == 2:
+            rows.append((f"ours / transformers, compile {comp}", result[0][1] / result[1][1],
+                         result[0][2] / result[1][2]))
 
-    print(f"| {'update phase':48s} | {'tokens/s':>10s} | {'peak GiB':>9s} |")
-    print(f"| {'-' * 48} | {'-' * 10} | {'-' * 9} |")
+    print(f"| {'update phase':68s} | {'tokens/s':>10s} | {'peak GiB':>9s} |")
+    print(f"| {'-' * 68} | {'-' * 10} | {'-' * 9} |")
     for name, tps, peak in rows:
-        print(f"| {name:48s} | {tps:10.0f} | {peak:9.2f} |")
-    if len(rows) == 2:
-        print(f"| {'ours / transformers':48s} | {rows[0][1] / rows[1][1]:9.2f}x | "
-              f"{rows[0][2] / rows[1][2]:8.0%} |")
+        if name.startswith("ours / transformers"):
+            print(f"| {name:68s} | {tps:9.2f}x | {peak:8.0%} |")
+        else:
+            print(f"| {name:68s} | {tps:10.0f} | {peak:9.2f} |")
 
 
 if __name__ == "__main__":

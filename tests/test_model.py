@@ -144,6 +144,42 @@ def test_kv_cache_matches_full_forward():
     assert cache.lengths.tolist() == [len(s) for s in seqs]
 
 
+def test_prefill_attends_causally_without_a_mask(monkeypatch):
+    """A forward of several tokens into an empty cache (the sampler's right-padded prefill) calls SDPA with
+    is_causal=True, no mask and only the new tokens' keys: the form SDPA runs in its fused CUDA kernels
+    (a boolean mask with enable_gqa leaves it only the math kernel, which materialises (B, H, T, T) float32
+    scores). A multi-token forward into a cache that already holds tokens keeps the masked kernel over the
+    whole buffer. Both equal one full forward of each sequence (float32, < 1e-4)."""
+    import model as model_module
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True)
+    m = Transformer(cfg).eval()
+    m.init_weights(std=0.2, generator=torch.Generator().manual_seed(0))
+    calls, sdpa = [], model_module.F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kw):
+        calls.append((q.shape[2], k.shape[2], attn_mask is None, is_causal))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
+
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+    lens = [5, 9, 3]
+    seqs = torch.randint(0, 97, (3, 13), generator=torch.Generator().manual_seed(1))
+    padded = seqs[:, :9].clone()
+    with torch.no_grad():
+        cache = KVCache(cfg, 3, 16)
+        first = m(padded, kv_cache=cache)                                         # (3, 9, V) the prefill
+        assert calls == [(9, 9, True, True)] * cfg.num_hidden_layers and not cache.empty
+        calls.clear()
+        cache.lengths.copy_(torch.tensor(lens))
+        nxt = torch.stack([seqs[b, n:n + 4] for b, n in enumerate(lens)])         # (3, 4) four more each
+        more = m(nxt, kv_cache=cache)                                             # (3, 4, V)
+        assert calls == [(4, 16, False, False)] * cfg.num_hidden_layers
+        for b, n in enumerate(lens):
+            full = m(seqs[b:b + 1, :n + 4])[0]                                    # (n + 4, V)
+            assert (full[:n] - first[b, :n]).abs().max() < TOL
+            assert (full[n:] - more[b]).abs().max() < TOL
+
+
 def test_gradient_checkpointing_same_gradients():
     """Per-block activation checkpointing changes memory, not gradients."""
     cfg = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -8,7 +8,7 @@ deterministic; their docstrings state the chance that a correct sampler would fa
 import pytest
 import torch
 
-from model import KVCache, ModelConfig, Transformer
+from model import MODEL_NAMES, KVCache, ModelConfig, Transformer
 from sampler import (decode_one_token, generate, prefill, row_keys, row_uniforms, sample_inverse_cdf,
                      top_k_top_p_mask)
 
@@ -399,11 +399,13 @@ def test_slots_and_arguments(model):
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_prefix_attention_kernel_matches_masked_kernel():
     """The length-aware kernel that CUDA runs (PrefixAttention: FlexAttention over each row's filled
-    blocks; here its unfused reference), set as KVCache.attend, gives the logits of the dense masked kernel
-    over 6 decode steps of right-padded rows of different lengths (float64, < 1e-12); its block counts
-    are ceil((length + 1) / 128) and its block mask lists exactly those blocks."""
+    blocks, the G query heads of a KV head as G query rows; here its unfused reference), set as
+    KVCache.attend, gives the logits of the dense masked kernel over 6 decode steps of right-padded rows
+    of different lengths (float64, < 1e-12); its block counts are ceil((length + 1) / 128) and its block
+    mask lists exactly those blocks."""
     from sampler import BLOCK, PrefixAttention
     m = small_model().double()
+    G = m.config.num_attention_heads // m.config.num_key_value_heads
     prompts = [[5] * 3, [9] * 140, [1] * 129, [7] * 127]                          # around the 128 boundary
     forced = torch.randint(0, V, (4, 6), generator=torch.Generator().manual_seed(0))
     logits = {}
@@ -412,18 +414,150 @@ def test_prefix_attention_kernel_matches_masked_kernel():
             pre, first = prefill(m, prompts, V)
             cache = KVCache(m.config, 4, 2 * BLOCK, dtype=torch.float64)
             cache.copy_rows_(pre, torch.arange(4))
-            attention = PrefixAttention(4, 2 * BLOCK, "cpu", compiled=False) if name == "prefix" else None
+            attention = PrefixAttention(cache.lengths, 2 * BLOCK, G, compiled=False) if name == "prefix" else None
             cache.attend = attention
             out = [first]
             for t in range(6):
                 if attention is not None:
-                    attention.set_lengths(cache.lengths)
+                    attention.sync_blocks()
                 out.append(decode_one_token(m, forced[:, t], cache, V))
             logits[name] = torch.stack(out)
     assert (logits["dense"] - logits["prefix"]).abs().max() < 1e-12
-    attention.set_lengths(torch.tensor([0, 127, 128, 255]))
+    cache.lengths.copy_(torch.tensor([0, 127, 128, 255]))
+    attention.sync_blocks()
     assert attention.num_blocks.view(-1).tolist() == [1, 1, 2, 2]
     assert attention.block_mask.to_dense()[:, 0, 0].tolist() == [[1, 0], [1, 0], [1, 1], [1, 1]]
+
+
+# ----------------------------------------------------------------------------- compiled paths on the CPU
+# torch.compile (inductor's C++ backend, compiled FlexAttention included) runs on the CPU, so the code that
+# CUDA compiles is checked here too; only the CUDA graph and the Triton kernels need a GPU (gpu_checks.sh).
+
+# (query heads, KV heads) of every named model with GQA, and small groups of one KV head
+HEAD_LAYOUTS = sorted({(c.num_attention_heads, c.num_key_value_heads) for _, c in MODEL_NAMES.values()
+                       if c.num_attention_heads != c.num_key_value_heads} | {(7, 1), (5, 1), (3, 1)})
+
+
+def dense_reference(q, k, v, lengths):
+    """One-token attention of row b over positions 0..lengths[b], in float64, through SDPA's GQA."""
+    mask = torch.arange(k.shape[2])[None, :] <= lengths[:, None]                  # (B, S)
+    return torch.nn.functional.scaled_dot_product_attention(
+        q.double(), k.double(), v.double(), attn_mask=mask[:, None, None, :], enable_gqa=True)
+
+
+@pytest.mark.slow
+def test_compiled_prefix_kernel_at_every_named_head_layout():
+    """The compiled length-aware kernel (PrefixAttention, compiled=True: torch.compile'd FlexAttention with
+    the G query heads of a KV head as G query rows) equals dense GQA attention at every named model's head
+    layout (qwen-1.5b 12/2, qwen-0.5b 14/2, qwen-7b 28/4, qwen-32b 40/8, llama-3b 24/8) and at 7/1, 5/1,
+    3/1, head dim 128, for rows whose lengths sit around the 128-position block boundaries: float32 within
+    2e-5 of a float64 reference; bf16 (qwen-1.5b's layout) within 2e-2. And what flex receives is what its
+    one-token decoding kernel needs: equal head counts, G < 128 query rows, no enable_gqa."""
+    from sampler import BLOCK, PrefixAttention
+    assert {(12, 2), (14, 2), (28, 4), (40, 8), (24, 8)} <= set(HEAD_LAYOUTS)
+    B, S, hd = 4, 3 * BLOCK, 128
+    lengths = torch.tensor([0, 127, 128, S - 1])
+    g = torch.Generator().manual_seed(0)
+    for (H, Hkv), dtype, tol in [(hl, torch.float32, 2e-5) for hl in HEAD_LAYOUTS] + [((12, 2), torch.bfloat16, 2e-2)]:
+        q = torch.randn(B, H, 1, hd, generator=g).to(dtype)
+        k, v = (torch.randn(B, Hkv, S, hd, generator=g).to(dtype) for _ in range(2))
+        attention = PrefixAttention(lengths.clone(), S, H // Hkv, compiled=True)
+        calls = []
+        kernel = attention.kernel
+        attention.kernel = lambda *a, **kw: calls.append((a, kw)) or kernel(*a, **kw)
+        attention.sync_blocks()
+        with torch.no_grad():
+            err = (attention(q, k, v).double() - dense_reference(q, k, v, lengths)).abs().max().item()
+        print(f"{H}/{Hkv} {dtype}: max |compiled flex - dense| = {err:.2e}")
+        assert err < tol, (H, Hkv, dtype, err)
+        (qg, kk, _), kw = calls[0]
+        assert qg.shape == (B, Hkv, H // Hkv, hd) and kk.shape[1] == Hkv and "enable_gqa" not in kw
+
+
+@pytest.mark.slow
+def test_compiled_step_compiles_once_for_any_depth():
+    """generate(compile=True) with the length-aware kernel on a 12-layer model (6 query heads per 2 KV
+    heads) compiles every frame once: dynamo is told to raise on any recompilation (the layer index used to
+    specialise each block's frame: 8 recompiles, then the remaining layers ran eagerly). A second call
+    compiles nothing new. The tokens, log-probs and candidate records equal the eager step's (float32,
+    log-probs within 1e-4)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    cfg = ModelConfig(vocab_size=V_ROWS, hidden_size=96, intermediate_size=128, num_hidden_layers=12,
+                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True)
+    m = Transformer(cfg).eval()
+    m.init_weights(std=0.2, generator=torch.Generator().manual_seed(0))
+    kw = dict(n_samples=2, max_new_tokens=10, vocab_size=V, seed=3, stop_ids=[3], slots=4)
+    eager = generate(m, PROMPTS, **kw)
+    torch._dynamo.reset()
+    counters.clear()
+    stats = {}
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = generate(m, PROMPTS, compile=True, stats=stats, **kw)
+        graphs = counters["stats"]["unique_graphs"]
+        again = generate(m, PROMPTS, compile=True, **kw)
+    print(f"{graphs} graphs for 12 layers; second call: {counters['stats']['unique_graphs'] - graphs} more")
+    assert stats["attention"] == "prefix" and 0 < graphs < cfg.num_hidden_layers
+    assert counters["stats"]["unique_graphs"] == graphs
+    for r in (compiled, again):
+        assert torch.equal(r.tokens, eager.tokens) and torch.equal(r.mask, eager.mask)
+        assert torch.equal(r.topn_ids, eager.topn_ids) and (r.logprobs - eager.logprobs).abs().max() < TOL
+
+
+def test_compile_failure_falls_back_with_one_line(model, monkeypatch, capsys):
+    """When compiling fails (forced here: every torch.compile'd function raises on its first call, as an
+    inductor C++ compile error does), generate prints one line naming the cause and the fallback
+    (attention="full", an eager step) and returns the eager tokens; the next call in the same process does
+    not try again and prints nothing."""
+    import sampler
+
+    def broken_compile(fn, **_):
+        def call(*a, **k):
+            raise RuntimeError("CppCompileError: C++ compile error\n(no C compiler found, forced by the test)")
+        return call
+
+    monkeypatch.setattr(sampler, "_compile_failure", None)
+    monkeypatch.setattr(sampler, "_compiled_flex", None)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    kw = dict(n_samples=2, max_new_tokens=8, vocab_size=V, seed=5, stop_ids=[3])
+    eager_stats = {}
+    eager = generate(model, PROMPTS, stats=eager_stats, **kw)
+    capsys.readouterr()
+    stats = {}
+    r = generate(model, PROMPTS, compile=True, stats=stats, **kw)
+    assert stats["kv_slots_read_longest"] == eager_stats["kv_slots_read_longest"]   # counters not polluted
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: torch.compile failed (RuntimeError: CppCompileError")
+    assert 'attention="full"' in err[0] and "eager decode step" in err[0]
+    assert stats["attention"] == "full" and torch.equal(r.tokens, eager.tokens)
+    assert (r.logprobs - eager.logprobs).abs().max() < TOL
+    r2 = generate(model, PROMPTS, compile=True, **kw)
+    assert capsys.readouterr().err == "" and torch.equal(r2.tokens, eager.tokens)
+
+
+def test_no_c_compiler_falls_back(model, monkeypatch, capsys):
+    """The failure a user meets on a machine without a C compiler (inductor's C++ compiler set to a path
+    that does not exist, caches off so that it is needed): one line naming inductor's error, then the
+    eager tokens with attention="full"."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    import sampler
+    monkeypatch.setattr(sampler, "_compile_failure", None)
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
+    kw = dict(n_samples=2, max_new_tokens=6, vocab_size=V, seed=7, stop_ids=[3])
+    eager = generate(model, PROMPTS, **kw)
+    capsys.readouterr()
+    stats = {}
+    try:
+        r = generate(model, PROMPTS, compile=True, stats=stats, **kw)
+    finally:
+        torch._dynamo.reset()   # no half-compiled state for later tests
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning: torch.compile failed")]
+    assert len(lines) == 1 and "C++ compiler" in lines[0], lines
+    assert stats["attention"] == "full" and torch.equal(r.tokens, eager.tokens)
 
 
 # ----------------------------------------------------------------------------- the sampled distribution
@@ -496,19 +630,125 @@ def test_cuda_graph_matches_plain_path(compile):
     assert short.tokens.shape == (6, 1)
 
 
+@pytest.fixture
+def flex_decoding_choices(monkeypatch):
+    """What inductor decides, for each flex_attention it lowers, about its one-token decoding kernel
+    (True: FlashDecoding; False: the general kernel). Caches are off so that every kernel is lowered."""
+    import importlib
+
+    import torch._dynamo
+    import torch._inductor.config
+    for name in ("torch._inductor.kernel.flex.flex_attention", "torch._inductor.kernel.flex_attention"):
+        try:   # where inductor's flex lowering lives: torch >= 2.9, then 2.8
+            lowering = importlib.import_module(name)
+            break
+        except ImportError:
+            continue
+    choices, decide = [], lowering._use_flex_decoding
+    monkeypatch.setattr(lowering, "_use_flex_decoding", lambda *a, **k: choices.append(decide(*a, **k)) or choices[-1])
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
+    torch._dynamo.reset()
+    return choices
+
+
 @pytest.mark.gpu
-def test_cuda_prefix_kernel_reads_each_rows_blocks():
-    """The compiled FlexAttention kernel on CUDA equals the dense masked kernel for rows of lengths around
-    the 128-position block boundaries (float32), so its per-row block lists are right."""
+@pytest.mark.parametrize("H,Hkv,dtype", [(h, kv, torch.bfloat16) for h, kv in HEAD_LAYOUTS] + [(12, 2, torch.float32)])
+def test_cuda_prefix_kernel_in_a_cuda_graph(H, Hkv, dtype, flex_decoding_choices):
+    """The production decode path on CUDA: the compiled length-aware kernel (PrefixAttention) inside a
+    captured CUDA graph, at every named head layout with head dim 128, gives the logits of the dense masked
+    kernel run eagerly, over 40 teacher-forced steps of rows whose lengths cross the 128-position block
+    boundaries: against float32 dense logits, its error is at most 1.5x the dense kernel's own in the same
+    dtype plus 1e-5 of the largest logit (float32: both ~1e-6; bf16: rounding); and inductor chose flex's
+    one-token decoding kernel for it."""
     from sampler import BLOCK, PrefixAttention
-    B, S = 6, 4 * BLOCK
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(B, 12, 1, 128, device="cuda", generator=g)
-    k, v = (torch.randn(B, 2, S, 128, device="cuda", generator=g) for _ in range(2))
-    lengths = torch.tensor([0, 126, 127, 128, 300, S - 1], device="cuda")
-    attention = PrefixAttention(B, S, "cuda", compiled=True)
-    attention.set_lengths(lengths)
-    mask = torch.arange(S, device="cuda")[None, :] <= lengths[:, None]
-    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :],
-                                                           enable_gqa=True)
-    assert (attention(q, k, v) - ref).abs().max() < 1e-4
+    cfg = ModelConfig(vocab_size=V_ROWS, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=H, num_key_value_heads=Hkv, head_dim=128,
+                      max_position_embeddings=1024, tie_word_embeddings=True)
+    base = Transformer(cfg).eval()
+    base.init_weights(std=0.2, generator=torch.Generator().manual_seed(0))
+    prompts = [[5] * 3, [9] * 125, [1] * 128, [7] * 300]                          # cross 128 and 256
+    forced = torch.randint(0, V, (4, 40), generator=torch.Generator().manual_seed(1)).cuda()
+    logits = {}
+    with torch.inference_mode():
+        for name, dt in (("reference", torch.float32), ("dense", dtype), ("prefix", dtype)):
+            m = base.to("cuda", dt)
+            pre, _ = prefill(m, prompts, V)
+            cache = KVCache(cfg, 4, 3 * BLOCK, "cuda", dt)
+            cache.copy_rows_(pre, torch.arange(4))
+            token, out = torch.zeros(4, dtype=torch.long, device="cuda"), torch.zeros(4, V, device="cuda")
+            if name == "prefix":
+                cache.attend = PrefixAttention(cache.lengths, cache.max_len, H // Hkv, compiled=True)
+
+            def step():
+                if cache.attend is not None:
+                    cache.attend.sync_blocks()
+                out.copy_(decode_one_token(m, token, cache, V))
+
+            graph = None
+            if name == "prefix":   # warm up (compiles) on a side stream, then capture; rewind the lengths
+                lengths = cache.lengths.clone()
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    step()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    step()
+                cache.lengths.copy_(lengths)
+            rows = []
+            for t in range(forced.shape[1]):
+                token.copy_(forced[:, t])
+                graph.replay() if graph is not None else step()
+                rows.append(out.clone())
+            logits[name] = torch.stack(rows).float()                               # (40, 4, V)
+    err = {k: (logits[k] - logits["reference"]).abs().max().item() for k in ("dense", "prefix")}
+    scale = logits["reference"].abs().max().item()
+    print(f"{H}/{Hkv} {dtype}: max error vs float32 dense: prefix in a graph {err['prefix']:.2e}, dense "
+          f"{err['dense']:.2e} (largest logit {scale:.1f})")
+    assert err["prefix"] <= 1.5 * err["dense"] + 1e-5 * scale
+    assert flex_decoding_choices and all(flex_decoding_choices), flex_decoding_choices
+
+
+@pytest.mark.gpu
+def test_cuda_prefill_runs_without_the_math_kernel():
+    """Prefill on CUDA (bf16, 12/2 heads, right-padded prompts into an empty cache) runs with SDPA's math
+    kernel disabled, i.e. in a fused kernel that never materialises the (rows, heads, T, T) scores, and
+    gives the logits of the math kernel within bf16 rounding."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    cfg = ModelConfig(vocab_size=V_ROWS, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=12, num_key_value_heads=2, head_dim=128, tie_word_embeddings=True)
+    m = Transformer(cfg).eval()
+    m.init_weights(generator=torch.Generator().manual_seed(0))
+    m = m.to("cuda", torch.bfloat16)
+    prompts = [[5] * 300, [9] * 1000, [1] * 17]
+    with torch.inference_mode():
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+            _, fused = prefill(m, prompts, V)
+        with sdpa_kernel([SDPBackend.MATH]):
+            _, math = prefill(m, prompts, V)
+    assert (fused - math).abs().max().item() < 0.02 * math.abs().max().item()
+
+
+@pytest.mark.gpu
+def test_cuda_compiled_step_compiles_once_28_layers():
+    """generate(compile=True) on CUDA, inside the CUDA graph, with the length-aware kernel on a 28-layer
+    model at qwen-1.5b's head layout (12/2 heads, head dim 128; narrow widths, float32): no frame is
+    recompiled (dynamo raises on any recompilation) and the tokens equal the eager step's."""
+    import torch._dynamo
+    cfg = ModelConfig(vocab_size=V_ROWS, hidden_size=256, intermediate_size=512, num_hidden_layers=28,
+                      num_attention_heads=12, num_key_value_heads=2, head_dim=128,
+                      max_position_embeddings=1024, tie_word_embeddings=True)
+    m = Transformer(cfg).eval()
+    m.init_weights(std=0.2, generator=torch.Generator().manual_seed(0))
+    m = m.cuda()
+    kw = dict(n_samples=4, max_new_tokens=40, vocab_size=V, seed=3, stop_ids=[3], slots=8)
+    eager = generate(m, PROMPTS, cuda_graph=False, attention="full", **kw)
+    torch._dynamo.reset()
+    stats = {}
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = generate(m, PROMPTS, compile=True, stats=stats, **kw)
+        again = generate(m, PROMPTS, compile=True, **kw)
+    assert stats["attention"] == "prefix"
+    for r in (compiled, again):
+        assert torch.equal(r.tokens, eager.tokens) and (r.logprobs - eager.logprobs).abs().max() < TOL

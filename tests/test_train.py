@@ -239,6 +239,20 @@ def test_fp32_master_weights_keep_what_bf16_weights_lose(tiny_dir, problems_file
     assert kept < 0.05
 
 
+def test_no_gradient_outlives_the_step(tiny_dir, problems_file):
+    """When an RL step (rl_step: rollout, two mini-batches of updates) returns, no parameter holds a
+    gradient: the last mini-batch's gradients are freed before the next rollout, not kept through it.
+    The step did update the weights."""
+    args = train.get_args(run_args(tiny_dir, problems_file, "unused", "--steps", "1"))
+    model, tok = load_model(tiny_dir), load_tokenizer(tiny_dir)
+    probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    m = train.rl_step(0, model, model, opt, tok, probs, train.loss_config(args), args, train.Dist())
+    assert m["grad_norm"] > 0 and any(not torch.equal(start[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_nan_loss_skips_the_mini_batch(tiny_dir, problems_file):
     """A NaN loss (here: a NaN advantage) skips that mini-batch's optimizer step, is counted, and leaves
     the weights untouched; the run goes on."""

@@ -538,7 +538,8 @@ FORGERIES = {
                       "                lo, hi = (int(x, 16) for x in line.split()[0].split('-'))\n"
                       "                if line.split()[1][0] != 'r' or hi - lo > 1 << 26:\n"
                       "                    continue\n"
-                      "                try:\n                    mem.seek(lo)\n                    chunk = mem.read(hi - lo)\n"
+                      "                try:\n                    mem.seek(lo)\n"
+                      "                    chunk = mem.read(hi - lo)\n"
                       "                except OSError:\n                    continue\n"
                       "                seen.update(re.findall(rb'(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])', chunk))\n"
                       "    except OSError:\n        pass\n"
@@ -581,7 +582,6 @@ def test_sandbox_patched_builtins_do_not_reach_the_test():
     assert v.reward == 0.0 and "AssertionError" in v.reason, v.reason
     v = verify("def half(x):\n    return x / 2\n" + patch, "", "code", timeout=3.0, **fields)
     assert v.reward == 1.0, v.reason
-
 
 
 def test_sandbox_exceptions_cannot_skip_checks():
@@ -820,7 +820,7 @@ def test_sandbox_as_ordinary_user():
             os.close(r)
             os.setgid(65534)
             os.setuid(65534)
-            res = [run_code(p, t, e, timeout=3.0, python="/usr/bin/python3") for p, t, e in runs]
+            res = [run_code(p, t, e, timeout=2.0, python="/usr/bin/python3") for p, t, e in runs]
             os.write(w, json.dumps(res).encode())
         finally:
             os._exit(0)

@@ -2314,6 +2314,8 @@ def _verify_code(response: str, answer: str, fields) -> Verdict:
     entry = fields.get("entry_point")
     if test is None:                # MBPP-style: the gold answer is the test code (asserts)
         test, entry = answer, entry if entry else None
+    if not test.strip():            # without a test any program that loads would pass
+        return Verdict(0.0, code, "the problem has no test")
     try:                                                 # the prompt, if valid on its own (compile only),
         compile(prompt, "prompt", "exec")                # also gives the test its helpers (poly, ...)
         helpers = prompt

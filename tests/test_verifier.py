@@ -749,14 +749,15 @@ def test_plain_data_refuses_everything_else():
 
 def test_sandbox_test_without_check_and_mbpp_style():
     """MBPP-style tests (module-level asserts naming the function) are answered by the sandbox too, and a
-    program that redefines a builtin the test uses cannot answer for it; a test that calls nothing passes
-    nothing."""
+    program that redefines a builtin the test uses cannot answer for it; a test that calls nothing, or no
+    test at all, passes nothing."""
     test = "assert len(twice([1])) == 2\nassert twice([3]) == [3, 3]\n"
     ok = "def twice(xs):\n    return xs + xs\n"
     rigged = "def twice(xs):\n    return []\ndef len(x):\n    return 2\nimport builtins\nbuiltins.len = len\n"
     assert verify(ok, test, "code").reward == 1.0
     assert verify(rigged, test, "code").reward == 0.0
     assert run_code(ok, "assert 1 + 1 == 2\n")[0] is False
+    assert verify(ok, "", "code").reward == 0.0
 
 
 def test_sandbox_cannot_write_outside_its_directory(tmp_path):

@@ -1819,7 +1819,10 @@ def _verify_logic(response: str, answer: str, fields) -> Verdict:
 #    whole process group, repeated until it is empty.
 # Limits: the sandbox can read what the user `nobody` (or, run as an ordinary user, that user) can read, a
 # data set's test file on disk included; run as an ordinary user it shares that user's uid with this
-# process, so the kernel's ptrace rules (Yama ptrace_scope >= 1) are what keep it out of this process.
+# process, so the kernel's ptrace rules (Yama ptrace_scope >= 1) are what keep it out of this process. The
+# test's own work here is not timed (it is trusted code; each reply it works on is capped at max_output).
+# Results must be plain data: a function under test that returns a generator fails, even where the test
+# would have wrapped it in tuple().
 
 # The sandbox's prelude, shared with benchmarks.py's LiveCodeBench runner: the in-process guard and the
 # drop to `nobody`. os.register_at_fork stays usable: `random`, `threading` and `logging` register at-fork

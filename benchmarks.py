@@ -68,6 +68,7 @@ import os
 import re
 import select
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -974,6 +975,7 @@ def synlogic_reference(subtask: str, game: dict) -> str | None:
 
 LCB_TIME_LIMIT = 6.0        # seconds per test (lcb_runner's timeout=6)
 LCB_MEMORY_MB = 4096        # address-space cap (lcb_runner's reliability_guard: 4 GB)
+LCB_MAX_OUTPUT = 64 << 20   # bytes of one test's output the judge reads (a larger one fails the test)
 
 # lcb_runner/evaluation/testing_util.py's import_string, which precedes every graded program
 LCB_IMPORT_HEADER = (
@@ -1166,6 +1168,21 @@ def run_tests(code: str, inputs: list[str], outputs: list[str], style: str = "st
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _read_output(path: str) -> str | None:
+    """A test's output file as text, or None. The sandboxed program owns its folder, so the file may have
+    been replaced by a symlink (to /dev/zero, a FIFO, a huge file): it is opened without following links
+    and without blocking, must be a regular file, and at most LCB_MAX_OUTPUT bytes are read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > LCB_MAX_OUTPUT:
+            return None
+        return f.read(LCB_MAX_OUTPUT + 1)[:LCB_MAX_OUTPUT].decode("utf-8", "replace")
+
+
 def _judge(proc, r: int, tmp: str, outputs: list[str], style: str, time_limit: float) -> tuple[bool, str]:
     """Read the child's "done i" / "error i ..." lines, compare each finished test's output, enforce the
     per-test wall-clock limit (the first test also gets the interpreter's start-up time)."""
@@ -1198,11 +1215,9 @@ def _judge(proc, r: int, tmp: str, outputs: list[str], style: str, time_limit: f
             continue
         if msg != f"done {i}":
             return False, f"unexpected status {msg[:60]!r}"
-        try:
-            with open(os.path.join(tmp, f"out_{i}"), encoding="utf-8", errors="replace") as f:
-                got = f.read()
-        except OSError:
-            return False, f"no output file for test {i + 1}"
+        got = _read_output(os.path.join(tmp, f"out_{i}"))
+        if got is None:
+            return False, f"no output file for test {i + 1} (or not a regular file, or over {LCB_MAX_OUTPUT} bytes)"
         if not match(got, outputs[i]):
             return False, f"wrong answer on test {i + 1} of {len(outputs)}"
         i += 1

@@ -365,6 +365,10 @@ ATTACKS = {
     "exit_before_output": "import os\nos._exit(0)\n",
     "read_outside_its_folder": "print(open('/etc/hostname').read())\n",
     "network": "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=1)\nprint(6)\n",
+    # the judge reads out_<i> after each test: a symlink there must not make it read /dev/zero forever
+    "output_symlink": ("import sys\nsys.modules.pop('posix', None)\nimport posix\nfor i in (0, 1):\n"
+                       "    try:\n        posix.unlink('out_%d' % i)\n    except OSError:\n        pass\n"
+                       "    posix.symlink('/dev/zero', 'out_%d' % i)\nprint(6)\n"),
 }
 
 

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -140,21 +139,47 @@ def test_help_shows_each_default_once_with_the_demo_values():
 # Ctrl-C
 
 
+PAUSE_AFTER_CHECKPOINT_2 = """
+import signal, sys
+sys.path.insert(0, {root!r})
+import train
+save = train.save_checkpoint
+
+def save_then_wait(out, step, *args, **kw):
+    save(out, step, *args, **kw)
+    if step == 2:   # hold the run here until the test's Ctrl-C arrives, then let train.py handle it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGINT}})
+        print("checkpoint 2 saved", flush=True)
+        signal.sigwait({{signal.SIGINT}})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGINT}})
+        signal.raise_signal(signal.SIGINT)
+
+train.save_checkpoint = save_then_wait
+train.main(sys.argv[1:])
+"""
+
+
 def test_ctrl_c_prints_the_resume_command_and_the_resumed_run_matches(tiny_dir, problems_file, tmp_path):
     """SIGINT after checkpoint 2 of 5: one line names the last complete checkpoint and the --resume
     command (no traceback, status 130); running that command finishes the run with weights and metrics
-    bit-identical to an uninterrupted run."""
+    bit-identical to an uninterrupted run. Event-driven, whatever the machine's speed: the run (train.py's
+    main, through a wrapper) announces checkpoint 2 and holds there until the signal comes, and the test
+    sends the signal only after reading that announcement."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = tiny_args(tiny_dir, problems_file, tmp_path / "cut", "--steps", "5", "--save-every", "1")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    script = tmp_path / "pausing.py"
+    script.write_text(PAUSE_AFTER_CHECKPOINT_2.format(root=str(ROOT)))
+    with open(tmp_path / "stderr.txt", "w") as err_file:
+        proc = subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=err_file, text=True)
+        for line in proc.stdout:        # ends early only if the run exits before checkpoint 2
+            if line.startswith("checkpoint 2 saved"):
+                break
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=600)
+    err = (tmp_path / "stderr.txt").read_text()
     pointer = tmp_path / "cut" / "latest"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (pointer.is_file() and pointer.read_text() >= "ckpt-000002"):
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
     line = [ln for ln in err.splitlines() if "interrupted" in ln][0]
     last = pointer.read_text()

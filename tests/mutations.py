@@ -172,7 +172,7 @@ MUTATIONS = [
              "    s = ans.strip()\n    if _PLAIN_NUM_RE.fullmatch(s):", "    raise RuntimeError('mutant')\n    if 0:",
              VERIFIER, "the answer normaliser raises at its first line (swallowed by the verifier)"),
     Mutation("public-normalize-raises", "verifier.py",
-             "    s, percent, _ = _normalize(ans)\n    return", "    raise RuntimeError('mutant')\n    return",
+             "        s, percent, _ = _normalize(ans)\n", "        raise RuntimeError('mutant')\n",
              VERIFIER, "the public normalize raises (eval's distinct-answer count falls back silently)"),
     Mutation("percent-times-hundred", "verifier.py",
              "cands.append(x / 100 if pct_a else x * 100)", "cands.append(x * 100 if pct_a else x / 100)",

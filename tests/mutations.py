@@ -49,6 +49,7 @@ class Mutation:
     new: str
     tests: tuple[str, ...]
     breaks: str
+    first: tuple[str, ...] = ()   # tests (node ids) that should kill it, run first: a quick verdict when they do
 
 
 MUTATIONS = [
@@ -61,7 +62,8 @@ MUTATIONS = [
              CASP, "all-equal groups keep a rounding-sized advantage"),
     Mutation("no-std-norm-ignored", "train.py",
              "normalize_std=not args.no_std_norm", "normalize_std=True",
-             TRAIN, "--no-std-norm (Dr. GRPO advantages) ignored"),
+             TRAIN, "--no-std-norm (Dr. GRPO advantages) ignored",
+             first=('tests/test_train.py::test_no_std_norm_reaches_the_advantages',)),
     # ---- the loss (casp.py)
     Mutation("ppo-clip-max-to-min", "casp.py",
              "return torch.maximum(surr, surr_clipped), surr_clipped > surr",
@@ -103,37 +105,47 @@ MUTATIONS = [
     # ---- the update (train.py)
     Mutation("grad-clip-ignored", "train.py",
              "clip_grad_norm_(model.parameters(), args.grad_clip)", 'clip_grad_norm_(model.parameters(), float("inf"))',
-             TRAIN, "--grad-clip ignored (the norm still logged)"),
+             TRAIN, "--grad-clip ignored (the norm still logged)",
+             first=('tests/test_train.py::test_update_equals_a_direct_computation',)),
     Mutation("token-mean-drops-zero-adv-rows", "train.py",
              "loss_denom = max(dist.all_sum(float(batch.resp_mask[rows].sum())), 1.0) / dist.world",
              "loss_denom = max(dist.all_sum(float(batch.resp_mask[rows][batch.adv[rows] != 0].sum())), 1.0) / dist.world",
-             TRAIN, "the token-mean denominator leaves out the tokens of A = 0 rows"),
+             TRAIN, "the token-mean denominator leaves out the tokens of A = 0 rows",
+             first=('tests/test_train.py::test_update_equals_a_direct_computation',)),
     Mutation("one-mini-batch", "train.py",
              "per = math.ceil(P / n)", "per = P",
-             TRAIN, "--mini-batches ignored: one optimizer step per training step"),
+             TRAIN, "--mini-batches ignored: one optimizer step per training step",
+             first=('tests/test_train.py::test_update_equals_a_direct_computation',)),
     Mutation("sampling-copy-not-refreshed", "train.py",
              "    refresh_sampling_copy(policy, model)\n    t_update", "    t_update",
-             TRAIN, "the bf16 / FSDP sampling copy is never refreshed after an update"),
+             TRAIN, "the bf16 / FSDP sampling copy is never refreshed after an update",
+             first=('tests/test_train.py::test_bf16_sampling_copy_is_refreshed_after_the_update',)),
     Mutation("nan-step-taken", "train.py",
              "if dist.all_sum(0.0 if finite else 1.0) > 0:", "if False:",
-             TRAIN, "a NaN loss's optimizer step is taken"),
+             TRAIN, "a NaN loss's optimizer step is taken",
+             first=('tests/test_train.py::test_nan_loss_skips_the_mini_batch',)),
     Mutation("mixed-groups-inverted", "train.py",
              "(groups.min(1).values != groups.max(1).values)", "(groups.min(1).values == groups.max(1).values)",
-             TRAIN, "frac_mixed_groups logs the fraction of all-equal groups"),
+             TRAIN, "frac_mixed_groups logs the fraction of all-equal groups",
+             first=('tests/test_train.py::test_rollout_metrics_equal_a_direct_computation',)),
     Mutation("sampler-entropy-mean-of-row-means", "train.py",
              "sampler_entropy=float(ro.entropy[mask].sum()) / n,",
              "sampler_entropy=float((ro.entropy * mask).sum(1).div(mask.sum(1).clamp(min=1)).mean()),",
-             TRAIN, "the sampler's entropy is a mean of per-response means, not token-weighted"),
+             TRAIN, "the sampler's entropy is a mean of per-response means, not token-weighted",
+             first=('tests/test_train.py::test_rollout_metrics_equal_a_direct_computation',)),
     # ---- resume and checkpoints (train.py, runtime.py)
     Mutation("resume-forgets-data-position", "train.py",
              "        stream.load_state_dict(stream_state)\n", "",
-             TRAIN, "a resumed run restarts the prompt stream"),
+             TRAIN, "a resumed run restarts the prompt stream",
+             first=('tests/test_train.py::test_resume_is_exact',)),
     Mutation("keep-rotation-deletes-newest", "runtime.py",
              'for old in sorted(out.glob("ckpt-*"))[:-keep]:', 'for old in sorted(out.glob("ckpt-*"), reverse=True)[:-keep]:',
-             TRAIN, "--keep deletes the newest checkpoints instead of the oldest"),
+             TRAIN, "--keep deletes the newest checkpoints instead of the oldest",
+             first=('tests/test_train.py::test_keep_rotation_deletes_exactly_the_oldest',)),
     Mutation("keep-rotation-off-by-one", "runtime.py",
              'for old in sorted(out.glob("ckpt-*"))[:-keep]:', 'for old in sorted(out.glob("ckpt-*"))[:-keep - 1]:',
-             TRAIN, "--keep N keeps N + 1 checkpoints"),
+             TRAIN, "--keep N keeps N + 1 checkpoints",
+             first=('tests/test_train.py::test_keep_rotation_deletes_exactly_the_oldest',)),
     # ---- memory estimate (runtime.py); 7 and 8 of the audit: their tests come with the estimate's recalibration
     Mutation("memory-activations-halved", "runtime.py",
              '"activations": T * (', '"activations": 0.5 * T * (',
@@ -170,10 +182,12 @@ MUTATIONS = [
     # ---- verifier rules (verifier.py)
     Mutation("normaliser-raises", "verifier.py",
              "    s = ans.strip()\n    if _PLAIN_NUM_RE.fullmatch(s):", "    raise RuntimeError('mutant')\n    if 0:",
-             VERIFIER, "the answer normaliser raises at its first line (swallowed by the verifier)"),
+             VERIFIER, "the answer normaliser raises at its first line (swallowed by the verifier)",
+             first=('tests/test_verifier.py::test_each_equivalence_rule_accepts_its_example',)),
     Mutation("public-normalize-raises", "verifier.py",
              "        s, percent, _ = _normalize(ans)\n", "        raise RuntimeError('mutant')\n",
-             VERIFIER, "the public normalize raises (eval's distinct-answer count falls back silently)"),
+             VERIFIER, "the public normalize raises (eval's distinct-answer count falls back silently)",
+             first=('tests/test_eval.py::test_summary_weights_tokens_and_responses_and_averages_benchmarks_macro',)),
     Mutation("percent-times-hundred", "verifier.py",
              "cands.append(x / 100 if pct_a else x * 100)", "cands.append(x * 100 if pct_a else x / 100)",
              VERIFIER, "a percentage no longer equals its fraction"),
@@ -198,14 +212,17 @@ MUTATIONS = [
     # ---- pass@K and eval's tables (eval.py)
     Mutation("pass-at-k-off-by-one", "eval.py",
              "for i in range(n - c + 1, n + 1):", "for i in range(n - c, n + 1):",
-             EVAL, "pass@k multiplies one factor too many"),
+             EVAL, "pass@k multiplies one factor too many",
+             first=('tests/test_eval.py::test_pass_at_k_equals_enumeration_over_all_subsets',)),
     Mutation("eval-entropy-mean-of-means", "eval.py",
              'out["entropy"] = sum(r["cand"]["entropy"] * r["cand"]["n_tokens"] for r in records) / tokens',
              'out["entropy"] = sum(r["cand"]["entropy"] for r in records) / len(records)',
-             EVAL, "eval's entropy: mean of per-problem means instead of token-weighted"),
+             EVAL, "eval's entropy: mean of per-problem means instead of token-weighted",
+             first=('tests/test_eval.py::test_summary_weights_tokens_and_responses_and_averages_benchmarks_macro',)),
     Mutation("eval-truncated-scored-zero", "eval.py",
              "truncated_scores_zero=False, workers=args.workers", "truncated_scores_zero=True, workers=args.workers",
-             EVAL, "eval scores truncated responses 0 (the verifier's verdict is the documented one)"),
+             EVAL, "eval scores truncated responses 0 (the verifier's verdict is the documented one)",
+             first=('tests/test_flags.py::test_eval_flags_reach_the_sampler_verifier_and_model',)),
 ]
 
 
@@ -260,11 +277,15 @@ def run_mutation(m: Mutation, files: list[Path], timeout: float) -> tuple[str, f
     with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
         repo = Path(tmp) / "repo"
         mutated_copy(m, repo, files)
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests]
-        try:
-            r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return "killed (timeout)", time.time() - t0, ""
+        for tests in ([m.first] if m.first else []) + [m.tests]:
+            cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+            try:
+                r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True,
+                                   timeout=max(timeout - (time.time() - t0), 1))
+            except subprocess.TimeoutExpired:
+                return "killed (timeout)", time.time() - t0, ""
+            if r.returncode != 0:
+                break
     tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-6:])
     verdict = {0: "survived", 1: "killed", 2: "killed (no import)"}.get(r.returncode, "error")
     return verdict, time.time() - t0, tail

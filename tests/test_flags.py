@@ -271,15 +271,18 @@ def test_eval_flags_reach_the_sampler_verifier_and_model(tiny_dir, tmp_path, mon
 
 def test_eval_plot_progress_and_data_dir(tiny_dir, tmp_path, monkeypatch, capsys):
     """The defaults the flags above switch off: a pass@K plot is written and a progress bar shown. A named
-    benchmark is read from --data-dir (the default data folder is empty here)."""
+    benchmark is read from --data-dir (the default data folder is empty here). Without --batch-prompts,
+    --max-rows 2 with --n 2 samples one problem per sampler call."""
     pytest.importorskip("matplotlib")
     monkeypatch.setenv("CASP_DATA", str(tmp_path / "empty"))
     folder = tmp_path / "data"
     folder.mkdir()
     problems_file_of(folder / "math500.jsonl", data.load_dataset("synthetic", limit=2))
+    gen = Spy(monkeypatch, rollout, "generate", prompts_arg=1)
     capsys.readouterr()
     table = ev.main(["--model", str(tiny_dir), "--data", "math500", "--data-dir", str(folder), "--n", "2",
-                     "--max-new-tokens", "8", "--workers", "1", "--out", str(tmp_path / "run")])
+                     "--max-new-tokens", "8", "--workers", "1", "--max-rows", "2", "--out", str(tmp_path / "run")])
     assert table["math500"]["problems"] == 2
+    assert [c["n_prompts"] for c in gen.calls] == [1, 1]      # default --batch-prompts: max(1, max_rows // n)
     assert (tmp_path / "run" / "passk.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "math500: 100%" in capsys.readouterr().err

@@ -503,3 +503,33 @@ def test_keep_rotation_deletes_exactly_the_oldest(tiny_dir, tmp_path):
             want = [f"ckpt-{k:06d}" for k in range(max(1, s - keep + 1), s + 1)]
             assert sorted(p.name for p in out.glob("ckpt-*")) == want, (keep, s)
             assert (out / "latest").read_text() == f"ckpt-{s:06d}"
+
+
+def test_prompt_stream_is_a_fresh_permutation_each_epoch_and_resumes():
+    """PromptStream over 10 problems, taken 4 at a time: every epoch (each run of 10 draws) holds every
+    problem exactly once, the seed changes the order, and a stream rebuilt from a state_dict continues
+    with exactly the draws of the original."""
+    s = train.PromptStream(10, seed=3)
+    draws = [i for _ in range(10) for i in s.take(4)]                             # 40 draws: 4 epochs
+    assert all(sorted(draws[e * 10:(e + 1) * 10]) == list(range(10)) for e in range(4))
+    assert draws[:10] != draws[10:20] and draws[:10] != train.PromptStream(10, seed=4).take(10)
+    a = train.PromptStream(10, seed=3)
+    a.take(7)
+    b = train.PromptStream(10, seed=3)
+    b.load_state_dict(a.state_dict())
+    assert b.take(25) == a.take(25) == draws[7:32]
+
+
+def test_heldout_pass_equals_a_direct_computation(tiny_dir, problems_file, monkeypatch):
+    """The held-out pass@1 and pass@n of train.py: from the rollout's own rewards (n = 4 samples of each of
+    the 4 problems, recorded here), pass@1 is the mean reward and pass@4 the fraction of problems with at
+    least one correct sample."""
+    seen, real = [], train.rollout
+    monkeypatch.setattr(train, "rollout", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    args = train.get_args(run_args(tiny_dir, problems_file, "unused", "--steps", "1"))
+    tok = load_tokenizer(tiny_dir)
+    probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
+    got = train.heldout_pass(load_model(tiny_dir), tok, probs, args, n=4, seed=5)
+    r = seen[0].rewards.view(4, 4)                                                      # (problems, samples)
+    assert 0 < r.mean() < r.max(1).values.mean()                 # pass@1 and pass@4 differ here
+    assert got == pytest.approx({"pass@1": r.mean().item(), "pass@4": r.max(1).values.mean().item()})

@@ -286,3 +286,28 @@ def test_eval_plot_progress_and_data_dir(tiny_dir, tmp_path, monkeypatch, capsys
     assert [c["n_prompts"] for c in gen.calls] == [1, 1]      # default --batch-prompts: max(1, max_rows // n)
     assert (tmp_path / "run" / "passk.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "math500: 100%" in capsys.readouterr().err
+
+
+def test_dtype_bfloat16_runs_the_training_forward_under_autocast(tiny_dir, problems_file):
+    """--dtype bfloat16: the training forward (old log-probs and the loss) runs under bf16 autocast. Its
+    log-probs equal a plain forward under torch.autocast(bfloat16) followed by a float32 log-softmax (within
+    1e-5; 0 when written), and differ from the float32 forward (--dtype float32) by bf16's rounding (up to
+    0.24 when written)."""
+    import torch.nn.functional as F
+    from test_train import rollout_batch
+    model, batch, args = rollout_batch(tiny_dir, problems_file)
+    rows = torch.arange(batch.seq.shape[0])
+    old = {}
+    for dtype in ("float32", "bfloat16"):
+        args.dtype = dtype
+        old[dtype] = train.old_logprobs(model, batch, rows, train.loss_config(args), args, train.Dist())
+    mask = batch.resp_mask[:, 1:]                                                          # (R, S-1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = model(batch.seq[:, :-1], return_hidden=True)                              # (R, S-1, D) bf16
+    logits = hidden.float() @ model.output_weight.T.float()                                # (R, S-1, V)
+    want = F.log_softmax(logits, -1).gather(-1, batch.seq[:, 1:, None]).squeeze(-1)        # (R, S-1)
+    got = old["bfloat16"][:, 1:]
+    gap = (old["bfloat16"] - old["float32"])[:, 1:][mask].abs()
+    print(f"bf16 vs float32 old log-probs: max {gap.max():.2e}, mean {gap.mean():.2e}; "
+          f"vs the autocast reference: max {(got - want)[mask].abs().max():.2e}")
+    assert (got - want)[mask].abs().max() < 1e-5 and gap.max() > 1e-2

@@ -160,7 +160,8 @@ MUTATIONS = [
     # ---- sampler, KV cache, RoPE (sampler.py, model.py)
     Mutation("top-p-boundary", "sampler.py",
              "n_keep = (mass_before < top_p).sum(-1, keepdim=True)", "n_keep = (mass_before <= top_p).sum(-1, keepdim=True)",
-             SAMPLER, "top-p keeps one token too many at the boundary"),
+             SAMPLER, "top-p keeps one token too many at the boundary",
+             first=('tests/test_sampler.py::test_top_p_boundary_is_strict',)),
     Mutation("inverse-cdf-left", "sampler.py",
              "torch.searchsorted(cdf, target, right=True)", "torch.searchsorted(cdf, target, right=False)",
              SAMPLER, "a zero-probability id can be drawn"),

@@ -130,6 +130,18 @@ def test_top_k_top_p_mask_hand_made():
     assert keep(k=3, p=0.51) == [[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 0]]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_p_boundary_is_strict(dtype):
+    """top-p exactly at a cumulative sum (dyadic probabilities, so every sum is exact in float): token i is
+    kept iff the mass strictly more probable than it is < p, so at p = 0.5 a token with 0.5 above it is
+    out, at p = 0.75 in; a tie group is in or out whole."""
+    z = torch.tensor([[0.5, 0.25, 0.25, 0.0],
+                      [0.125, 0.5, 0.125, 0.25],
+                      [0.25, 0.25, 0.25, 0.25]], dtype=dtype).log()
+    assert top_k_top_p_mask(z, 0, 0.5).int().tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 1, 1]]
+    assert top_k_top_p_mask(z, 0, 0.75).int().tolist() == [[1, 1, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1]]
+    assert top_k_top_p_mask(z, 0, 0.875).int().tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+
 def test_inverse_cdf_edges():
     """Zero-probability ids are never drawn, also at the extreme uniforms 0 and 1 - 2^-23."""
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]] * 4)

@@ -225,3 +225,9 @@ def test_saved_candidate_records_and_table_equal_the_sampler_tokens(tiny_dir, tm
     row = table["synthetic"]
     assert row["entropy"] == pytest.approx(torch.cat(H).mean().item(), rel=1e-9)
     assert row["topn_probs"] == pytest.approx(torch.cat(P).mean(0).tolist(), rel=1e-9)
+
+
+def test_default_ks_are_powers_of_two_then_n():
+    """Without --k: K = 1, 2, 4, ... up to n, and n itself when it is not a power of two."""
+    assert ev.default_ks(1) == [1] and ev.default_ks(8) == [1, 2, 4, 8]
+    assert ev.default_ks(6) == [1, 2, 4, 6] and ev.default_ks(100) == [1, 2, 4, 8, 16, 32, 64, 100]

@@ -71,8 +71,8 @@ def test_train_flags_reach_the_sampler_verifier_loss_optimizer_and_checkpoints(t
     passes (--micro-batch-tokens 1: one per row with A != 0, for the old log-probs and again for the
     update), AdamW (--lr, --weight-decay, --mini-batches optimizer steps per step), the gradient clip
     (--grad-clip), activation checkpointing (--grad-checkpoint), the held-out evaluation (--eval-every,
-    --eval-prompts, --heldout: its first problems, once, at step 2), the checkpoints (--save-every, --keep)
-    and the log (--steps lines, lr and p(1..N) in each)."""
+    --eval-prompts, --heldout: its first problems, once, at step 2, sampled with the same settings),
+    the checkpoints (--save-every, --keep) and the log (--steps lines, lr and p(1..N) in each)."""
     heldout = problems_file_of(tmp_path / "held.jsonl", data.load_dataset("synthetic", limit=9)[4:])
     out = tmp_path / "run"
     gen = Spy(monkeypatch, rollout, "generate", prompts_arg=1)
@@ -108,6 +108,8 @@ def test_train_flags_reach_the_sampler_verifier_loss_optimizer_and_checkpoints(t
     tok = load_tokenizer(tiny_dir)
     held_ids = [p["prompt_ids"] for p in data.encode_prompts(data.load_jsonl(heldout), tok, 64)[0]]
     assert len(held_calls) == 1 and held_calls[0]["prompts"] == held_ids[:3]
+    c = held_calls[0]                                     # the held-out pass@1 samples as training does
+    assert (c["max_new_tokens"], c["temperature"], c["top_p"], c["slots"], c["top_n"]) == (24, 0.9, 0.95, 6, 2)
     assert ver.calls and {c["mode"] for c in ver.calls} == {"lenient"}
     want = LossConfig(loss="casp", top_n=2, alpha=0.3, entropy_quantile=0.6, neg_scale=1.4, clip_eps=0.15,
                       clip_eps_high=0.25, temperature=0.9)
@@ -127,14 +129,23 @@ def test_train_flags_reach_the_sampler_verifier_loss_optimizer_and_checkpoints(t
 
 
 def test_seed_changes_the_samples_and_the_random_init(tiny_dir, problems_file, tmp_path, monkeypatch):
-    """--seed: one step with seed 0 and with seed 1 samples different responses (the rollout's streams are
-    keyed by it); --init random draws the architecture's weights from the seed instead of loading them."""
-    outs, real = [], rollout.generate
-    monkeypatch.setattr(rollout, "generate", lambda *a, **k: outs.append(real(*a, **k)) or outs[-1])
+    """--seed: one step with seed 0 and with seed 1 samples different responses to the same prompts (the
+    rollout's streams are keyed by it; compared prompt by prompt, since the seed also reorders the prompt
+    stream); --init random draws the architecture's weights from the seed instead of loading them."""
+    samples, real = [], rollout.generate
+
+    def record(model, prompts, **kw):
+        ro = real(model, prompts, **kw)
+        n = kw["n_samples"]
+        samples.append({tuple(p): sorted(tuple(t[m].tolist()) for t, m in zip(ro.tokens[i * n:(i + 1) * n],
+                                                                               ro.mask[i * n:(i + 1) * n]))
+                        for i, p in enumerate(prompts)})
+        return ro
+    monkeypatch.setattr(rollout, "generate", record)
     for seed in ("0", "1"):
         train.main(run_args(tiny_dir, problems_file, tmp_path / seed, "--steps", "1", "--seed", seed))
-    assert outs[0].tokens.shape[0] == outs[1].tokens.shape[0] == 32
-    assert not torch.equal(outs[0].tokens, outs[1].tokens)
+    assert samples[0].keys() == samples[1].keys() and len(samples[0]) == 4
+    assert any(samples[0][p] != samples[1][p] for p in samples[0])
     loaded = load_model(tiny_dir).state_dict()
     rand = {s: train.build_model(train.get_args(run_args(tiny_dir, problems_file, "x", "--init", "random",
                                                          "--seed", str(s))), None, train.Dist())[0].state_dict()

@@ -7,9 +7,9 @@ temperature, the loss's clip range, AdamW's weight decay) the test records what 
 one level below train.py / eval.py (the sampler's `generate`, the verifier, the loss, the optimizer), and
 compares it with the flag. The components' own behaviour under those settings is tested in their own
 files (test_sampler.py, test_casp.py, test_verifier.py). The flags exercised elsewhere are named where
-they are: --data-dir, --loss, --resume, --overwrite, --max-prompt-len in test_train*.py; --no-std-norm,
---dtype, --grad-clip, --mini-batches in test_train.py's direct computations; --rescore, --compare,
---plot-metrics in test_eval.py.
+they are: --loss, --resume, --overwrite, --max-prompt-len, --data-dir (train.py) in test_train*.py;
+--no-std-norm, --dtype (the sampling copy), --grad-clip, --mini-batches, --keep (the rotation itself) in
+test_train.py's direct computations; --rescore, --compare, --plot-metrics in test_eval.py.
 """
 import json
 import os

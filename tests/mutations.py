@@ -246,6 +246,8 @@ def repository_files(root: Path) -> list[Path]:
 def mutated_copy(m: Mutation, dest: Path, files: list[Path], root: Path = ROOT) -> None:
     """The repository copied to dest with m applied (its old text must occur exactly once)."""
     for rel in files:
+        if not (root / rel).is_file():       # deleted since the list was made
+            continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, dest / rel)
     path = dest / m.file
@@ -255,7 +257,7 @@ def mutated_copy(m: Mutation, dest: Path, files: list[Path], root: Path = ROOT) 
     path.write_text(text.replace(m.old, m.new), encoding="utf-8")
 
 
-def run_mutation(m: Mutation, files: list[Path], timeout: float) -> tuple[str, float, str]:
+def run_mutation(m: Mutation, timeout: float) -> tuple[str, float, str]:
     """(verdict, seconds, the last lines of pytest's output). Verdicts: killed, killed (no import),
     killed (timeout), survived, error (pytest ran no test: the table names tests that do not exist)."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -263,7 +265,7 @@ def run_mutation(m: Mutation, files: list[Path], timeout: float) -> tuple[str, f
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
         repo = Path(tmp) / "repo"
-        mutated_copy(m, repo, files)
+        mutated_copy(m, repo, repository_files(ROOT))   # listed now: the tree may change during a long run
         for tests in ([m.first] if m.first else []) + [m.tests]:
             cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
             try:
@@ -300,7 +302,6 @@ def main(argv=None) -> int:
         for m in chosen:
             print(f"{m.name:<{width}}  {m.file:<11}  {m.breaks}")
         return 0
-    files = repository_files(ROOT)
     print(f"{len(chosen)} mutation(s); covering tests run with pytest -x in a temporary copy of {ROOT}")
     print(f"| {'mutation':<{width}} | verdict            | seconds |")
     print(f"|{'-' * (width + 2)}|--------------------|---------|")
@@ -315,12 +316,12 @@ def main(argv=None) -> int:
     if args.jobs > 1:
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(args.jobs) as ex:
-            futures = [(m, ex.submit(run_mutation, m, files, args.timeout)) for m in chosen]
+            futures = [(m, ex.submit(run_mutation, m, args.timeout)) for m in chosen]
             for m, f in futures:
                 report(m, *f.result())
     else:
         for m in chosen:
-            report(m, *run_mutation(m, files, args.timeout))
+            report(m, *run_mutation(m, args.timeout))
     alive = [m.name for m, v in results if not v.startswith("killed")]
     print(f"\n{len(results) - len(alive)} of {len(results)} killed" +
           (f"; not killed: {', '.join(alive)}" if alive else ""))

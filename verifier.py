@@ -81,7 +81,8 @@ and the test runs in the verifier's own process on the values that come back, so
 pass; see the "code sandbox" section for the design and its limits.
 
 Public API:  extract_answer, is_equivalent, normalize, verify -> Verdict, reward, verify_batch,
-batch_reward, run_code, MODES, DEFAULT_MODE.
+batch_reward, run_code, MODES, DEFAULT_MODE; INTERNAL_ERRORS and RAISE_INTERNAL_ERRORS (an exception
+inside a never-raising entry point is counted, and re-raised under the tests: see below).
 """
 from __future__ import annotations
 import bisect
@@ -103,6 +104,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -115,6 +117,23 @@ REL_TOL = 1e-6              # numeric relative tolerance
 N_POINTS = 5                # random evaluation points for expressions with variables
 TAIL_CHARS = 20000          # lenient extraction reads only the end of a response
 MAX_BOX_GROUP = 20          # at most this many joined boxes form one answer
+
+
+# Internal failures. verify, reward, extract_answer, is_equivalent and normalize never raise: an exception
+# inside them is a bug of this file, and a training run survives it as reward 0 (no answer). It is still
+# never silent: each one is counted in INTERNAL_ERRORS ({"where: ExceptionType": count}), and with
+# RAISE_INTERNAL_ERRORS (environment CASP_VERIFIER_RAISE=1; the test suite sets it) it is re-raised, so a
+# broken rule cannot hide behind "returns 0".
+INTERNAL_ERRORS: Counter = Counter()
+RAISE_INTERNAL_ERRORS = os.environ.get("CASP_VERIFIER_RAISE") == "1"
+
+
+def _internal_error(where: str, e: Exception) -> None:
+    """Count an exception caught by a never-raising entry point; re-raise it under RAISE_INTERNAL_ERRORS.
+    Call it from inside the `except` block."""
+    INTERNAL_ERRORS[f"{where}: {type(e).__name__}"] += 1
+    if RAISE_INTERNAL_ERRORS:
+        raise e
 
 
 @dataclass(frozen=True)
@@ -439,7 +458,8 @@ def extract_answer(response: str, mode: str = DEFAULT_MODE) -> str | None:
     try:
         readings = _answer_readings(response, mode)
         return readings[0] if readings else None
-    except Exception:       # a verifier never raises; an unparseable response simply has no answer
+    except Exception as e:  # a verifier never raises; an unparseable response simply has no answer
+        _internal_error("extract_answer", e)
         return None
 
 
@@ -541,9 +561,14 @@ def _tidy(s: str) -> str:
 
 def normalize(ans: str) -> tuple[str, bool]:
     """MATH/Minerva-style normal form of an answer string and whether it carried a percent sign
-    (thousands separators removed: "10,455" -> "10455"; the comparison itself also reads them as a list)."""
-    s, percent, _ = _normalize(ans)
-    return (s.replace(",", "") if _THOUSANDS_RE.fullmatch(s) else s), percent
+    (thousands separators removed: "10,455" -> "10455"; the comparison itself also reads them as a list).
+    Never raises: an internal failure gives the stripped string (counted, see INTERNAL_ERRORS)."""
+    try:
+        s, percent, _ = _normalize(ans)
+        return (s.replace(",", "") if _THOUSANDS_RE.fullmatch(s) else s), percent
+    except Exception as e:
+        _internal_error("normalize", e)
+        return str(ans).strip(), False
 
 
 def _canon(s: str) -> str:
@@ -1690,7 +1715,8 @@ def is_equivalent(pred: str, gold: str, **fields) -> bool:
         if re.fullmatch(r"[A-Za-z][A-Za-z\s\-']*", g) and not re.fullmatch(r"[A-Za-z]", g):
             return p.strip().lower() == g.strip().lower()    # word answers: "east", "ellipse"
         return _node_equal(_structure(p), _structure(g), (p_pct, g_pct or pct_unit, False))
-    except Exception:
+    except Exception as e:
+        _internal_error("is_equivalent", e)
         return False
 
 
@@ -2370,7 +2396,8 @@ def verify(response: str, answer: str, task: str = "math", *, mode: str = DEFAUL
             if is_equivalent(pred, answer, **problem_fields):
                 return Verdict(1.0, pred, "equivalent")
         return Verdict(0.0, readings[0], "not equivalent")
-    except Exception as e:      # pragma: no cover - defensive: a verifier must never raise
+    except Exception as e:      # a verifier must never raise (counted; re-raised under tests)
+        _internal_error("verify", e)
         return Verdict(0.0, None, f"verifier error: {type(e).__name__}")
 
 

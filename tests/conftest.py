@@ -46,6 +46,18 @@ def qwen_tokenizer_dir():
     return QWEN_TOKENIZER
 
 
+@pytest.fixture(autouse=True, scope="session")
+def verifier_internal_errors_raise():
+    """The verifier never raises for its users: an exception inside verify, extract_answer, is_equivalent
+    or normalize is counted and gives reward 0. Under the tests it is re-raised instead (here and, through
+    the environment, in every process a test starts), so that a rule broken at its first line fails the
+    tests that exercise it rather than quietly scoring 0."""
+    import verifier
+    os.environ["CASP_VERIFIER_RAISE"] = "1"
+    verifier.RAISE_INTERNAL_ERRORS = True
+    yield
+
+
 @pytest.fixture
 def one_thread():
     """Tiny matmuls: one intra-op thread is faster, and far faster when the cores are shared (2 threads

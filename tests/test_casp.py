@@ -126,6 +126,13 @@ def test_group_advantages_all_equal_groups_are_exactly_zero():
     """All-equal rewards give exactly 0 (not ~1e-9 from rounding of the mean, not NaN for G = 1)."""
     r = torch.full((16,), 0.3, dtype=F64)
     assert torch.equal(group_advantages(r, 8), torch.zeros(16, dtype=F64))
+    # float32 groups of 7 x 0.9 and 6 x 0.3: their means do not round back (r - mean = +-6e-8, then
+    # divided by a std of ~1e-7 + 1e-6: |A| ~ 0.05 unless all-equal groups are zeroed explicitly)
+    for g, v in ((7, 0.9), (6, 0.3)):
+        r = torch.full((2 * g,), v)
+        assert (r.view(2, g) - r.view(2, g).mean(1, keepdim=True)).abs().max() > 0
+        assert torch.equal(group_advantages(r, g), torch.zeros(2 * g))
+        assert torch.equal(group_advantages(r, g, normalize_std=False), torch.zeros(2 * g))
     assert torch.equal(group_advantages(torch.tensor([1.0, 0.0, 1.0]), 1), torch.zeros(3))
     ints = group_advantages(torch.tensor([1, 1, 0, 0]), 2)  # integer rewards are accepted
     assert ints.dtype == torch.float32 and torch.equal(ints, torch.zeros(4))
@@ -261,6 +268,66 @@ def test_clip_higher_dapo():
         loss, grad, m = loss_and_grad(fn, logits, tokens, old, adv, mask, clip_eps_high=0.28)
         assert loss.item() == pytest.approx((-1.0 * 1.25 + 1.0 * 0.8) / 2, abs=1e-12)
         assert grad[0].abs().sum() > 0 and torch.all(grad[1] == 0) and m["clip_frac"].item() == 0.5
+
+
+@pytest.mark.parametrize("clip_eps,clip_eps_high", [(0.1, None), (0.3, None), (0.1, 0.3), (0.3, 0.05)])
+def test_clip_range_follows_clip_eps_on_both_sides(clip_eps, clip_eps_high):
+    """Non-default clip ranges, on both bounds: with rho on a grid that straddles 1 - eps, 1 + eps_high
+    and the default bounds 0.8 / 1.2, each token's loss is max(-A rho, -A clip(rho, 1 - eps, 1 + eps_high))
+    (computed here per token), its gradient is zero exactly where the clipped branch is strictly larger,
+    and clip_frac counts those tokens. (At the default eps = 0.2 a bound fixed at 0.8 or 1.2 would pass.)"""
+    rhos = [0.65, 0.75, 0.85, 0.95, 1.04, 1.08, 1.15, 1.25, 1.35]
+    T, V = len(rhos), 5
+    logits = torch.randn(2, T, V, dtype=F64, generator=torch.Generator().manual_seed(5))
+    tokens = torch.tensor([[t % V for t in range(T)]] * 2)
+    logp_y = logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)      # (2, T)
+    old = logp_y - torch.tensor(rhos, dtype=F64).log()                              # rho = the grid, both rows
+    adv = torch.tensor([0.7, -0.7], dtype=F64)
+    mask = torch.ones(2, T, dtype=torch.bool)
+    hi = clip_eps if clip_eps_high is None else clip_eps_high
+    want_l, want_clipped = [], []
+    for A in adv.tolist():
+        for rho in rhos:
+            clipped_rho = min(max(rho, 1 - clip_eps), 1 + hi)
+            want_l.append(max(-A * rho, -A * clipped_rho))
+            want_clipped.append(-A * clipped_rho > -A * rho)
+    assert 0 < sum(want_clipped) < len(want_clipped)
+    for fn in (grpo_loss, casp_loss):
+        loss, grad, m = loss_and_grad(fn, logits, tokens, old, adv, mask, clip_eps=clip_eps,
+                                      clip_eps_high=clip_eps_high)
+        assert loss.item() == pytest.approx(sum(want_l) / len(want_l), abs=1e-12)
+        assert m["clip_frac"].item() == pytest.approx(sum(want_clipped) / len(want_clipped), abs=1e-12)
+        zero = (grad.abs().sum(-1) == 0).flatten().tolist()                           # (2 * T,)
+        assert zero == want_clipped
+
+
+def test_lambda_scales_negative_advantages_only_not_zero_ones():
+    """The boundary A = 0 of CaSP's negative push: with the gate off every argmax token of a response
+    with A < 0 is lambda-scaled, and no token of a response with A = 0 is. neg_scaled_frac (scaled tokens
+    over the tokens with A < 0) and n_negative are counted here directly; the loss (which is 0 at A = 0
+    either way) equals the per-token sum with lambda at the scaled tokens. Every row has argmax tokens."""
+    logits, tokens, old, _, mask = make_batch(seed=11, B=3, T=9)
+    adv = torch.tensor([0.9, 0.0, -0.8], dtype=F64)
+    mask = torch.ones_like(mask)
+    tokens = tokens.clamp(min=0)
+    old = old.nan_to_num(0.0)
+    argmax = logits.argmax(-1) == tokens                                                # (B, T)
+    assert argmax.any(1).all() and not argmax.all()
+    logp_y = logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
+    rho = (logp_y - old).exp()
+    lam = torch.where((adv[:, None] < 0) & argmax, torch.full_like(rho, 1.1), 1.0)        # (B, T)
+    A = adv[:, None] * lam
+    want_loss = torch.maximum(-A * rho, -A * rho.clamp(0.8, 1.2)).sum() / mask.sum()
+    loss, m = casp_loss(logits, tokens, old, adv, mask, entropy_quantile=None, neg_scale=1.1)
+    assert m["n_negative"].item() == 9
+    assert m["neg_scaled_frac"].item() == pytest.approx(argmax[2].sum().item() / 9, abs=1e-12)
+    assert loss.item() == pytest.approx(want_loss.item(), abs=1e-12)
+    # with the gate on, the same count restricted to gated tokens of the A < 0 row
+    _, m = casp_loss(logits, tokens, old, adv, mask, entropy_quantile=0.5, neg_scale=1.1)
+    H = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)                           # (B, T)
+    gated = H > torch.quantile(H, 0.5, dim=1, keepdim=True)
+    assert (gated & argmax)[1].any(), "the A = 0 row must hold gated argmax tokens for this test to bite"
+    assert m["neg_scaled_frac"].item() == pytest.approx((gated & argmax)[2].sum().item() / 9, abs=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------

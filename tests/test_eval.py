@@ -9,6 +9,7 @@ import sys
 from fractions import Fraction
 
 import pytest
+import torch
 
 import data
 import eval as ev
@@ -258,3 +259,67 @@ def test_small_models_decode_with_one_cpu_thread(tiny_dir):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+# The table's definitions against direct computations
+
+
+def test_summary_weights_tokens_and_responses_and_averages_benchmarks_macro():
+    """summarize's definitions on hand-made records of different sizes, each computed here directly:
+    p(1..N) and H are means over every token (a problem with 3x the tokens weighs 3x, not a mean of
+    per-problem means), len and trunc means over every response, acc the mean of c/n over problems,
+    #ans the distinct verifier-normalised answers per problem (\\dfrac{1}{2} = \\frac{1}{2}, $5$ = 5,
+    10,455 = 10455), #resp the distinct texts; the "average" row is the mean of the benchmarks' rows."""
+    a = {"id": "a", "benchmark": "b1", "n": 2, "n_correct": 1, "rewards": [1.0, 0.0], "responses": ["x", "x"],
+         "extracted": ["\\dfrac{1}{2}", "\\frac{1}{2}"], "lengths": [2, 4], "finish": ["stop", "length"],
+         "cand": {"n_tokens": 10, "topn_probs": [0.5, 0.2], "entropy": 1.0}}
+    b = {"id": "b", "benchmark": "b1", "n": 4, "n_correct": 1, "rewards": [1.0, 0, 0, 0], "responses": list("wxyz"),
+         "extracted": ["$5$", "5", "10,455", None], "lengths": [10] * 4, "finish": ["stop"] * 4,
+         "cand": {"n_tokens": 30, "topn_probs": [0.9, 0.05], "entropy": 3.0}}
+    c = {"id": "c", "benchmark": "b2", "n": 2, "n_correct": 2, "rewards": [1.0, 1.0], "responses": ["u", "v"],
+         "extracted": ["10455", "10455"], "lengths": [1, 1], "finish": ["stop"] * 2,
+         "cand": {"n_tokens": 2, "topn_probs": [0.7, 0.1], "entropy": 0.5}}
+    t = ev.summarize_run([a, b, c], [1, 2])
+    b1 = t["b1"]
+    assert b1["entropy"] == pytest.approx((1.0 * 10 + 3.0 * 30) / 40)
+    assert b1["topn_probs"] == pytest.approx([(0.5 * 10 + 0.9 * 30) / 40, (0.2 * 10 + 0.05 * 30) / 40])
+    assert b1["response_len"] == pytest.approx((2 + 4 + 40) / 6) and b1["truncated"] == pytest.approx(1 / 6)
+    assert b1["acc"] == pytest.approx((1 / 2 + 1 / 4) / 2) and b1["pass@1"] == pytest.approx(b1["acc"])
+    assert b1["pass@2"] == pytest.approx((1.0 + (1 - 3 / 6)) / 2)
+    assert b1["distinct_answers"] == pytest.approx((1 + 2) / 2) and b1["distinct_responses"] == pytest.approx(2.5)
+    assert (b1["problems"], b1["n"]) == (2, 2)
+    avg = t["average"]
+    assert avg["problems"] == 3 and avg["acc"] == pytest.approx((b1["acc"] + 1.0) / 2)
+    assert avg["entropy"] == pytest.approx((b1["entropy"] + 0.5) / 2)
+    assert avg["topn_probs"] == pytest.approx([(x + y) / 2 for x, y in zip(b1["topn_probs"], [0.7, 0.1])])
+
+
+def test_saved_candidate_records_and_table_equal_the_sampler_tokens(tiny_dir, tmp_path, monkeypatch):
+    """End to end: each saved record's cand (n_tokens, mean p(1..3), mean H) and the table's p(1..3) and H
+    equal the sampler's per-token records of the same rollout, averaged over tokens here: over the
+    problem's responses for a record, over all the benchmark's tokens for the table."""
+    import rollout
+    seen, real = [], rollout.rollout
+    monkeypatch.setattr(rollout, "rollout", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    table = ev.main(eval_args(tiny_dir, tmp_path / "run"))
+    recs = ev.read_samples(tmp_path / "run" / "samples" / "synthetic.jsonl")
+    H, P, per_problem = [], [], []
+    for ro in seen:
+        for q in range(ro.mask.shape[0] // 8):
+            rows = slice(8 * q, 8 * q + 8)
+            mask = ro.mask[rows]
+            per_problem.append((int(mask.sum()), ro.entropy[rows][mask].double(), ro.topn_probs[rows][mask].double()))
+            H.append(per_problem[-1][1])
+            P.append(per_problem[-1][2])
+    assert len(per_problem) == len(recs) == 4 and len({n for n, _, _ in per_problem}) > 1
+    for rec, (n, h, p) in zip(recs, per_problem):
+        assert rec["cand"]["n_tokens"] == n
+        assert rec["cand"]["entropy"] == pytest.approx(h.mean().item(), rel=1e-9)
+        assert rec["cand"]["topn_probs"] == pytest.approx(p.mean(0).tolist(), rel=1e-9)
+    row = table["synthetic"]
+    assert row["entropy"] == pytest.approx(torch.cat(H).mean().item(), rel=1e-9)
+    assert row["topn_probs"] == pytest.approx(torch.cat(P).mean(0).tolist(), rel=1e-9)
+
+
+def test_default_ks_are_powers_of_two_then_n():
+    """Without --k: K = 1, 2, 4, ... up to n, and n itself when it is not a power of two."""
+    assert ev.default_ks(1) == [1] and ev.default_ks(8) == [1, 2, 4, 8]
+    assert ev.default_ks(6) == [1, 2, 4, 6] and ev.default_ks(100) == [1, 2, 4, 8, 16, 32, 64, 100]

@@ -130,6 +130,18 @@ def test_top_k_top_p_mask_hand_made():
     assert keep(k=3, p=0.51) == [[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 0]]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_p_boundary_is_strict(dtype):
+    """top-p exactly at a cumulative sum (dyadic probabilities, so every sum is exact in float): token i is
+    kept iff the mass strictly more probable than it is < p, so at p = 0.5 a token with 0.5 above it is
+    out, at p = 0.75 in; a tie group is in or out whole."""
+    z = torch.tensor([[0.5, 0.25, 0.25, 0.0],
+                      [0.125, 0.5, 0.125, 0.25],
+                      [0.25, 0.25, 0.25, 0.25]], dtype=dtype).log()
+    assert top_k_top_p_mask(z, 0, 0.5).int().tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 1, 1]]
+    assert top_k_top_p_mask(z, 0, 0.75).int().tolist() == [[1, 1, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1]]
+    assert top_k_top_p_mask(z, 0, 0.875).int().tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+
 def test_inverse_cdf_edges():
     """Zero-probability ids are never drawn, also at the extreme uniforms 0 and 1 - 2^-23."""
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]] * 4)
@@ -310,18 +322,32 @@ def compare_rollouts(a, b, tol=0.0):
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_refill_equals_static(dtype, tol):
     """Same seed: refill and static scheduling give the same tokens, log-probs, top-N records, entropies
-    and finish reasons, BIT FOR BIT with the same number of slots (float64 and float32: each row's
-    arithmetic does not depend on which rows share its step nor on its slot), on mixed prompt lengths,
-    a duplicated prompt, rows ending at their first token, rows hitting the cap, 5 slots for 21 samples.
-    Against every sample at once (other batch shapes: other matmul blocking) the tokens are equal and the
-    floats within `tol` (float64: 1e-12; float32: 1e-5)."""
+    and finish reasons, on mixed prompt lengths, a duplicated prompt, rows ending at their first token,
+    rows hitting the cap, 5 slots for 21 samples. BIT FOR BIT with the same number of slots when the CPU
+    kernels run on one thread (float64 and float32: each row's arithmetic does not depend on which rows
+    share its step nor on its slot). At the machine's own thread count (checked too, so the test holds on
+    any core count) a multi-threaded matmul may split a batch's rows between threads by position, so a
+    row's rounding may depend on its slot: the tokens are equal and the floats within `tol`, as against
+    every sample at once (other batch shapes: other matmul blocking). tol: a log-prob or entropy here is
+    a sum over 90 ids after two layers of 64-wide dot products, float32's unit roundoff 6e-8 times those
+    sums' terms gives ~1e-6 absolute for values of order 1-10 (1.7e-6 measured between batch shapes), so
+    1e-5; float64's 1.1e-16 likewise gives 1e-12."""
     m = small_model().to(dtype)
     prompts = PROMPTS + [PROMPTS[1], [7] * 14, [30, 31]]                          # PROMPTS[1] twice
     kw = dict(n_samples=3, max_new_tokens=12, vocab_size=V, seed=4)
     free = generate(m, prompts, **kw)
     stop = {int(free.tokens[0, 0]), int(free.tokens[7, 4])}                     # row 0 ends at its first token
-    runs = {s: generate(m, prompts, **kw, stop_ids=stop, slots=5, schedule=s) for s in ("refill", "static")}
+    schedules = lambda: {s: generate(m, prompts, **kw, stop_ids=stop, slots=5, schedule=s) for s in ("refill", "static")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = schedules()
+    finally:
+        torch.set_num_threads(threads)
     compare_rollouts(runs["refill"], runs["static"])
+    here = schedules()                                                          # the ambient thread count
+    compare_rollouts(here["refill"], here["static"], tol)
+    compare_rollouts(here["refill"], runs["refill"], tol)
     compare_rollouts(runs["refill"], generate(m, prompts, **kw, stop_ids=stop), tol)
     r = runs["refill"]
     assert int(r.lengths[0]) == 1 and int(r.lengths.max()) == 12 and "stop" in r.finish_reason

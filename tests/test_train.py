@@ -387,3 +387,191 @@ def test_step_metrics_equal_a_direct_computation(tiny_dir, problems_file):
     assert m["gate_frac"] == pytest.approx((gate & mask).sum().item() / mask.sum().item(), abs=1e-6)
     assert m["gated_top1_prob"] == pytest.approx(top[gate][:, 0].mean().item(), abs=1e-5)
     assert m["clip_frac"] == 0.0 and 0 < m["gate_frac"] < 1
+
+
+# -----------------------------------------------------------------------------
+# the update, the rollout metrics and the sampling copy against direct computations
+
+
+def reference_grpo_update(model, batch, old, mini_batches, grad_clip, lr, clip_eps=0.2):
+    """The update written out in plain torch (none of train.py's or casp.py's code): the prompts split
+    into `mini_batches` consecutive runs of whole groups; per mini-batch the full logits, rho = exp(log p(y) -
+    old), the PPO-clip loss summed over the response tokens of EVERY row (A = 0 rows included) divided by
+    their count, backward, the gradient scaled to norm <= grad_clip, one SGD step. -> the pre-clip norms."""
+    params = list(model.parameters())
+    P = int(batch.group.max()) + 1
+    per = -(-P // mini_batches)
+    norms = []
+    for k in range(mini_batches):
+        rows = (batch.group >= k * per) & (batch.group < (k + 1) * per)                  # (R,)
+        seq, mask = batch.seq[rows], batch.resp_mask[rows, 1:]                             # (r, S), (r, S-1)
+        logp = torch.log_softmax(model(seq[:, :-1]).float(), -1)                           # (r, S-1, V)
+        logp_y = logp.gather(-1, seq[:, 1:, None]).squeeze(-1)                             # (r, S-1)
+        rho = torch.exp(logp_y - old[rows, 1:])                                            # (r, S-1)
+        A = batch.adv[rows][:, None]                                                       # (r, 1)
+        l = torch.maximum(-A * rho, -A * rho.clamp(1 - clip_eps, 1 + clip_eps))            # (r, S-1)
+        loss = (l * mask).sum() / mask.sum()
+        for p in params:
+            p.grad = None
+        loss.backward()
+        norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params if p.grad is not None)).item()
+        scale = min(1.0, grad_clip / (norm + 1e-6))
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p -= lr * scale * p.grad
+        norms.append(norm)
+    return norms
+
+
+@pytest.mark.parametrize("grad_clip", [1e9, 0.05])
+def test_update_equals_a_direct_computation(tiny_dir, problems_file, grad_clip):
+    """`update` (GRPO, 2 mini-batches, one-row micro-batches, SGD) moves the weights as the plain-torch
+    reference above, within 2e-5 (float32, chunked vs full log-softmax), and logs the mean of its
+    pre-clip gradient norms. The batch holds a group with A = 0 in each mini-batch, so a token-mean that
+    left their tokens out of the denominator would differ; grad_clip 0.05 is below every norm here (the
+    clip is active: ignoring it would move the weights several times further), 1e9 never clips."""
+    model, batch, args = rollout_batch(tiny_dir, problems_file, loss="grpo", grad_clip=grad_clip,
+                                       micro_batch_tokens=1)
+    batch.adv[(batch.group == 1) | (batch.group == 3)] = 0.0
+    assert (batch.adv[batch.group == 0] != 0).any() and (batch.adv[batch.group == 2] != 0).any()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    old = train.old_logprobs(model, batch, torch.arange(batch.seq.shape[0]), train.loss_config(args), args,
+                             train.Dist())
+    m, got = one_update(model, batch, args, lr=0.5)
+    model.load_state_dict(start)
+    norms = reference_grpo_update(model, batch, old, 2, grad_clip, lr=0.5)
+    want = model.state_dict()
+    diff = max((got[k] - want[k]).abs().max().item() for k in want)
+    moved = max((want[k] - start[k]).abs().max().item() for k in want)
+    print(f"pre-clip norms {norms}; max |W_update - W_reference| = {diff:.2e} (update size {moved:.2e})")
+    assert (min(norms) > grad_clip) == (grad_clip < 1)
+    assert moved > 1e-3 and diff < 2e-5
+    assert m["grad_norm"] == pytest.approx(sum(norms) / 2, rel=1e-4)
+
+
+def test_rollout_metrics_equal_a_direct_computation(tiny_dir, problems_file):
+    """The step's rollout metrics from a real rollout (4 prompts x 8, some responses cut off at 30 tokens)
+    whose rewards are set to 3 mixed groups and 1 all-correct group, each against its definition
+    computed here row by row: reward_mean; frac_mixed_groups = 3/4 (groups whose rewards are not all
+    equal); response_len (tokens per response); truncated_frac; sampler_entropy and sampler_topn_probs
+    (means over every generated token, not over responses); logprob_mismatch (mean |old - sampler|
+    log-prob over the response tokens of the rows with A != 0, here with noise added to `old`)."""
+    model, tok = load_model(tiny_dir), load_tokenizer(tiny_dir)
+    probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
+    ro = rollout(model, tok, probs, 8, max_new_tokens=30, seed=11)
+    ro.rewards = torch.tensor([float(i % 3 == 0) for i in range(32)])
+    ro.rewards[8:16] = 1.0                                                 # group 1: all correct, A = 0
+    batch = train.build_batch(probs, ro, 8)
+    args = train.get_args(run_args(tiny_dir, problems_file, "unused", "--steps", "1"))
+    old = train.old_logprobs(model, batch, torch.arange(32), train.loss_config(args), args, train.Dist())
+    old = old + 0.01 * torch.randn(old.shape, generator=torch.Generator().manual_seed(0))
+    m = train.rollout_metrics(ro, batch, old, 8, train.Dist())
+
+    lengths = [int(n) for n in ro.mask.sum(1)]
+    groups = [ro.rewards[8 * g:8 * g + 8].tolist() for g in range(4)]
+    tokens_h = torch.cat([ro.entropy[i, :n] for i, n in enumerate(lengths)])                    # (M,)
+    tokens_p = torch.cat([ro.topn_probs[i, :n] for i, n in enumerate(lengths)])                 # (M, 3)
+    gaps = []
+    for i, n in enumerate(lengths):
+        if groups[i // 8].count(groups[i // 8][0]) < 8:                                         # A != 0
+            a = len(probs[i // 8]["prompt_ids"])
+            gaps += (old[i, a:a + n] - ro.logprobs[i, :n]).abs().tolist()
+    truncated = sum(f == "length" for f in ro.finish_reason)
+    assert 0 < truncated < 32 and len(set(lengths)) > 2
+    assert m["reward_mean"] == pytest.approx(sum(map(sum, groups)) / 32)
+    assert m["frac_mixed_groups"] == 0.75
+    assert m["response_len"] == pytest.approx(sum(lengths) / 32)
+    assert m["truncated_frac"] == pytest.approx(truncated / 32)
+    assert m["sampler_entropy"] == pytest.approx(tokens_h.mean().item(), rel=1e-5)
+    assert m["sampler_topn_probs"] == pytest.approx(tokens_p.mean(0).tolist(), rel=1e-5)
+    assert m["logprob_mismatch"] == pytest.approx(sum(gaps) / len(gaps), rel=1e-5)
+
+
+def test_bf16_sampling_copy_is_refreshed_after_the_update(tiny_dir, problems_file):
+    """--dtype bfloat16: sampling uses a separate bf16 copy of the float32 master weights. After one
+    rl_step every parameter of the copy equals the updated master weight rounded to bf16 (and the copy
+    did change: lr 1e-3 moves weights by more than bf16's spacing)."""
+    args = train.get_args(run_args(tiny_dir, problems_file, "unused", "--steps", "1", "--dtype", "bfloat16"))
+    dist = train.Dist()
+    model, opt = train.build_model(args, None, dist)
+    policy = train.make_sampling_copy(model, args, dist)
+    assert policy is not model and next(policy.parameters()).dtype == torch.bfloat16
+    before = [p.clone() for p in policy.parameters()]
+    tok = load_tokenizer(tiny_dir)
+    probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
+    m = train.rl_step(0, model, policy, opt, tok, probs, train.loss_config(args), args, dist)
+    assert m["n_tokens"] > 0
+    for p_s, p, b in zip(policy.parameters(), model.parameters(), before):
+        assert torch.equal(p_s, p.detach().to(torch.bfloat16))
+    assert any(not torch.equal(p_s, b) for p_s, b in zip(policy.parameters(), before))
+
+
+def test_no_std_norm_reaches_the_advantages(tiny_dir, problems_file, monkeypatch):
+    """The advantages the update receives from rl_step, against r - mean(r) per group, divided by
+    (Bessel std + 1e-6) by default and not with --no-std-norm (Dr. GRPO); all-equal groups 0. The step's
+    groups are mixed with std != 1, so the two settings give different advantages."""
+    seen, real = [], train.update
+    monkeypatch.setattr(train, "update", lambda model, opt, batch, *a: seen.append(batch) or
+                        real(model, opt, batch, *a))
+    tok = load_tokenizer(tiny_dir)
+    probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
+    for flags in ([], ["--no-std-norm"]):
+        args = train.get_args(run_args(tiny_dir, problems_file, "unused", "--steps", "1", *flags))
+        model = load_model(tiny_dir)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        train.rl_step(0, model, model, opt, tok, probs, train.loss_config(args), args, train.Dist())
+    for batch, std_norm in zip(seen, (True, False)):
+        r = batch.rewards.view(-1, 8).double()                                             # (P, G)
+        want = r - r.mean(1, keepdim=True)
+        if std_norm:
+            want = want / (r.std(1, keepdim=True) + 1e-6)
+        want[(r == r[:, :1]).all(1)] = 0.0
+        mixed = ~(r == r[:, :1]).all(1)
+        assert mixed.any() and (r[mixed].std(1) < 0.9).all()
+        assert torch.allclose(batch.adv.view(-1, 8).double(), want, atol=1e-5), (std_norm, batch.adv, want)
+
+
+def test_keep_rotation_deletes_exactly_the_oldest(tiny_dir, tmp_path):
+    """save_checkpoint with keep = 1, 2, 3 over 5 saves: after save s exactly the checkpoints
+    max(1, s - keep + 1) .. s remain (nothing is deleted until there are more than `keep`, then the
+    oldest one per save), and `latest` names s."""
+    model = load_model(tiny_dir)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for keep in (1, 2, 3):
+        out = tmp_path / f"keep{keep}"
+        for s in range(1, 6):
+            runtime.save_checkpoint(out, s, model, opt, {"epoch": 0, "pos": s}, keep, train.Dist())
+            want = [f"ckpt-{k:06d}" for k in range(max(1, s - keep + 1), s + 1)]
+            assert sorted(p.name for p in out.glob("ckpt-*")) == want, (keep, s)
+            assert (out / "latest").read_text() == f"ckpt-{s:06d}"
+
+
+def test_prompt_stream_is_a_fresh_permutation_each_epoch_and_resumes():
+    """PromptStream over 10 problems, taken 4 at a time: every epoch (each run of 10 draws) holds every
+    problem exactly once, the seed changes the order, and a stream rebuilt from a state_dict continues
+    with exactly the draws of the original."""
+    s = train.PromptStream(10, seed=3)
+    draws = [i for _ in range(10) for i in s.take(4)]                             # 40 draws: 4 epochs
+    assert all(sorted(draws[e * 10:(e + 1) * 10]) == list(range(10)) for e in range(4))
+    assert draws[:10] != draws[10:20] and draws[:10] != train.PromptStream(10, seed=4).take(10)
+    a = train.PromptStream(10, seed=3)
+    a.take(7)
+    b = train.PromptStream(10, seed=3)
+    b.load_state_dict(a.state_dict())
+    assert b.take(25) == a.take(25) == draws[7:32]
+
+
+def test_heldout_pass_equals_a_direct_computation(tiny_dir, problems_file, monkeypatch):
+    """The held-out pass@1 and pass@n of train.py: from the rollout's own rewards (n = 4 samples of each of
+    the 4 problems, recorded here), pass@1 is the mean reward and pass@4 the fraction of problems with at
+    least one correct sample."""
+    seen, real = [], train.rollout
+    monkeypatch.setattr(train, "rollout", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    args = train.get_args(run_args(tiny_dir, problems_file, "unused", "--steps", "1"))
+    tok = load_tokenizer(tiny_dir)
+    probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
+    got = train.heldout_pass(load_model(tiny_dir), tok, probs, args, n=4, seed=5)
+    r = seen[0].rewards.view(4, 4)                                                      # (problems, samples)
+    assert 0 < r.mean() < r.max(1).values.mean()                 # pass@1 and pass@4 differ here
+    assert got == pytest.approx({"pass@1": r.mean().item(), "pass@4": r.max(1).values.mean().item()})

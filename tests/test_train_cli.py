@@ -308,3 +308,41 @@ def test_a_tiny_run_trains_on_prepared_files(tiny_dir, tmp_path):
                 "--device", "cpu", "--dtype", "float32"])
     m = json.loads((out / "metrics.jsonl").read_text())
     assert m["step"] == 1 and (out / "ckpt-000001" / "model" / "tokenizer.json").is_file()
+
+
+# -----------------------------------------------------------------------------
+# The run folder's rules, one by one
+
+
+def test_resume_accepts_exactly_the_resumable_changes(tmp_path):
+    """check_resume_config: a resumed run may change how long it runs, how often it evaluates and saves,
+    and memory/speed-only settings (every key of RESUMABLE_CHANGES, all at once here), and nothing else:
+    each other key of the config, changed alone, is refused by name."""
+    saved = vars(train.get_args(["--out", str(tmp_path)]))
+    runtime.write_json_atomic(tmp_path / "config.json", saved)
+    resumable = dict(steps=999, eval_every=3, eval_prompts=7, save_every=2, keep=9, resume=True, overwrite=False,
+                     force=True, out="elsewhere", device="cuda:3", rollout_batch=5, micro_batch_tokens=77,
+                     grad_checkpoint=True, warm_start_steps=1)
+    assert set(resumable) == runtime.RESUMABLE_CHANGES
+    runtime.check_resume_config(tmp_path, {**saved, **resumable})
+    for key in sorted(set(saved) - runtime.RESUMABLE_CHANGES):
+        with pytest.raises(data.UserError, match=f"{key}: "):
+            runtime.check_resume_config(tmp_path, {**saved, key: "changed"})
+
+
+def test_interrupted_message_and_an_incomplete_latest_checkpoint(tmp_path):
+    """The resume command drops --overwrite, adds --resume once and --out when it was implicit; no
+    checkpoint yet says so; a `latest` naming an incomplete checkpoint is an error naming both."""
+    out = tmp_path / "run"
+    out.mkdir()
+    assert "no checkpoint" in runtime.interrupted_message(out, ["--steps", "5"])
+    (out / "ckpt-000002").mkdir()
+    (out / "ckpt-000002" / "trainer_state.json").write_text("{}")
+    (out / "latest").write_text("ckpt-000002")
+    msg = runtime.interrupted_message(out, ["--steps", "5", "--overwrite"])
+    assert msg.endswith(f"resume with: python train.py --steps 5 --resume --out {out}")
+    assert f"last complete checkpoint: {out / 'ckpt-000002'}" in msg
+    assert runtime.interrupted_message(out, ["--resume", "--out", "x"]).endswith("python train.py --resume --out x")
+    (out / "latest").write_text("ckpt-000003")
+    with pytest.raises(data.UserError, match="ckpt-000003, which is incomplete"):
+        runtime.latest_checkpoint(out)

@@ -242,6 +242,139 @@ def test_stated_rules(pred, gold, expected):
     assert is_equivalent(pred, gold) is expected
 
 
+# --------------------------------------------------------------------------- each rule, one example it alone accepts
+# (name, prediction, gold, near miss): the prediction equals the gold only through the named rule (e.g.
+# "10,455" without the thousands rule is the list [10, 455]); the near miss must stay unequal, so a rule
+# that accepts everything fails too.
+RULE_EXAMPLES = [
+ ("thousands separators", "10,455", "10455", "10,456"),
+ ("thousands with spaces", "1 000 000", "1000000", "1 000 001"),
+ ("decimal comma", "1,22", "1.22", "1.23"),
+ ("comma space is a list", "32, 349", "349,32", "32349"),
+ ("leading zeros", "004", "4", "0040"),
+ ("mixed number latex", "2\\frac{1}{2}", "\\frac52", "\\frac{2}{2}"),
+ ("mixed number slash", "4 4/9", "\\frac{40}{9}", "\\frac{44}{9}"),
+ ("repeating decimal", "0.\\overline{3}", "\\frac13", "0.3"),
+ ("computation is its result", "\\frac12 \\cdot 20 = 10", "10", "20"),
+ ("chain final side", "x = 5+5+1 = 11", "11", "5"),
+ ("label equals value", "f(2) = 7", "7", "2"),
+ ("equation up to factor", "2x+4y-3=0", "y=-x/2+3/4", "y=-x/2+3/5"),
+ ("assignments are a tuple", "k=45, n=2", "(45, 2)", "(2, 45)"),
+ ("gold decimal rounded", "1.55", "1.6", "1.66"),
+ ("prediction 4 significant digits", "0.3333", "\\frac13", "0.333"),
+ ("integers exact", "10000000", "10000000", "10000001"),
+ ("function values", "\\sin(\\pi)", "0", "\\cos(\\pi)"),
+ ("percent dropped", "28\\%", "28", "29"),
+ ("percent as fraction", "0.28", "28\\%", "2.8"),
+ ("percent word", "28 percent", "0.28", "28 percent of 2"),
+ ("unit text dropped", "35 \\text{ cm}", "35", "36"),
+ ("unit word dropped", "12 hours", "12", "12 minutes and 3"),
+ ("degrees dropped", "30^\\circ", "30", "60^\\circ"),
+ ("currency sign dropped", "\\$18.90", "18.9", "\\$18.80"),
+ ("same units, plural or not", "12 \\text{ hours}", "12 \\text{ hour}", "12 \\text{ minutes}"),
+ ("matrix entrywise", "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}", "\\begin{bmatrix}1&3\\\\2&4\\end{bmatrix}"),
+ ("vector equals tuple", "\\begin{pmatrix} -2 \\\\ -14 \\end{pmatrix}", "(-2,-14)", "(-14,-2)"),
+ ("langle vector", "\\langle 1, 2 \\rangle", "(1,2)", "(2,1)"),
+ ("matrix rounding", "\\begin{pmatrix}0.33\\\\0.2\\end{pmatrix}", "\\begin{pmatrix}\\frac13\\\\\\frac15\\end{pmatrix}", "\\begin{pmatrix}0.3\\\\0.2\\end{pmatrix}"),
+ ("inequality spelling", "x \\ge 5", "x >= 5", "x > 5"),
+ ("inequality direction", "-x > -1", "x < 1", "x > 1"),
+ ("chain as interval", "-2 \\le x \\le 7", "[-2,7]", "(-2,7]"),
+ ("x in S", "x \\in [-2,7]", "-2 \\le x \\le 7", "-2 < x \\le 7"),
+ ("union", "(-\\infty, 2) \\cup (3, \\infty)", "x < 2 \\text{ or } x > 3", "x < 2 \\text{ or } x \\ge 3"),
+ ("absolute value", "|x| < 2", "(-2, 2)", "(-2, 2]"),
+ ("set builder", "\\{x \\mid 0 < x < 1\\}", "(0,1)", "[0,1)"),
+ ("all reals", "\\mathbb{R}", "(-\\infty, \\infty)", "(0, \\infty)"),
+ ("all real numbers words", "\\text{all real numbers}", "(-\\infty,\\infty)", "[0,\\infty)"),
+ ("infinite end open", "[-\\infty, 2)", "(-\\infty, 2)", "(-\\infty, 2]"),
+ ("relation names variable", "x \\geq 5", "x \\geq 5", "y \\geq 5"),
+ ("sets unordered", "\\{1,2,3\\}", "\\{3,1,2\\}", "\\{1,2\\}"),
+ ("tuples ordered", "(1,2)", "(1, 2)", "(2,1)"),
+ ("pm expands", "1 \\pm \\sqrt{2}", "1+\\sqrt2, 1-\\sqrt2", "1+\\sqrt2"),
+ ("expressions at points", "(x+1)^2", "x^2+2x+1", "x^2+2x+2"),
+ ("multiple choice", "\\textbf{(C) } 12", "C", "(B)"),
+ ("word answers", "\\text{east}", "East", "west"),
+ ("left right dfrac", "\\left( \\dfrac{3}{4}, 1 \\right)", "(0.75, 1)", "(0.7, 1)"),
+ ("frac12 sqrt3", "\\frac12 + \\sqrt3", "\\frac{1}{2} + \\sqrt{3}", "\\frac{1}{3} + \\sqrt{3}"),
+ ("trailing .0", "18.0", "18", "18.1"),
+ ("x = prefix", "x = 5", "5", "6"),
+ ("approx keeps exact side", "\\frac23 \\approx 0.67", "\\frac23", "0.67"),
+ ("joined words list", "2 and 3", "3, 2", "2, 4"),
+ ("scientific", "4.5 \\times 10^{33}", "4.5e33", "4.5e32"),
+ ("complex", "1+2i", "2i+1", "1-2i"),
+ ("binomial factorial", "\\binom{5}{2} + 3!", "16", "15"),
+ ("log base", "\\log_{2} 8", "3", "2"),
+]
+
+
+@pytest.mark.parametrize("name, pred, gold, miss", RULE_EXAMPLES, ids=[r[0] for r in RULE_EXAMPLES])
+def test_each_equivalence_rule_accepts_its_example(name, pred, gold, miss):
+    """Every normalisation and equivalence rule of the module docstring gives a POSITIVE verdict on an
+    example that needs it, through is_equivalent and through verify (boxed, strict mode: the training
+    reward), and rejects a near miss. (A rule broken so that it raises fails here: the suite re-raises
+    the verifier's internal errors, tests/conftest.py.)"""
+    assert is_equivalent(pred, gold) is True
+    assert verify(f"Thus $\\boxed{{{pred}}}$.", gold, mode="strict").reward == 1.0
+    assert is_equivalent(miss, gold) is False
+
+
+# (name, mode, response, gold, another gold): the response is rewarded against the gold only through the
+# named extraction rule, and not against the other gold; lenient-only rules give 0 in strict mode.
+EXTRACTION_RULES = [
+ ("strict: the last box", "strict", "\\boxed{1} then \\boxed{2}", "2", "1"),
+ ("fbox", "strict", "so \\fbox{7}", "7", "1"),
+ ("framebox", "strict", "hence \\framebox{204} minutes", "204", "20"),
+ ("joined boxes are their union", "strict", "The roots are $\\boxed{1}, \\boxed{2}$.", "1, 2", "1, 3"),
+ ("a box after prose replaces", "strict", "I got \\boxed{3}, but checking again it is \\boxed{7}.", "7", "3, 7"),
+ ("JSON-escaped LaTeX", "strict", "\\boxed{\\\\frac{1}{2}}", "0.5", "2"),
+ ("gold boxes are its answer", "strict", "\\boxed{-2, 1}", "\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", "1"),
+ ("chat turn cut off", "strict", "\\boxed{5}<|im_end|>\n<|im_start|>user\nmore\\boxed{8}", "5", "8"),
+ ("lenient: GSM8K ####", "lenient", "5 + 3 = 8\n#### 8", "8", "5"),
+ ("lenient: answer clause", "lenient", "So the answer is that she makes 18 dollars.", "18", "dollars"),
+ ("lenient: final sentence, sign-off skipped", "lenient", "We add them. The final answer is 7. I hope it is correct.", "7", "hope"),
+ ("lenient: last number of the last sentence", "lenient", "there are 3 apples and 15 pears", "15", "3"),
+ ("lenient: markdown emphasis", "lenient", "The answer is **18**.", "18", "8"),
+ ("lenient: currency is not math", "lenient", "She makes 9 * $2 = $18 every day.", "18", "2"),
+]
+
+
+@pytest.mark.parametrize("name, mode, response, gold, other", EXTRACTION_RULES, ids=[r[0] for r in EXTRACTION_RULES])
+def test_each_extraction_rule_finds_its_answer(name, mode, response, gold, other):
+    """Every extraction rule of the module docstring finds the answer of a response that needs it
+    (reward 1 and the extracted answer equal to the gold), and not another gold; rules of the lenient
+    mode only do not apply in strict mode (the training reward needs a box)."""
+    v = verify(response, gold, mode=mode)
+    assert v.reward == 1.0 and v.reason == "equivalent" and is_equivalent(v.extracted, gold), v
+    assert verify(response, other, mode=mode).reward == 0.0
+    assert verify(response, gold, mode="strict").reward == (1.0 if mode == "strict" else 0.0)
+
+
+def test_internal_errors_are_counted_and_raised_under_tests(monkeypatch):
+    """An exception inside the verifier (here: the normaliser, the extraction and the public normalize made
+    to raise) never reaches a user: verify gives 0 with a reason, extract_answer None, normalize the stripped
+    string. It is counted in INTERNAL_ERRORS, and re-raised while RAISE_INTERNAL_ERRORS is set (the test
+    suite sets it for every test), so a broken rule fails the tests that exercise it."""
+    def broken(*a, **k):
+        raise RuntimeError("a broken rule")
+    assert verifier.RAISE_INTERNAL_ERRORS and os.environ.get("CASP_VERIFIER_RAISE") == "1"
+    monkeypatch.setattr(verifier, "_normalize", broken)
+    monkeypatch.setattr(verifier, "_answer_readings", broken)
+    with pytest.raises(RuntimeError):
+        verify("\\boxed{1}", "1")
+    with pytest.raises(RuntimeError):
+        is_equivalent("1", "1.0")
+    with pytest.raises(RuntimeError):
+        verifier.normalize(" 5 ")
+    monkeypatch.setattr(verifier, "RAISE_INTERNAL_ERRORS", False)
+    before = dict(verifier.INTERNAL_ERRORS)
+    v = verify("\\boxed{1}", "1")
+    assert v.reward == 0.0 and v.reason == "verifier error: RuntimeError"
+    assert is_equivalent("1", "1.0") is False and extract_answer("\\boxed{1}") is None
+    assert verifier.normalize(" 5 ") == ("5", False)
+    grew = {k: verifier.INTERNAL_ERRORS[k] - before.get(k, 0) for k in verifier.INTERNAL_ERRORS}
+    assert grew == {"verify: RuntimeError": 1, "is_equivalent: RuntimeError": 1,
+                    "extract_answer: RuntimeError": 1, "normalize: RuntimeError": 1}
+
+
 def test_reward_end_to_end_near_misses():
     """The issue's named traps through reward(): box extraction then equivalence."""
     assert reward("thus \\boxed{2}", "12") == 0.0

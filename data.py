@@ -879,17 +879,16 @@ def main(argv=None):
             raise UserError(f"--from {args.from_dir}: no such folder")
         out = args.out or default_data_dir()
         report = prepare(args.names or list(SOURCES), out, args.from_dir, args.force)
-    print(format_report(report))
-    if any(r["status"] in ("written", "exists") for r in report):
-        print(f"data folder: {out}; {where_tools_read(out)}")
-    sys.stdout.flush()   # the table before the error line below
-    failed = [r for r in report if r["status"] == "failed"]
-    if failed:
-        not_written = sum(r["status"] in ("failed", "not tried") for r in report)
-        more = f" ({not_written} of {len(report)} datasets not written: see the table)" if not_written > 1 else ""
-        print(f"error: {failed[0]['error']}{more}", file=sys.stderr)
-        raise SystemExit(2)
-    return report
+        print(format_report(report))
+        if any(r["status"] in ("written", "exists") for r in report):
+            print(f"data folder: {out}; {where_tools_read(out)}")
+        sys.stdout.flush()   # the table before the error line
+        failed = [r for r in report if r["status"] == "failed"]
+        if failed:
+            not_written = sum(r["status"] in ("failed", "not tried") for r in report)
+            more = f" ({not_written} of {len(report)} datasets not written: see the table)" if not_written > 1 else ""
+            raise UserError(f"{failed[0]['error']}{more}")
+        return report
 
 
 

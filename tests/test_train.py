@@ -558,18 +558,21 @@ def test_keep_rotation_deletes_exactly_the_oldest(tiny_dir, tmp_path):
 
 
 def test_prompt_stream_is_a_fresh_permutation_each_epoch_and_resumes():
-    """PromptStream over 10 problems, taken 4 at a time: every epoch (each run of 10 draws) holds every
-    problem exactly once, the seed changes the order, and a stream rebuilt from a state_dict continues
-    with exactly the draws of the original."""
+    """PromptStream over 10 problems, taken 4 at a time: an epoch is 2 steps, 8 distinct problems (the last
+    2 of its order dropped, verl's drop_last); every epoch draws a fresh order, the seed changes it, and a
+    stream rebuilt from a state_dict in the middle of an epoch continues with exactly the original's draws."""
     s = train.PromptStream(10, seed=3)
-    draws = [i for _ in range(10) for i in s.take(4)]                             # 40 draws: 4 epochs
-    assert all(sorted(draws[e * 10:(e + 1) * 10]) == list(range(10)) for e in range(4))
-    assert draws[:10] != draws[10:20] and draws[:10] != train.PromptStream(10, seed=4).take(10)
+    steps = [s.take(4) for _ in range(8)]                                          # 4 epochs of 2 steps
+    epochs = [steps[2 * e] + steps[2 * e + 1] for e in range(4)]
+    assert all(len(set(ep)) == 8 for ep in epochs) and len({tuple(ep) for ep in epochs}) == 4
+    other = train.PromptStream(10, seed=4)
+    assert [other.take(4) for _ in range(2)] != steps[:2]
     a = train.PromptStream(10, seed=3)
-    a.take(7)
+    for _ in range(3):
+        a.take(4)
     b = train.PromptStream(10, seed=3)
     b.load_state_dict(a.state_dict())
-    assert b.take(25) == a.take(25) == draws[7:32]
+    assert [b.take(4) for _ in range(5)] == [a.take(4) for _ in range(5)] == steps[3:]
 
 
 def test_heldout_pass_equals_a_direct_computation(tiny_dir, problems_file, monkeypatch):

@@ -333,7 +333,8 @@ def test_resume_accepts_exactly_the_resumable_changes(tmp_path):
 
 def test_interrupted_message_and_an_incomplete_latest_checkpoint(tmp_path):
     """The resume command drops --overwrite, adds --resume once and --out when it was implicit; no
-    checkpoint yet says so; a `latest` naming an incomplete checkpoint is an error naming both."""
+    checkpoint yet says so; a `latest` naming a checkpoint that is gone, or one without its trainer state
+    (incomplete), is passed over for the newest complete checkpoint (runtime.latest_checkpoint)."""
     out = tmp_path / "run"
     out.mkdir()
     assert "no checkpoint" in runtime.interrupted_message(out, ["--steps", "5"])
@@ -345,5 +346,8 @@ def test_interrupted_message_and_an_incomplete_latest_checkpoint(tmp_path):
     assert f"last complete checkpoint: {out / 'ckpt-000002'}" in msg
     assert runtime.interrupted_message(out, ["--resume", "--out", "x"]).endswith("python train.py --resume --out x")
     (out / "latest").write_text("ckpt-000003")
-    with pytest.raises(data.UserError, match="ckpt-000003, which is incomplete"):
-        runtime.latest_checkpoint(out)
+    assert runtime.latest_checkpoint(out) == out / "ckpt-000002"
+    (out / "ckpt-000004").mkdir()                                    # newer, but without its trainer state
+    (out / "latest").write_text("ckpt-000004")
+    assert runtime.latest_checkpoint(out) == out / "ckpt-000002"
+    assert f"last complete checkpoint: {out / 'ckpt-000002'}" in runtime.interrupted_message(out, ["--steps", "5"])

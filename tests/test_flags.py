@@ -301,7 +301,8 @@ def test_eval_plot_progress_and_data_dir(tiny_dir, tmp_path, monkeypatch, capsys
 
 def test_dtype_bfloat16_runs_the_training_forward_under_autocast(tiny_dir, problems_file):
     """--dtype bfloat16: the training forward (old log-probs and the loss) runs under bf16 autocast. Its
-    log-probs equal a plain forward under torch.autocast(bfloat16) followed by a float32 log-softmax (within
+    log-probs equal a plain forward under torch.autocast(bfloat16), the output layer on bf16 operands
+    accumulated in float32, then a float32 log-softmax (within
     1e-5; 0 when written), and differ from the float32 forward (--dtype float32) by bf16's rounding (up to
     0.24 when written)."""
     import torch.nn.functional as F
@@ -315,7 +316,8 @@ def test_dtype_bfloat16_runs_the_training_forward_under_autocast(tiny_dir, probl
     mask = batch.resp_mask[:, 1:]                                                          # (R, S-1)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         hidden = model(batch.seq[:, :-1], return_hidden=True)                              # (R, S-1, D) bf16
-    logits = hidden.float() @ model.output_weight.T.float()                                # (R, S-1, V)
+    # the loss's output layer takes bf16 operands with float32 accumulation (casp.matmul_float)
+    logits = hidden.bfloat16().float() @ model.output_weight.T.bfloat16().float()          # (R, S-1, V)
     want = F.log_softmax(logits, -1).gather(-1, batch.seq[:, 1:, None]).squeeze(-1)        # (R, S-1)
     got = old["bfloat16"][:, 1:]
     gap = (old["bfloat16"] - old["float32"])[:, 1:][mask].abs()

@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 import data
@@ -548,18 +549,26 @@ def test_keep_rotation_deletes_exactly_the_oldest(tiny_dir, tmp_path):
 
 
 def test_prompt_stream_is_a_fresh_permutation_each_epoch_and_resumes():
-    """PromptStream over 10 problems, taken 4 at a time: every epoch (each run of 10 draws) holds every
-    problem exactly once, the seed changes the order, and a stream rebuilt from a state_dict continues
-    with exactly the draws of the original."""
+    """PromptStream over 10 problems, taken 4 at a time: an epoch is floor(10 / 4) = 2 steps whose 8 draws
+    are the first 8 of that epoch's seeded permutation (the last partial batch dropped, verl's drop_last),
+    so no step spans two epochs; the seed changes the order; a stream rebuilt from a state_dict continues
+    with exactly the draws of the original. A set smaller than one step wraps around instead."""
     s = train.PromptStream(10, seed=3)
-    draws = [i for _ in range(10) for i in s.take(4)]                             # 40 draws: 4 epochs
-    assert all(sorted(draws[e * 10:(e + 1) * 10]) == list(range(10)) for e in range(4))
-    assert draws[:10] != draws[10:20] and draws[:10] != train.PromptStream(10, seed=4).take(10)
+    draws = [s.take(4) for _ in range(8)]                                         # 8 steps: 4 epochs
+    for e in range(4):
+        want = np.random.default_rng([3, e]).permutation(10)[:8].tolist()
+        assert draws[2 * e] + draws[2 * e + 1] == want, e
+    assert draws[0] + draws[1] != draws[2] + draws[3]
+    assert draws[0] != train.PromptStream(10, seed=4).take(4)
     a = train.PromptStream(10, seed=3)
-    a.take(7)
+    a.take(4)
     b = train.PromptStream(10, seed=3)
     b.load_state_dict(a.state_dict())
-    assert b.take(25) == a.take(25) == draws[7:32]
+    assert [b.take(4) for _ in range(5)] == [a.take(4) for _ in range(5)] == draws[1:6]
+    small = train.PromptStream(3, seed=0)                                         # k > n: wraps, no drop
+    got = small.take(5)
+    assert got == (np.random.default_rng([0, 0]).permutation(3).tolist()
+                   + np.random.default_rng([0, 1]).permutation(3)[:2].tolist())
 
 
 def test_heldout_pass_equals_a_direct_computation(tiny_dir, problems_file, monkeypatch):

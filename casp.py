@@ -507,7 +507,8 @@ def zero_advantage_rows_matter(cfg: LossConfig) -> bool:
 
 def rescalable(cfg: LossConfig) -> bool:
     """Whether multiplying a row's A by a positive constant multiplies its loss by that constant and
-    changes nothing else (linear, uncoupled, no entropy bonus): what miniature.py's stacked seeds use."""
+    changes nothing else (linear, uncoupled, no entropy bonus): what experiments/miniature.py's stacked
+    seeds use."""
     m = METHODS[cfg.loss]
     return m.linear and not m.coupled and cfg.entropy_coeff == 0
 

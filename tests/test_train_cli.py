@@ -135,7 +135,7 @@ def test_command_line_mistakes_are_one_line_in_every_tool():
              ("eval.py", ["--n", "4", "--k", "8"], "every --k must be in [1, --n=4]"),
              ("data.py", ["prepare", "--bogus"], "unrecognized arguments: --bogus"),
              ("data.py", [], "required: command"),
-             ("miniature.py", ["tree", "--seeds", "x"], "argument --seeds: invalid int value: 'x'")]
+             ("experiments/miniature.py", ["tree", "--seeds", "x"], "argument --seeds: invalid int value: 'x'")]
     for script, args, needle in cases:
         r = cli(*args, script=script)
         lines = r.stderr.strip().splitlines()

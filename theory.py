@@ -1,5 +1,5 @@
 """
-theory.py: the paper's theory check on the number of distinct responses (CASP.md, "The problem").
+theory.py: the paper's theory check on the number of distinct responses (docs/paper.md, "The problem").
 
 For K i.i.d. responses y ~ pi(.|x),
     E[#distinct] = sum_y [1 - (1 - pi(y))^K]  <=  1 + K (1 - pi(y*)),   pi(y*) = prod_l p_l(1),

@@ -1,6 +1,6 @@
 """`python data.py prepare`: each source row converts to the project's JSONL row by a pure function, the
 files written from downloaded source files (`--from`, no network) load with data.load_dataset, their
-reference solutions verify, the rows equal ../shared/data's rows of the same problems, writes are atomic
+reference solutions verify, the rows equal the data folder's rows of the same problems, writes are atomic
 and a second run is a no-op.
 
 The fixtures (tests/fixtures/prepare_sources.json) are a few rows of each source in its real schema,
@@ -148,7 +148,7 @@ def test_prepare_writes_every_dataset_with_counts_and_reasons(prepared):
 
 
 def test_prepared_rows_equal_the_shared_layout(prepared, data_dir):
-    """The rows written from the sources' own schema equal ../shared/data's rows of the same problems
+    """The rows written from the sources' own schema equal the data folder's rows of the same problems
     (the project's layout), field by field, for the fields the shared files have."""
     _, out, _ = prepared
     for name in ("math_train", "aime2024", "amc23", "aime2025", "gsm8k_train", "gsm8k_test", "humaneval",

@@ -353,11 +353,12 @@ def test_the_closing_line_says_how_the_tools_find_the_files(tmp_path, monkeypatc
     assert data.load_dataset("gsm8k_test")
 
 
-def test_readme_row_counts_are_the_prepared_files(data_dir):
-    """README's data table states the rows `prepare` writes: each count equals the line count of the
-    prepared file of that name (math_train: 7,496, the 4 problems without an answer dropped)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("| name | source | rows |"):]
+def test_documented_row_counts_are_the_prepared_files(data_dir):
+    """docs/data.md's table of the sets states the rows `prepare` writes: each count equals the line count of
+    the prepared file of that name (math_train: 7,496, the 4 problems without an answer dropped), and every
+    dataset is listed."""
+    doc = (ROOT / "docs" / "data.md").read_text()
+    section = doc[doc.index("| name | source | rows |"):]
     section = section[:section.index("\n\n")]
     listed, checked = set(), 0
     for line in section.splitlines()[2:]:

@@ -5,7 +5,7 @@
 #   bash gpu_checks.sh [LOG_DIR]               # on a GPU machine (default LOG_DIR: runs/gpu_checks)
 #   bash gpu_checks.sh --cpu-smoke [LOG_DIR]   # every part at tiny scale on the CPU: checks this script
 #
-# The checks, in order (expected time on one H100/H200, not measured yet; each part is cut off at its
+# The checks, in order (expected time on one H100/H200, not measured; each part is cut off at its
 # limit, and the whole script at 590 s, so a slow part fails instead of overrunning):
 #   env           the GPU, torch and transformers versions                                  ~5 s (30)
 #   kernels       gpu-marked tests: the length-aware decode kernel inside a CUDA graph at every named

@@ -503,8 +503,8 @@ def test_compiled_prefix_kernel_at_every_named_head_layout():
 @pytest.mark.slow
 def test_compiled_step_compiles_once_for_any_depth():
     """generate(compile=True) with the length-aware kernel on a 12-layer model (6 query heads per 2 KV
-    heads) compiles every frame once: dynamo is told to raise on any recompilation (the layer index used to
-    specialise each block's frame: 8 recompiles, then the remaining layers ran eagerly). A second call
+    heads) compiles every frame once: dynamo is told to raise on any recompilation (a layer index passed to each
+    block would specialise its frame: 8 recompiles, then the remaining layers run eagerly). A second call
     compiles nothing new. The tokens, log-probs and candidate records equal the eager step's (float32,
     log-probs within 1e-4)."""
     import torch._dynamo

@@ -60,7 +60,7 @@ for _var in ("CASP_DATA", "CASP_QWEN_TOKENIZER"):   # found above; the programs 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    skip = pytest.mark.skip(reason="needs a CUDA device: python -m pytest -q -m gpu on a GPU machine")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

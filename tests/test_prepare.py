@@ -283,7 +283,7 @@ def test_prepare_without_network_is_one_error_line_and_a_table(tmp_path):
 def test_prepare_with_the_real_datasets_library_offline(tmp_path):
     """The same with the `datasets` library itself in offline mode (HF_HUB_OFFLINE=1, an empty private
     cache: it raises at once, nothing is fetched): one error line naming the dataset and its repository."""
-    pytest.importorskip("datasets")
+    pytest.importorskip("datasets", reason="needs the datasets library: pip install -r requirements-data.txt")
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "ds"),
            "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
     r = run_cli("prepare", "gsm8k_test", "--out", str(tmp_path / "o"), env=env)

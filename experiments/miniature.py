@@ -67,8 +67,8 @@ lambda times harder on the top-1 of wrong answers (both only at high-entropy tok
    pass@1 / pass@16 / pass@256 of every method, each minus GRPO's paired by seed with a 95% interval.
 
 2. The tiny language model (`lm`): the same comparison on tiny.py's built-in task, through train.py and
-   eval.py's command lines (see the comment above LM_TASK). lm.json holds every number of lm.png;
-   --replot redraws both figures from tree.json / lm.json.
+   eval.py's command lines (see the comment above LM_TASK and docs/results.md). lm.json holds every number
+   of lm.png; --replot redraws both figures from tree.json / lm.json.
 
 The token tree itself (its shape, sampling, the probability of reaching each node) is theory.py's, the
 entropy gate casp.py's, the figure helpers eval.py's.

@@ -1,7 +1,7 @@
 """train.py: learning happens, resume is exact, gradient accumulation and FSDP change nothing but memory,
 float32 master weights keep updates that bfloat16 weights lose, saves are atomic, bad input is reported.
 
-All runs use the session's `tiny_dir` model (tests/conftest.py: 2 layers, fitted to 4 synthetic problems,
+All runs use the shared `tiny_dir` model (tests/conftest.py: 2 layers, fitted to 4 synthetic problems,
 sometimes right) on those 4 problems, so that groups have mixed rewards and the loss has a gradient.
 """
 import argparse

@@ -507,7 +507,8 @@ def zero_advantage_rows_matter(cfg: LossConfig) -> bool:
 
 def rescalable(cfg: LossConfig) -> bool:
     """Whether multiplying a row's A by a positive constant multiplies its loss by that constant and
-    changes nothing else (linear, uncoupled, no entropy bonus): what miniature.py's stacked seeds use."""
+    changes nothing else (linear, uncoupled, no entropy bonus): what experiments/miniature.py's stacked
+    seeds use."""
     m = METHODS[cfg.loss]
     return m.linear and not m.coupled and cfg.entropy_coeff == 0
 
@@ -659,7 +660,7 @@ def mean_metrics(sums):
 # summation order: a product of two bf16 values is exact in float32). The logits are never rounded to
 # bf16 (that would cost up to 2^-9 of a logit: 0.06 nats at a logit of 30); the operands' rounding moves
 # a log-prob by ~1e-3 (tests/test_casp.py bounds it against float64). The weight gradient is summed over
-# chunks in float32, as before.
+# chunks in float32.
 
 
 def matmul_float(a, b):

@@ -34,7 +34,7 @@ index), so a problem's n samples do not depend on which problems share its batch
 produces the samples an uninterrupted one would have. At most --max-rows rows are decoded at once (the
 KV cache's memory); which rows share the decoder does not change any sample.
 
-The paper's theory check on the number of distinct responses is in theory.py.
+The paper's theory check on the number of distinct responses is in experiments/theory.py.
 
 Seeing the tokens (explore.py): with --explore each problem's record also gets an "explore" field (the problem
 text and, for its first --explore-samples responses, every token's id, log-prob, entropy and top-N candidates,
@@ -267,8 +267,8 @@ def plot_compare(runs: dict[str, dict], path, bench: str = "average") -> Path | 
     return _save(plt, fig, path)
 
 
-def _save(plt, fig, path) -> Path:
-    fig.tight_layout()
+def _save(plt, fig, path, rect=(0, 0, 1, 1)) -> Path:
+    fig.tight_layout(rect=rect)      # rect: the part of the figure the panels fill (a legend below: less)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -5,7 +5,7 @@
 #   bash gpu_checks.sh [LOG_DIR]               # on a GPU machine (default LOG_DIR: runs/gpu_checks)
 #   bash gpu_checks.sh --cpu-smoke [LOG_DIR]   # every part at tiny scale on the CPU: checks this script
 #
-# The checks, in order (expected time on one H100/H200, not measured yet; each part is cut off at its
+# The checks, in order (expected time on one H100/H200, not measured; each part is cut off at its
 # limit, and the whole script at 590 s, so a slow part fails instead of overrunning):
 #   env           the GPU, torch and transformers versions                                  ~5 s (30)
 #   kernels       gpu-marked tests: the length-aware decode kernel inside a CUDA graph at every named
@@ -30,10 +30,12 @@
 #
 # GPU_CHECKS_ONLY=name,name,... runs only those checks (e.g. to repeat one).
 #
-# Data: the Qwen2.5 tokenizer and MATH train / MATH-500 from $SHARED (default ../shared) when present;
-# otherwise the project's character tokenizer (tiny.make_tiny_tokenizer) and built-in synthetic problems
-# written as JSONL, which the output says. Everything is written under LOG_DIR: one log per check,
-# summary.txt (the table) and the run folders.
+# Data, found as the programs find it: MATH train and MATH-500 in the data folder ($CASP_DATA, else
+# ~/.cache/casp/data: `python data.py prepare math_train math500`), the Qwen2.5 tokenizer in
+# $CASP_QWEN_TOKENIZER, else qwen-1.5b's folder in the Hugging Face cache (`hf download
+# Qwen/Qwen2.5-Math-1.5B config.json tokenizer.json` is enough). Without them: the project's character
+# tokenizer (tiny.make_tiny_tokenizer) and built-in synthetic problems written as JSONL, which the output
+# says. Everything is written under LOG_DIR: one log per check, summary.txt (the table) and the run folders.
 set -u -o pipefail
 cd "$(dirname "$0")"
 
@@ -41,7 +43,9 @@ SMOKE=0
 if [ "${1:-}" = "--cpu-smoke" ]; then SMOKE=1; shift; fi
 LOG=$(python -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "${1:-runs/gpu_checks}")
 mkdir -p "$LOG"
-SHARED=${SHARED:-${CASP_SHARED:-../shared}}
+# where the data and the tokenizer are, looked up before CASP_HOME points into LOG below
+DATA_DIR=$(python -c 'import data; print(data.default_data_dir())')
+TOKENIZER=${CASP_QWEN_TOKENIZER:-$(python -c 'import model; print(model.resolve_model_path("qwen-1.5b"))' 2>/dev/null)}
 DEADLINE=$(( $(date +%s) + 590 ))
 if [ $SMOKE = 1 ]; then DEADLINE=$(( $(date +%s) + 3600 )); DEVICE=cpu; else DEVICE=cuda; fi
 export CASP_HOME="$LOG/casp_home" PYTHONUNBUFFERED=1
@@ -73,12 +77,11 @@ check() {
 }
 
 # ----------------------------------------------------------------------------- data and sizes
-DATA_NOTE="Qwen2.5 tokenizer and MATH data from $SHARED"
-TOKENIZER="$SHARED/tokenizers/qwen2.5"
-TRAIN_DATA="$SHARED/data/math_train.jsonl"
-HELDOUT_DATA="$SHARED/data/math500.jsonl"
+DATA_NOTE="Qwen2.5 tokenizer from $TOKENIZER, MATH data from $DATA_DIR"
+TRAIN_DATA="$DATA_DIR/math_train.jsonl"
+HELDOUT_DATA="$DATA_DIR/math500.jsonl"
 if [ $SMOKE = 1 ] || [ ! -f "$TOKENIZER/tokenizer.json" ] || [ ! -f "$TRAIN_DATA" ] || [ ! -f "$HELDOUT_DATA" ]; then
-    WHY="$SHARED has no Qwen2.5 tokenizer or MATH data"
+    WHY="no Qwen2.5 tokenizer.json at '$TOKENIZER' or no math_train / math500 in $DATA_DIR"
     [ $SMOKE = 1 ] && WHY="--cpu-smoke"
     DATA_NOTE="NOT the real data ($WHY): the runs use the project's character tokenizer and built-in synthetic problems"
     TOKENIZER="$LOG/fallback/tokenizer"

@@ -3,90 +3,36 @@ sampler.py: batched, KV-cached sampling of G answers per prompt, recording the c
 
     generate(model, prompts, n_samples=G, max_new_tokens, slots=S, ...) -> Rollout
 
-Per generated position t of every answer it records what the RLVR loss and the paper's diagnostics need:
-the sampled token y_t, log pi_old(y_t | s_t) under the distribution it was drawn from (after temperature,
-top-k, top-p), and the *candidate distribution* of the temperature-1 policy: its top-N ids c_1..c_N and
-probabilities p(1) >= ... >= p(N), and its entropy H_t (what CaSP's entropy gate and the p(1..N) plots read).
+Per generated token t it records the sampled token y_t, log pi_old(y_t | s_t) under the distribution it was
+drawn from (after temperature, top-k, top-p), and the temperature-1 policy's top-N ids c_1..c_N with their
+probabilities p(1) >= ... >= p(N) and its entropy H_t (what CaSP's entropy gate and the p(1..N) plots read).
 
-How one rollout runs (RL-shaped: P prompts x G samples, lengths from a few tokens to the cap)
-    slots      the decode loop works on a fixed set of S rows ("slots", train.py's --rollout-batch;
-               default: every sample at once). Memory is the KV cache of S rows, whatever P x G is.
-    queue      the samples wait in prefill-plan order: prompts sorted by length and cut into chunks of at
-               most `prefill_tokens` padded tokens, at most 25% padding (MAX_PAD_WASTE) and at most as
-               many prompts as fill the slots
-    admission  a free slot takes the next waiting sample. The first time a chunk's sample is admitted, the
-               chunk is prefilled (each prompt once for its G samples, right-padded, outside the decode
-               step); a sample's slot gets a copy of its prompt's cache row and last-token logits
+One rollout of P prompts x G samples:
+    slots      the decode loop runs a fixed set of S rows (train.py's --rollout-batch; default all);
+               memory is the KV cache of S rows, whatever P x G is
+    queue      samples wait in prefill-plan order: prompts sorted by length, cut into chunks of at most
+               `prefill_tokens` padded tokens and MAX_PAD_WASTE padding; each prompt is prefilled once for
+               its G samples, and an admitted sample's slot gets a copy of its prompt's cache row
     step       sample -> record -> decode_one_token, one token for all S slots at once
-    stop       a sample ends after its stop token or at max_new_tokens; its slot then idles (length 0,
-               recording nothing) until the host sees it, every `check_every` steps (a sync), takes its
-               records back and frees it
-    schedule   "refill" (default): free slots are refilled at once, so the batch stays full until the
-               queue drains. "static" (the scheduler before this one, for comparison): slots are refilled
-               only when all are free, so a batch runs until its longest row ends. Both run the same code
-               and give the same samples.
+    stop       a sample ends after a stop token or at max_new_tokens; the host frees its slot every
+               `check_every` steps (a sync)
+    schedule   "refill" (default): a free slot takes the next waiting sample at once; "static": slots are
+               refilled only when all are free. Both give the same samples.
+Attention: "prefix" (default) attends each row over its filled prefix only: on CUDA a compiled FlexAttention
+kernel with a per-row block mask (PrefixAttention), on the CPU the dense masked kernel (the same values);
+"full" attends the whole buffer. On CUDA the step is captured in one CUDA graph per call and replayed once
+per token; compile=True runs it through torch.compile first, and a failed compile prints one line and
+falls back to attention="full" and an eager step.
+Randomness: each sample owns a counter-based stream, key = blake2b(seed, the prompt's ids, its occurrence
+among identical prompts, the sample index), with uniform u_t = hash32(key, t) at its step t; the token is
+the first id whose cumulative probability exceeds u_t * total. A sample does not depend on the batch,
+slot or step it runs in.
+Work counters (`stats`, defined in `generate`) count what a rollout reads and computes, machine-independently.
+Why the sampler is built this way, and what is measured: docs/performance.md.
 
-Length-aware attention (`attention="prefix"`, the default): a decode step attends each row over its
-filled prefix (positions 0..length) only, not over the whole buffer (prompt + max_new_tokens positions).
-Why per row, not per step: with refill the live rows have every age at once (a row just admitted next
-to one at 2,000 tokens), so a kernel that reads every row up to the longest live row (CUDA graphs
-captured per cache-length bucket, switching to the smallest bucket that covers the longest live row)
-still reads ~2-2.6x the filled cache on the RL workload (stats["kv_slots_read_longest"] counts it:
-2.63x in bench/bench_sampler.py --workload rl --tiny, 1.98x in tests/test_sampler.py), against ~1.0x per row. So on
-CUDA: FlexAttention (torch.compile'd, static shapes; its FlashDecoding kernel for short queries, fed the
-G query heads of each KV head as G query rows) with a block mask that lists, per row, the 128-position
-blocks up to its length (PrefixAttention). The lengths and block counts are device tensors updated
-inside the step, so ONE CUDA graph per call serves every length: no buckets, no switching; the kernel
-compiles once per (slots, buffer length). On the CPU the dense masked kernel over the whole buffer
-computes the same values (the CPU is for tests; there, with a fixed number of slots, a row's values do
-not depend on which rows share its step or on its slot, bit for bit); with compile=True the CPU runs the
-compiled flex kernel too (CUDA's code path without the graph: tests check its tokens against the eager
-step, and the kernel against dense attention at every named model's head layout).
-`attention="full"`: the dense masked kernel over the whole buffer on every device.
-NOT MEASURED: FlexAttention's speed against the dense kernel on CUDA; bench/bench_sampler.py
---workload rl measures both (gpu_checks.sh).
-
-Work counters (machine-independent; `stats`): useful_tokens (generated tokens), row_steps (rows computed
-summed over decode steps: slots x steps, idle slots included), kv_slots_read (cache positions attended,
-summed over rows and steps, one layer: a row attends its prefix, an idle slot 1 position; with
-attention="full", the whole buffer for every row). The minimum, kv_slots_min, is sum over samples and
-their positions t of (prompt length + t + 1). On CUDA the kernel loads whole 128-position blocks, so its
-reads are up to 127 positions per row and step above kv_slots_read.
-
-Randomness (why not torch.multinomial): the answers of a prompt must not depend on which other prompts
-share the batch, where the prompt sits in the list, or which slot and step a sample runs in. A
-batch-wide generator hands out numbers in batch order, so it fails that. Here every sample owns a
-counter-based stream: a 64-bit key
-    key = blake2b(seed, the prompt's token ids, how many identical prompts came before it, sample index j)
-and its uniform at its own step t is hash32(key, t), a fixed integer hash (bitwise identical on every
-device, no generator state), tabulated on the CPU when the sample gets a slot; the step reads the column
-of the slot's own step counter. The token is drawn by inverse CDF: the first id whose cumulative
-probability exceeds u * total. One uniform and one cumsum per row and step, instead of V hashed uniforms
-for Gumbel-max: the cheapest exact sampler that is also trivially capturable in a CUDA graph.
-Resolution: u has 23 bits and the cumsum is float32, so a token's probability is realised to within
-about 1e-7 absolute (a token of probability 1e-7 is drawn about once per 10M draws). Duplicated prompts
-in one list get different streams (the occurrence count is in the key), so they act as more samples of
-the same problem, not as copies.
-
-Where the time goes (measured on an H100 80GB, torch 2.11, Qwen2.5-1.5B shape, B=64): a decode step reads ~3.1 GB of weights plus the
-KV cache (a ~1.3 ms floor), but an eager step launches ~560 small kernels whose launch overhead is most
-of the cost: eager PyTorch takes 20-33 ms per step, transformers 78 ms. So on CUDA the whole step
-(sample + record + the model's forward for one token) is captured once per call into a CUDA graph and
-replayed: one launch per token. Admission (prefill, cache copies) runs eagerly between replays, writing
-into the tensors the graph reads. `compile=True` additionally runs the step through torch.compile
-(inductor fuses the RMSNorm, RoPE, SiLU*up and sampling elementwise chains) before capture; the
-length-aware kernel is a graph break (its own compiled graph), and every frame compiles once whatever
-the model's depth (the blocks get their cache tensors, not a layer index: model.LayerCache). If
-compiling fails (no C compiler, no usable Triton, an inductor error), generate prints one line naming
-the cause and continues with attention="full" and an eager step; the process does not try again. Over the
-vocabulary the step makes one log_softmax, one top-N, one cumsum and one searchsorted pass (plus one more
-softmax only when temperature / top-k / top-p change the sampling distribution). The CPU path runs the
-same step and the same scheduler eagerly, checking for finished rows after every step.
-
-Departures: none from the paper. Conventions: ids >= vocab_size are excluded by slicing the logits
-(Qwen's 151,936 output rows vs 151,665 tokenizer ids), so every distribution here is over the real
-vocabulary; top-k keeps ties at the k-th value; top-p keeps token i iff the mass strictly more
-probable than i is below p (ties in or out together); greedy rows report the temperature-1 log-prob.
+Conventions: ids >= vocab_size are excluded by slicing the logits (Qwen's 151,936 output rows vs 151,665
+tokenizer ids); top-k keeps ties at the k-th value; top-p keeps token i iff the mass strictly more probable
+than i is below p (ties in or out together); greedy rows report the temperature-1 log-prob.
 """
 from __future__ import annotations
 
@@ -519,9 +465,15 @@ def generate(model: Transformer, prompts: list[list[int]], n_samples: int, max_n
     chunk (bounds prefill memory). check_every: steps between host checks for finished rows (a sync);
     default 1 on CPU, 16 on CUDA. stats: if a dict is given, it receives the seconds spent in prefill, in
     CUDA-graph warm-up + capture (and torch.compile on a first call) and in the decode loop, the number
-    of decode steps, slots and rows, the work counters useful_tokens, row_steps, kv_slots_read,
-    kv_slots_min, kv_slots_read_longest (see the module docstring), and the prompt tokens prefilled
-    (prefill_tokens) and padded (prefill_padded_tokens).
+    of decode steps, slots and rows, the prompt tokens prefilled (prefill_tokens) and padded
+    (prefill_padded_tokens), and the work counters (one layer, machine-independent):
+        useful_tokens          generated tokens
+        row_steps              rows computed, summed over decode steps (slots x steps, idle slots included)
+        kv_slots_read          cache positions attended, summed over rows and steps (a row its prefix, an
+                               idle slot 1 position; attention="full": the whole buffer for every row)
+        kv_slots_min           the minimum: sum over samples and their positions t of (prompt length + t + 1)
+        kv_slots_read_longest  what a kernel reading every row up to the longest live row would read
+    On CUDA the kernel loads whole 128-position blocks, up to 127 positions per row and step above kv_slots_read.
     """
     if not prompts or n_samples < 1 or max_new_tokens < 1 or any(len(p) == 0 for p in prompts):
         raise ValueError("need at least one non-empty prompt, n_samples >= 1 and max_new_tokens >= 1")

@@ -587,7 +587,7 @@ def rollout_metrics(ro, batch: Batch, old: torch.Tensor, group_size: int, dist: 
 
 
 def log_line(m: dict) -> str:
-    """One line per step; the fields are explained in README.md ("The log line")."""
+    """One line per step; the fields are explained in docs/training.md ("The log line")."""
     # `-`: a metric over an empty token set (no mixed group: no loss token; no gated token), never nan or 0
     num = lambda key, spec: "-" if m.get(key) is None else format(m[key], spec)
     topn = "/".join(f"{p:.2f}" for p in m["topn_probs"]) if m.get("topn_probs") else "-"

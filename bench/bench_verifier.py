@@ -1,6 +1,9 @@
 """Math verification throughput (responses/s on one core) on the real reference solutions. Not a test.
 
-    python bench/bench_verifier.py [--data ../shared/data] [--n 3000] [--mode strict lenient]
+    python bench/bench_verifier.py [--data DIR] [--n 3000] [--mode strict lenient]
+
+--data is the data folder (default: $CASP_DATA, else ~/.cache/casp/data, as train.py and eval.py read it);
+`python data.py prepare math500 minerva_math aime2024 gsm8k_test math_train` writes the five sets it reads.
 
 Each row times `reward(solution, gold, mode=...)` serially in this process (one core) for one data set,
 with every memo cache of the verifier cleared first so repeated golds do not flatter the numbers, and
@@ -17,7 +20,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules
+import data
 import verifier
+
+SETS = ("math500", "minerva_math", "aime2024", "gsm8k_test", "math_train")
 
 
 def load(data: Path, name: str, n: int) -> list[tuple[str, str]]:
@@ -42,16 +48,20 @@ ADVERSARIAL = ["$1 " * 33_000, "The answer is " + "a b " * 25_000, "\\boxed{1}, 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="data folder (default: $CASP_DATA, else ~/.cache/casp/data)")
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--mode", nargs="+", default=list(verifier.MODES), choices=verifier.MODES)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    args.data = args.data or data.default_data_dir()
+    missing = [name for name in SETS if not (args.data / f"{name}.jsonl").is_file()]
+    if missing:
+        ap.error(f"{args.data} lacks {', '.join(missing)}: python data.py prepare {' '.join(missing)}")
     print(f"| {'set':<22} | {'mode':<7} | {'responses':>9} | {'responses/s':>11} | {'reward=1':>8} |")
     print(f"|{'-' * 24}|{'-' * 9}|{'-' * 11}|{'-' * 13}|{'-' * 10}|")
     everything = []
-    sets = [(name, load(args.data, name, args.n)) for name in ("math500", "minerva_math", "aime2024", "gsm8k_test",
-                                                              "math_train")]
+    sets = [(name, load(args.data, name, args.n)) for name in SETS]
     for _, pairs in sets:
         everything += pairs
     rng = random.Random(0)

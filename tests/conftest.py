@@ -1,4 +1,15 @@
-"""Shared test setup: the repository root on sys.path, the read-only ../shared folder, the gpu marker."""
+"""Shared test setup: the repository root on sys.path, where the real data and the real Qwen2.5 tokenizer
+are found, the gpu marker.
+
+Tests that need real data find it the way the program does, then run with those variables removed from the
+environment, so that no run a test starts reads the caller's data folder by accident:
+    datasets   data.default_data_dir(): $CASP_DATA, else ~/.cache/casp/data ($CASP_HOME/data), where
+               `python data.py prepare` writes them
+    tokenizer  $CASP_QWEN_TOKENIZER (a folder with a Qwen2.5 tokenizer.json), else the first Qwen2.5 model of
+               model.MODEL_NAMES in the Hugging Face cache, resolved as --model NAME is
+               (`hf download Qwen/Qwen2.5-0.5B-Instruct config.json tokenizer.json` puts one there)
+Without them those tests skip, and their reason names the command that enables them.
+"""
 import copy
 import json
 import os
@@ -15,18 +26,41 @@ sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402  (the repository root must be on sys.path first)
 import tiny  # noqa: E402
-from model import MODEL_NAMES, Transformer, save_model  # noqa: E402
+from model import MODEL_NAMES, Transformer, resolve_model_path, save_model  # noqa: E402
 
-# Real data and the real Qwen2.5 tokenizer live beside the checkout (never copied into the repo).
-SHARED = Path(os.environ.get("CASP_SHARED", ROOT.parent / "shared"))
-DATA_DIR = SHARED / "data"
-QWEN_TOKENIZER = SHARED / "tokenizers" / "qwen2.5"
+# The datasets the real-data tests read (the others, e.g. bbh, are checked when the folder has them).
+TEST_DATASETS = ("math_train", "math500", "aime2024", "aime2025", "amc23", "minerva_math", "olympiadbench",
+                 "gsm8k_train", "gsm8k_test", "humaneval", "knights_knaves", "zebra_puzzles")
+ENABLE_TOKENIZER = ("hf download Qwen/Qwen2.5-0.5B-Instruct config.json tokenizer.json "
+                    "(or set CASP_QWEN_TOKENIZER to a folder with a Qwen2.5 tokenizer.json)")
+
+
+def find_qwen_tokenizer() -> Path | None:
+    """$CASP_QWEN_TOKENIZER, else the folder of the first Qwen2.5 model in MODEL_NAMES that the Hugging Face
+    cache holds with its tokenizer.json (model.resolve_model_path: never downloads)."""
+    if os.environ.get("CASP_QWEN_TOKENIZER"):
+        return Path(os.environ["CASP_QWEN_TOKENIZER"]).expanduser()
+    for name, (repo_id, _) in MODEL_NAMES.items():
+        if repo_id and repo_id.startswith("Qwen/Qwen2.5"):
+            try:
+                folder = resolve_model_path(name)
+            except (FileNotFoundError, ValueError):
+                continue
+            if (folder / "tokenizer.json").is_file():
+                return folder
+    return None
+
+
+DATA_DIR = data.default_data_dir()
+QWEN_TOKENIZER = find_qwen_tokenizer()
+for _var in ("CASP_DATA", "CASP_QWEN_TOKENIZER"):   # found above; the programs under test must not see them
+    os.environ.pop(_var, None)
 
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    skip = pytest.mark.skip(reason="needs a CUDA device: python -m pytest -q -m gpu on a GPU machine")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
@@ -34,15 +68,21 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def data_dir():
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"benchmark data not found at {DATA_DIR} (set CASP_SHARED)")
+    """The data folder, when it holds every dataset of TEST_DATASETS; else the test skips, naming the command
+    that prepares what is missing."""
+    missing = [n for n in TEST_DATASETS if not (DATA_DIR / f"{n}.jsonl").is_file()]
+    if missing:
+        pytest.skip(f"needs prepared datasets missing from {DATA_DIR}: python data.py prepare {' '.join(missing)} "
+                    "(or set CASP_DATA to a folder that has them)")
     return DATA_DIR
 
 
 @pytest.fixture
 def qwen_tokenizer_dir():
-    if not (QWEN_TOKENIZER / "tokenizer.json").is_file():
-        pytest.skip(f"Qwen2.5 tokenizer not found at {QWEN_TOKENIZER} (set CASP_SHARED)")
+    """A folder with a Qwen2.5 tokenizer.json; else the test skips, naming the command that downloads one."""
+    if QWEN_TOKENIZER is None or not (QWEN_TOKENIZER / "tokenizer.json").is_file():
+        pytest.skip(f"needs a Qwen2.5 tokenizer.json ({QWEN_TOKENIZER or 'none in the Hugging Face cache'}): "
+                    f"{ENABLE_TOKENIZER}")
     return QWEN_TOKENIZER
 
 
@@ -70,7 +110,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def problems_file(tmp_path_factory):
-    """The 4 synthetic problems the session's tiny model was fitted to, as a JSONL data file."""
+    """The 4 synthetic problems the shared `tiny_dir` model was fitted to, as a JSONL data file."""
     path = tmp_path_factory.mktemp("data") / "four.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in data.load_dataset("synthetic", limit=4)))
     return path

@@ -261,7 +261,11 @@ def run_mutation(m: Mutation, timeout: float) -> tuple[str, float, str]:
     """(verdict, seconds, the last lines of pytest's output). Verdicts: killed, killed (no import),
     killed (timeout), survived, error (pytest ran no test: the table names tests that do not exist)."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    env.setdefault("CASP_SHARED", str(ROOT.parent / "shared"))   # the copy has no ../shared beside it
+    shared = ROOT.parent / "shared"   # as .ci/run: real data from a shared/ folder beside the repository, if any
+    if (shared / "data").is_dir():
+        env.setdefault("CASP_DATA", str(shared / "data"))
+    if (shared / "tokenizers" / "qwen2.5").is_dir():
+        env.setdefault("CASP_QWEN_TOKENIZER", str(shared / "tokenizers" / "qwen2.5"))
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
         repo = Path(tmp) / "repo"

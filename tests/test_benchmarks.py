@@ -78,9 +78,9 @@ def test_bbh_every_gold_verifies_in_both_modes(prepared):
 
 
 def test_bbh_every_gold_of_the_full_set(data_dir):
-    """The same on all 6,511 rows, when the shared data folder has bbh.jsonl."""
+    """The same on all 6,511 rows, when the data folder has bbh.jsonl."""
     if not (data_dir / "bbh.jsonl").is_file():
-        pytest.skip("bbh.jsonl is not in the shared data folder")
+        pytest.skip(f"needs bbh.jsonl in {data_dir}: python data.py prepare bbh")
     rows = data.load_dataset("bbh", data_dir)
     assert len(rows) == 6511 and _check_bbh_golds(rows) == []
 

@@ -57,7 +57,7 @@ def make_batch(seed=0, B=6, T=10, V=12):
 
 def expected_casp_grad(logits, tokens, old_logprobs, advantages, mask, top_n, alpha, q, neg_scale,
                        clip_eps=0.2, clip_eps_high=None):
-    """Closed form of ../shared/CASP.md token by token, plus the category of every token."""
+    """The paper's closed-form logit gradient (docs/paper.md) token by token, plus the category of every token."""
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     B, T, V = logits.shape
     n_valid = int(mask.sum())

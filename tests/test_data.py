@@ -55,7 +55,7 @@ def test_load_dataset_by_path_and_missing_folder(tmp_path, monkeypatch):
 
 
 def test_real_benchmarks_load_with_their_tasks(data_dir):
-    """Every named benchmark of ../shared/data loads with its task and the verifier's fields; MATH500's
+    """Every named benchmark of the data folder loads with its task and the verifier's fields; MATH500's
     'Question: ... Answer: Let's think step by step.' wrapper is removed."""
     sizes = {"math500": 500, "aime2024": 30, "humaneval": 164, "knights_knaves": 300, "zebra_puzzles": 200,
              "math_test": 5000, "simplelr_gsm8k_level1": 8388}

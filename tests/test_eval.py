@@ -141,7 +141,7 @@ def test_compare_and_plots_render_png(tiny_dir, tmp_path):
 
 
 def captured_figures(monkeypatch) -> list:
-    """Every figure eval.py saves from now on, as [(panel title, y limits, lines, bar heights)] per figure."""
+    """Every figure eval.py saves after this call, as [(panel title, y limits, lines, bar heights)] per figure."""
     figs, real = [], ev._save
     def grab(plt, fig, path):
         figs.append([(ax.get_title(), ax.get_ylim(), [list(line.get_ydata()) for line in ax.get_lines()],

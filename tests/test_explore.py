@@ -354,7 +354,7 @@ def test_the_inline_script_parses(tmp_path):
     html.parser tests above cannot see a syntax error that would leave the page blank."""
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed")
+        pytest.skip("needs Node.js: install it so that `node` is on PATH")
     js = tmp_path / "page.js"
     js.write_text(explore.JS)
     r = subprocess.run([node, "--check", str(js)], capture_output=True, text=True)

@@ -476,7 +476,8 @@ def read_only_command(folder: Path, command: list) -> list:
         folder.chmod(0o555)
         return command
     if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
-        pytest.skip("running as root without mount namespaces: no way to make a folder read-only")
+        pytest.skip("running as root without mount namespaces (`unshare -m`), no way to make a folder "
+                    "read-only: run the tests as a non-root user")
     mount = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
     return ["unshare", "-m", "sh", "-c", mount, str(folder), *map(str, command)]
 

@@ -304,10 +304,10 @@ def test_eval_plot_progress_and_data_dir(tiny_dir, tmp_path, monkeypatch, capsys
 
 def test_dtype_bfloat16_runs_the_training_forward_under_autocast(tiny_dir, problems_file):
     """--dtype bfloat16: the training forward (old log-probs and the loss) runs under bf16 autocast. Its
-    log-probs equal a plain forward under torch.autocast(bfloat16) followed by a float32 log-softmax (within
-    1e-5) whose output layer multiplies bf16 operands (the final hidden states and the output weight rounded
-    to bf16: casp.candidate_stats_from_hidden's matmul_dtype) into float32 logits, and differ from the float32
-    forward (--dtype float32) by bf16's rounding (up to 0.24 when written)."""
+    log-probs equal a plain forward under torch.autocast(bfloat16), the output layer on bf16 operands
+    accumulated in float32, then a float32 log-softmax (within
+    1e-5; 0 when written), and differ from the float32 forward (--dtype float32) by bf16's rounding (up to
+    0.24 when written)."""
     import torch.nn.functional as F
     from test_train import rollout_batch
     model, batch, args = rollout_batch(tiny_dir, problems_file)
@@ -318,9 +318,9 @@ def test_dtype_bfloat16_runs_the_training_forward_under_autocast(tiny_dir, probl
         old[dtype] = train.old_logprobs(model, batch, rows, train.step_config(args), train.Dist())
     mask = batch.resp_mask[:, 1:]                                                          # (R, S-1)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        hidden = model(batch.seq[:, :-1], return_hidden=True)                              # (R, S-1, D)
-    bf16 = lambda x: x.to(torch.bfloat16).float()                                          # bf16 rounding
-    logits = bf16(hidden) @ bf16(model.output_weight).T                                     # (R, S-1, V)
+        hidden = model(batch.seq[:, :-1], return_hidden=True)                              # (R, S-1, D) bf16
+    # the loss's output layer takes bf16 operands with float32 accumulation (casp.matmul_float)
+    logits = hidden.bfloat16().float() @ model.output_weight.T.bfloat16().float()          # (R, S-1, V)
     want = F.log_softmax(logits, -1).gather(-1, batch.seq[:, 1:, None]).squeeze(-1)        # (R, S-1)
     got = old["bfloat16"][:, 1:]
     gap = (old["bfloat16"] - old["float32"])[:, 1:][mask].abs()

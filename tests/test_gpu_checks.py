@@ -15,7 +15,8 @@ CHECKS = ["env", "kernels", "compile28", "gpu-tests", "train", "fsdp", "memory",
 
 def run_script(*args, env=None, timeout=1200):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    env.pop("CASP_SHARED", None)
+    for var in ("CASP_DATA", "CASP_QWEN_TOKENIZER"):   # the fallback data, whatever the caller has
+        env.pop(var, None)
     return subprocess.run(["bash", str(SCRIPT), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
 

@@ -432,8 +432,8 @@ def test_covariance_methods_on_an_empty_call_and_chunked_path():
 def test_entropy_bonus_gradient_is_the_closed_form_on_both_paths(loss):
     """L_c = L_0 - c * token-mean(H): its logit gradient is L_0's plus c * p (log p + H) / n at every valid
     token (dH/dz = -p (log p + H)), through candidate_stats and through the chunked path (hidden and
-    weight gradients equal to the plain path's); with c = 0 the chunked backward is untouched (the same
-    gradient as before the bonus existed: entropy not differentiable)."""
+    weight gradients equal to the plain path's); with c = 0 the chunked backward is untouched (the
+    entropy is not differentiated at all)."""
     logits, tokens, old, adv, mask = token_batch(3)
     c = 0.05
     _, g0, _ = grad_of(lambda z: method_loss(z, tokens, old, adv, mask, loss=loss), logits)

@@ -1,7 +1,8 @@
-"""miniature.py's token-tree experiment: exact pass@K equals Monte Carlo sampling of the same policy, one
-training step reproduces the loss's closed-form update (the gradient tests/test_casp.py derives, summed
-per tree node, then AdamW's first step), stacking seeds equals running them one by one, and the CLI
-writes the documented tree.json in seconds. The lm part's own statistics are tested at the end."""
+"""experiments/miniature.py's token-tree experiment: exact pass@K equals Monte Carlo sampling of the same
+policy, one training step reproduces the loss's closed-form update (the gradient tests/test_casp.py
+derives, summed per tree node, then AdamW's first step), stacking seeds equals running them one by one,
+and the CLI writes the documented tree.json in seconds. The lm part's own statistics are tested at the
+end (its entropy gate is casp.entropy_gate, tested in tests/test_casp.py)."""
 import json
 import math
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 import casp
-import miniature as mn
+from experiments import miniature as mn
+from experiments import theory
 
 F64 = torch.float64
 
@@ -23,11 +25,12 @@ def small_cfg(**kw):
 
 def test_tree_shape_and_exact_leaf_probabilities():
     """Node counts follow the fork structure, and the full-length answers plus the derailed responses
-    (a non-0 id at a non-fork depth) carry probability 1 in total."""
-    shape = mn.TreeShape(5, 4, (0, 2))
+    (a non-0 id at a non-fork depth) carry probability 1 in total: by hand, in tree_exact and in
+    theory.response_probs."""
+    shape = theory.TreeShape(5, 4, (0, 2))
     assert shape.width == [1, 4, 4, 16, 16] and shape.n_nodes == 41 and shape.n_leaves == 16
     with pytest.raises(ValueError):
-        mn.TreeShape(3, 4, (3,))
+        theory.TreeShape(3, 4, (3,))
     cfg = small_cfg()
     inst = mn.tree_instances(shape, cfg, "table")
     z = inst["init"]
@@ -44,6 +47,9 @@ def test_tree_shape_and_exact_leaf_probabilities():
     derail += (reach4 * (1 - p[:, :, 25:41, 0])).sum(-1)
     assert torch.allclose(ex["leaf"], reach4 * p[:, :, 25:41, 0], atol=1e-15)
     assert torch.allclose(ex["leaf"].sum(-1) + derail, torch.ones_like(derail), atol=1e-12)
+    pi = theory.response_probs(shape, z)                      # the responses that end early come after the leaves
+    assert torch.equal(pi[..., :shape.n_leaves], ex["leaf"]) and pi.shape[-1] == 16 + (4 + 16 + 16) * 3
+    assert torch.allclose(pi[..., shape.n_leaves:].sum(-1), derail, atol=1e-15)
     assert inst["correct"].sum(-1).min() >= 1
 
 
@@ -53,7 +59,7 @@ def test_exact_passk_equals_monte_carlo(policy):
     draws (the training sampler, tree_sample) holding a correct answer, within 4 standard errors of the
     Monte Carlo mean (the SE from the exact per-problem variances); so do the answer frequencies."""
     cfg = small_cfg()
-    shape = mn.TreeShape(cfg.depth, cfg.branching, cfg.forks)
+    shape = theory.TreeShape(cfg.depth, cfg.branching, cfg.forks)
     inst = mn.tree_instances(shape, cfg, policy)
     z = mn.TreePolicy(inst, F64).logits().detach()                                    # (S, P, Nn, V)
     S, P = z.shape[:2]
@@ -63,7 +69,7 @@ def test_exact_passk_equals_monte_carlo(policy):
     g = torch.Generator().manual_seed(0)
     n = 4096
     u = torch.rand(S, P, n, cfg.depth, generator=g, dtype=F64)
-    tokens, mask, nodes, logp, leaf, finished = mn.tree_sample(shape, z, u)
+    tokens, mask, nodes, logp, leaf, finished = theory.tree_sample(shape, z, u)
     hit = finished & inst["correct"].gather(2, leaf)                                  # (S, P, n)
     for K in (1, 4, 16):
         trials = hit.reshape(S, P, n // K, K).any(-1).double()                        # (S, P, T)
@@ -134,7 +140,7 @@ def test_one_correct_answer_single_step_is_the_closed_form_update(method):
     theta - lr wd theta - lr g / (|g| + eps) (after the per-seed norm clip, here inactive).
     Positive answers all follow the correct answer's path, so GRPO raises its ids' logits."""
     cfg = small_cfg(n_correct=(1,), mini_batches=1, seeds=2, problems=6, top1_wrong=0.0, correct_power=2.0)
-    shape = mn.TreeShape(cfg.depth, cfg.branching, cfg.forks)
+    shape = theory.TreeShape(cfg.depth, cfg.branching, cfg.forks)
     inst = mn.tree_instances(shape, cfg, "table")
     assert (inst["correct"].sum(-1) == 1).all()
     policy = mn.TreePolicy(inst, F64)
@@ -171,7 +177,7 @@ def test_stacked_seeds_equal_one_loss_call_per_seed():
     gradient of its own token-mean loss: the same as one casp_loss call per seed, second mini-batch
     included (rho != 1, clipping possible)."""
     cfg = small_cfg(mini_batches=2, seeds=3, problems=6)
-    shape = mn.TreeShape(cfg.depth, cfg.branching, cfg.forks)
+    shape = theory.TreeShape(cfg.depth, cfg.branching, cfg.forks)
     inst = mn.tree_instances(shape, cfg, "table")
     policy = mn.TreePolicy(inst, F64)
     opt = mn.make_opt(policy, cfg)
@@ -194,7 +200,7 @@ def test_stacked_seeds_equal_one_loss_call_per_seed():
 def test_grpo_equals_casp_with_alpha_0_and_lambda_1():
     """The plumbing: CaSP with alpha = 0 and lambda = 1 trains exactly like GRPO."""
     cfg = small_cfg(steps=4)
-    shape = mn.TreeShape(cfg.depth, cfg.branching, cfg.forks)
+    shape = theory.TreeShape(cfg.depth, cfg.branching, cfg.forks)
     inst = mn.tree_instances(shape, cfg, "shared")
     a = mn.train_tree(shape, inst, {"loss": "grpo"}, cfg)
     b = mn.train_tree(shape, inst, {"loss": "casp", "alpha": 0.0, "neg_scale": 1.0, "entropy_quantile": 0.8,
@@ -278,20 +284,6 @@ def test_tree_figure_is_readable(tmp_path, monkeypatch):
 
 # -----------------------------------------------------------------------------
 # The tiny language model part: its own statistics
-
-
-def test_lm_gate_is_the_per_response_linear_quantile():
-    """The gate miniature.py recomputes for its statistics: strictly above torch.quantile (linear) of
-    the valid entropies of the same response (casp.py's definition)."""
-    g = torch.Generator().manual_seed(0)
-    H = torch.rand(6, 9, generator=g)
-    mask = torch.rand(6, 9, generator=g) < 0.8
-    mask[:, 0] = True
-    w = mn._gate(H, mask, 0.8)
-    for b in range(6):
-        thr = torch.quantile(H[b][mask[b]].double(), 0.8).item()
-        assert w[b].tolist() == [bool(mask[b, t]) and H[b, t].item() > thr for t in range(9)]
-    assert torch.equal(mn._gate(H, mask, None), mask)
 
 
 def test_lm_valid_paths_and_method_specs():

@@ -1,6 +1,6 @@
 """`python data.py prepare`: each source row converts to the project's JSONL row by a pure function, the
 files written from downloaded source files (`--from`, no network) load with data.load_dataset, their
-reference solutions verify, the rows equal ../shared/data's rows of the same problems, writes are atomic
+reference solutions verify, the rows equal the data folder's rows of the same problems, writes are atomic
 and a second run is a no-op.
 
 The fixtures (tests/fixtures/prepare_sources.json) are a few rows of each source in its real schema,
@@ -148,7 +148,7 @@ def test_prepare_writes_every_dataset_with_counts_and_reasons(prepared):
 
 
 def test_prepared_rows_equal_the_shared_layout(prepared, data_dir):
-    """The rows written from the sources' own schema equal ../shared/data's rows of the same problems
+    """The rows written from the sources' own schema equal the data folder's rows of the same problems
     (the project's layout), field by field, for the fields the shared files have."""
     _, out, _ = prepared
     for name in ("math_train", "aime2024", "amc23", "aime2025", "gsm8k_train", "gsm8k_test", "humaneval",
@@ -283,7 +283,7 @@ def test_prepare_without_network_is_one_error_line_and_a_table(tmp_path):
 def test_prepare_with_the_real_datasets_library_offline(tmp_path):
     """The same with the `datasets` library itself in offline mode (HF_HUB_OFFLINE=1, an empty private
     cache: it raises at once, nothing is fetched): one error line naming the dataset and its repository."""
-    pytest.importorskip("datasets")
+    pytest.importorskip("datasets", reason="needs the datasets library: pip install -r requirements-data.txt")
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "ds"),
            "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
     r = run_cli("prepare", "gsm8k_test", "--out", str(tmp_path / "o"), env=env)
@@ -353,11 +353,12 @@ def test_the_closing_line_says_how_the_tools_find_the_files(tmp_path, monkeypatc
     assert data.load_dataset("gsm8k_test")
 
 
-def test_readme_row_counts_are_the_prepared_files(data_dir):
-    """README's data table states the rows `prepare` writes: each count equals the line count of the
-    prepared file of that name (math_train: 7,496, the 4 problems without an answer dropped)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("| name | source | rows |"):]
+def test_documented_row_counts_are_the_prepared_files(data_dir):
+    """docs/data.md's table of the sets states the rows `prepare` writes: each count equals the line count of
+    the prepared file of that name (math_train: 7,496, the 4 problems without an answer dropped), and every
+    dataset is listed."""
+    doc = (ROOT / "docs" / "data.md").read_text()
+    section = doc[doc.index("| name | source | rows |"):]
     section = section[:section.index("\n\n")]
     listed, checked = set(), 0
     for line in section.splitlines()[2:]:

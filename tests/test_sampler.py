@@ -360,7 +360,7 @@ def test_rl_workload_counters():
     with refill, utilization (useful tokens / rows computed) >= 0.9 and KV slots read <= 1.3x the minimum
     sum over samples and positions t of (prompt length + t + 1), the minimum recomputed here from the
     lengths. Printed beside it: static scheduling on the same samples (computed from their lengths: each
-    batch of 8 runs until its longest row ends), the sampler before issue 14, utilization ~0.3."""
+    batch of 8 runs until its longest row ends), utilization ~0.3."""
     from bench.bench_sampler import rl_workload
     m = small_model(vocab_rows=1024, std=0.02)
     prompts, stop_ids = rl_workload(1024, 32, mean_len=30, prompt_lens=(8, 32), seed=0)
@@ -385,7 +385,7 @@ def test_rl_workload_counters():
 
 
 def test_prefill_pads_at_most_a_quarter():
-    """Issue 15: 64 prompts of MATH-500-like lengths (30..338 tokens) are prefilled in chunks of at most
+    """64 prompts of MATH-500-like lengths (30..338 tokens) are prefilled in chunks of at most
     25% padding, not padded to the longest as one chunk; the samples do not change."""
     from sampler import prefill_plan
     lengths = [30 + (i ** 3 * 308) // 63 ** 3 for i in range(64)]                # 30 .. 338, most short
@@ -503,8 +503,8 @@ def test_compiled_prefix_kernel_at_every_named_head_layout():
 @pytest.mark.slow
 def test_compiled_step_compiles_once_for_any_depth():
     """generate(compile=True) with the length-aware kernel on a 12-layer model (6 query heads per 2 KV
-    heads) compiles every frame once: dynamo is told to raise on any recompilation (the layer index used to
-    specialise each block's frame: 8 recompiles, then the remaining layers ran eagerly). A second call
+    heads) compiles every frame once: dynamo is told to raise on any recompilation (a layer index passed to each
+    block would specialise its frame: 8 recompiles, then the remaining layers run eagerly). A second call
     compiles nothing new. The tokens, log-probs and candidate records equal the eager step's (float32,
     log-probs within 1e-4)."""
     import torch._dynamo

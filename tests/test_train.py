@@ -1,7 +1,7 @@
 """train.py: learning happens, resume is exact, gradient accumulation and FSDP change nothing but memory,
 float32 master weights keep updates that bfloat16 weights lose, saves are atomic, bad input is reported.
 
-All runs use the session's `tiny_dir` model (tests/conftest.py: 2 layers, fitted to 4 synthetic problems,
+All runs use the shared `tiny_dir` model (tests/conftest.py: 2 layers, fitted to 4 synthetic problems,
 sometimes right) on those 4 problems, so that groups have mixed rewards and the loss has a gradient.
 """
 import argparse
@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 import data
@@ -558,21 +559,26 @@ def test_keep_rotation_deletes_exactly_the_oldest(tiny_dir, tmp_path):
 
 
 def test_prompt_stream_is_a_fresh_permutation_each_epoch_and_resumes():
-    """PromptStream over 10 problems, taken 4 at a time: an epoch is 2 steps, 8 distinct problems (the last
-    2 of its order dropped, verl's drop_last); every epoch draws a fresh order, the seed changes it, and a
-    stream rebuilt from a state_dict in the middle of an epoch continues with exactly the original's draws."""
+    """PromptStream over 10 problems, taken 4 at a time: an epoch is floor(10 / 4) = 2 steps whose 8 draws
+    are the first 8 of that epoch's seeded permutation (the last partial batch dropped, verl's drop_last),
+    so no step spans two epochs; the seed changes the order; a stream rebuilt from a state_dict continues
+    with exactly the draws of the original. A set smaller than one step wraps around instead."""
     s = train.PromptStream(10, seed=3)
-    steps = [s.take(4) for _ in range(8)]                                          # 4 epochs of 2 steps
-    epochs = [steps[2 * e] + steps[2 * e + 1] for e in range(4)]
-    assert all(len(set(ep)) == 8 for ep in epochs) and len({tuple(ep) for ep in epochs}) == 4
-    other = train.PromptStream(10, seed=4)
-    assert [other.take(4) for _ in range(2)] != steps[:2]
+    draws = [s.take(4) for _ in range(8)]                                         # 8 steps: 4 epochs
+    for e in range(4):
+        want = np.random.default_rng([3, e]).permutation(10)[:8].tolist()
+        assert draws[2 * e] + draws[2 * e + 1] == want, e
+    assert draws[0] + draws[1] != draws[2] + draws[3]
+    assert draws[0] != train.PromptStream(10, seed=4).take(4)
     a = train.PromptStream(10, seed=3)
-    for _ in range(3):
-        a.take(4)
+    a.take(4)
     b = train.PromptStream(10, seed=3)
     b.load_state_dict(a.state_dict())
-    assert [b.take(4) for _ in range(5)] == [a.take(4) for _ in range(5)] == steps[3:]
+    assert [b.take(4) for _ in range(5)] == [a.take(4) for _ in range(5)] == draws[1:6]
+    small = train.PromptStream(3, seed=0)                                         # k > n: wraps, no drop
+    got = small.take(5)
+    assert got == (np.random.default_rng([0, 0]).permutation(3).tolist()
+                   + np.random.default_rng([0, 1]).permutation(3)[:2].tolist())
 
 
 def test_heldout_pass_equals_a_direct_computation(tiny_dir, problems_file, monkeypatch):

@@ -136,7 +136,7 @@ def test_command_line_mistakes_are_one_line_in_every_tool():
              ("eval.py", ["--n", "4", "--k", "8"], "every --k must be in [1, --n=4]"),
              ("data.py", ["prepare", "--bogus"], "unrecognized arguments: --bogus"),
              ("data.py", [], "required: command"),
-             ("miniature.py", ["tree", "--seeds", "x"], "argument --seeds: invalid int value: 'x'")]
+             ("experiments/miniature.py", ["tree", "--seeds", "x"], "argument --seeds: invalid int value: 'x'")]
     for script, args, needle in cases:
         r = cli(*args, script=script)
         lines = r.stderr.strip().splitlines()
@@ -333,8 +333,8 @@ def test_resume_accepts_exactly_the_resumable_changes(tmp_path):
 
 def test_interrupted_message_and_an_incomplete_latest_checkpoint(tmp_path):
     """The resume command drops --overwrite, adds --resume once and --out when it was implicit; no
-    checkpoint yet says so; a `latest` naming a checkpoint that is gone, or one without its trainer state
-    (incomplete), is passed over for the newest complete checkpoint (runtime.latest_checkpoint)."""
+    checkpoint yet says so; a `latest` naming a missing or incomplete checkpoint is passed over for the
+    newest complete one (the pointer is only a hint: --resume checks every file anyway)."""
     out = tmp_path / "run"
     out.mkdir()
     assert "no checkpoint" in runtime.interrupted_message(out, ["--steps", "5"])
@@ -345,9 +345,10 @@ def test_interrupted_message_and_an_incomplete_latest_checkpoint(tmp_path):
     assert msg.endswith(f"resume with: python train.py --steps 5 --resume --out {out}")
     assert f"last complete checkpoint: {out / 'ckpt-000002'}" in msg
     assert runtime.interrupted_message(out, ["--resume", "--out", "x"]).endswith("python train.py --resume --out x")
-    (out / "latest").write_text("ckpt-000003")
+    (out / "latest").write_text("ckpt-000003")                   # a folder that is not there
     assert runtime.latest_checkpoint(out) == out / "ckpt-000002"
-    (out / "ckpt-000004").mkdir()                                    # newer, but without its trainer state
+    (out / "ckpt-000004").mkdir()                                  # newer, but no trainer state: incomplete
     (out / "latest").write_text("ckpt-000004")
     assert runtime.latest_checkpoint(out) == out / "ckpt-000002"
-    assert f"last complete checkpoint: {out / 'ckpt-000002'}" in runtime.interrupted_message(out, ["--steps", "5"])
+    (out / "latest").write_bytes(b"\xff\xfe garbage")
+    assert runtime.latest_checkpoint(out) == out / "ckpt-000002"

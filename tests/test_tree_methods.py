@@ -1,23 +1,16 @@
-"""miniature.py's comparison of every method (`tree --methods all`): the CLI writes every method for both
-policies, the table's paired differences are those of the per-seed values it stores, and the per-seed
-loss calls a non-linear method needs give each seed exactly its own loss's gradient (and, for a linear
-method, the same gradient as the stacked call). About 20 s on 2 CPU cores."""
+"""experiments/miniature.py's comparison of every method (`tree --methods all`): the CLI writes every
+method for both policies, the table's paired differences are those of the per-seed values it stores,
+and the per-seed loss calls a non-linear method needs give each seed exactly its own loss's gradient
+(and, for a linear method, the same gradient as the stacked call). About 20 s on 2 CPU cores."""
 import json
 
 import pytest
 import torch
 
 import casp
-import miniature as mn
-
-F64 = torch.float64
-
-
-def small_cfg(**kw):
-    base = dict(depth=5, branching=4, forks=(0, 2), problems=4, shared_problems=5, features=3, seeds=3,
-                steps=3, workers=1, dtype="float64")
-    base.update(kw)
-    return mn.TreeConfig(**base)
+from experiments import miniature as mn
+from experiments import theory
+from test_miniature import F64, small_cfg
 
 
 def test_tree_methods_all_writes_every_method_and_a_paired_table(tmp_path):
@@ -60,7 +53,7 @@ def test_per_seed_calls_give_each_seed_its_own_loss_gradient(name):
     cfg = small_cfg(mini_batches=2, methods=("all",))
     method = mn.tree_methods(cfg)[name]
     assert not casp.rescalable(casp.LossConfig(**method))
-    shape = mn.TreeShape(cfg.depth, cfg.branching, cfg.forks)
+    shape = theory.TreeShape(cfg.depth, cfg.branching, cfg.forks)
     inst = mn.tree_instances(shape, cfg, "table")
     policy = mn.TreePolicy(inst, F64)
     trace = []
@@ -81,7 +74,7 @@ def test_per_seed_calls_give_each_seed_its_own_loss_gradient(name):
 def test_stacked_and_per_seed_calls_agree_for_a_linear_method(monkeypatch):
     """For a rescalable method (PSR) the stacked call and one call per seed give the same gradients."""
     cfg = small_cfg(mini_batches=2)
-    shape = mn.TreeShape(cfg.depth, cfg.branching, cfg.forks)
+    shape = theory.TreeShape(cfg.depth, cfg.branching, cfg.forks)
     inst = mn.tree_instances(shape, cfg, "shared")
     grads = []
     for stacked in (True, False):

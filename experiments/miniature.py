@@ -1,11 +1,11 @@
 """
 miniature.py: the paper's mechanism in miniature, exactly on a token tree and visibly on the tiny model.
 
-    python miniature.py tree --out DIR      # exact; ~90 s of CPU time in 2 processes -> tree.json, tree.png
-    python miniature.py tree --methods all  # every method of casp.METHODS -> tree_methods.md, tree_methods.png
-    python miniature.py lm --out DIR        # the tiny language model (3 seeds x 2 losses, 256 x 64 eval)
-    python miniature.py lm --full --out DIR # 200 RL steps, 5 seeds, 512 problems: better resolved (hours)
-    python miniature.py --replot DIR        # redraw every figure of DIR from its saved results
+    python experiments/miniature.py tree --out DIR      # exact; ~2 min on a 2-core CPU -> tree.json, tree.png
+    python experiments/miniature.py tree --methods all  # every method of casp.METHODS -> tree_methods.md, .png
+    python experiments/miniature.py lm --out DIR        # the tiny language model (3 seeds x 2 losses, 256 x 64 eval)
+    python experiments/miniature.py lm --full --out DIR # 200 RL steps, 5 seeds, 512 problems (hours)
+    python experiments/miniature.py --replot DIR        # redraw every figure of DIR from its saved results
 
 What the paper says (arXiv 2510.14807): under GRPO the next-token distribution concentrates on its top-1
 candidate (p(1) rises, p(2..N) fall), distinct correct paths disappear and pass@K for large K drops;
@@ -67,22 +67,30 @@ lambda times harder on the top-1 of wrong answers (both only at high-entropy tok
    pass@1 / pass@16 / pass@256 of every method, each minus GRPO's paired by seed with a 95% interval.
 
 2. The tiny language model (`lm`): the same comparison on tiny.py's built-in task, through train.py and
-   eval.py's command lines (see the comment above LM_TASK and the README). lm.json holds every number
+   eval.py's command lines (see the comment above LM_TASK and docs/results.md). lm.json holds every number
    of lm.png; --replot redraws both figures from tree.json / lm.json.
+
+The token tree itself (its shape, sampling, the probability of reaching each node) is theory.py's, the
+entropy gate casp.py's, the figure helpers eval.py's.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-import casp
-import data
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules
+import casp  # noqa: E402
+import data  # noqa: E402
+from cli import write_atomic  # noqa: E402
+from eval import _pyplot, _save  # noqa: E402  (matplotlib optional: without it, no PNG)
+from experiments.theory import TreeShape, at_least_once, tree_sample, walk  # noqa: E402
 
 # =============================================================================
 # 1. The token tree
@@ -185,73 +193,20 @@ def sweep_members(methods: dict, prefix: str = ""):
     return sorted(alphas.items()), sorted(lambdas.items())
 
 
-class TreeShape:
-    """Node bookkeeping. Nodes at depth d are indexed by the fork choices made before d: there are
-    branching^k(d) of them (k(d) = forks before d), numbered offset[d] + index. A fork child of index i
-    via id t has index i * branching + t; a non-fork child (id 0) keeps index i."""
-
-    def __init__(self, depth: int, branching: int, forks):
-        forks = sorted(set(int(f) for f in forks))
-        if not forks or forks[0] < 0 or forks[-1] >= depth:
-            raise ValueError(f"forks {forks} must be a non-empty subset of 0..depth-1={depth - 1}")
-        if branching < 2:
-            raise ValueError("branching must be >= 2")
-        self.depth, self.branching, self.forks = depth, branching, forks
-        self.is_fork = [d in forks for d in range(depth)]
-        k = [sum(f < d for f in forks) for d in range(depth)]
-        self.width = [branching ** kd for kd in k]
-        self.offset = [sum(self.width[:d]) for d in range(depth)]
-        self.n_nodes = sum(self.width)
-        self.n_leaves = branching ** len(forks)     # full-length answers (the only ones that can be correct)
-
-
-def tree_sample(shape: TreeShape, logits: torch.Tensor, u: torch.Tensor):
-    """Sample responses of the policy with logits (S, P, n_nodes, V) (no grad), by inverse CDF with the
-    uniforms u (S, P, G, depth). Returns tokens, mask, nodes, logprobs (S, P, G, depth): the sampled ids,
-    which positions are part of the response, the node each token was drawn at (0 where masked) and its
-    log-probability (log_softmax of the node's logits); leaf (S, P, G): the full-length answer reached;
-    finished (S, P, G): whether the response reached full length (only those can be correct)."""
-    S, P, _, V = logits.shape
-    G = u.shape[2]
-    idx = torch.zeros(S, P, G, dtype=torch.long)
-    alive = torch.ones(S, P, G, dtype=torch.bool)
-    tokens = torch.zeros(S, P, G, shape.depth, dtype=torch.long)
-    mask = torch.zeros(S, P, G, shape.depth, dtype=torch.bool)
-    nodes = torch.zeros(S, P, G, shape.depth, dtype=torch.long)
-    logprobs = torch.zeros(S, P, G, shape.depth, dtype=logits.dtype)
-    for d in range(shape.depth):
-        node = shape.offset[d] + idx                                                  # (S, P, G)
-        lp = torch.log_softmax(logits.gather(2, node[..., None].expand(S, P, G, V)), -1)  # (S, P, G, V)
-        cdf = lp.exp().cumsum(-1)
-        tok = (cdf <= u[..., d:d + 1] * cdf[..., -1:]).sum(-1).clamp(max=V - 1)       # (S, P, G)
-        tok = torch.where(alive, tok, 0)
-        tokens[..., d] = tok
-        mask[..., d] = alive
-        nodes[..., d] = torch.where(alive, node, 0)
-        logprobs[..., d] = torch.where(alive, lp.gather(-1, tok[..., None]).squeeze(-1), 0.0)
-        if shape.is_fork[d]:
-            idx = idx * V + tok
-        else:
-            alive = alive & (tok == 0)
-    return tokens, mask, nodes, logprobs, idx, alive
-
-
 @torch.no_grad()
 def tree_exact(shape: TreeShape, logits: torch.Tensor, correct: torch.Tensor, max_k: int = 256,
                passk: bool = True) -> dict:
     """Exact statistics of the policy (logits (S, P, n_nodes, V)) against the correct answers (S, P,
     n_leaves) bool, per seed (tensors with a leading S), in float64. See the module docstring."""
     S, P, _, V = logits.shape
-    reach = torch.ones(S, P, 1, dtype=torch.float64)              # probability of reaching each node
+    reaches, probs, leaf = walk(shape, logits)            # reach (S, P, W) and p (S, P, W, V) per depth
     n_top = min(3, V)
     fork_pk = torch.zeros(S, P, n_top, dtype=torch.float64)
     fork_mass = torch.zeros(S, P, dtype=torch.float64)
     fork_h = torch.zeros(S, P, dtype=torch.float64)
     all_p1 = torch.zeros(S, P, dtype=torch.float64)
     all_mass = torch.zeros(S, P, dtype=torch.float64)
-    for d in range(shape.depth):
-        z = logits[:, :, shape.offset[d]:shape.offset[d] + shape.width[d]].double()
-        pd = torch.softmax(z, -1)                                                     # (S, P, W, V)
+    for d, (reach, pd) in enumerate(zip(reaches, probs)):
         all_mass += reach.sum(-1)
         if shape.is_fork[d]:
             top = pd.topk(n_top, dim=-1).values                                       # (S, P, W, 3)
@@ -259,16 +214,12 @@ def tree_exact(shape: TreeShape, logits: torch.Tensor, correct: torch.Tensor, ma
             fork_pk += (reach[..., None] * top).sum(2)
             fork_mass += reach.sum(-1)
             fork_h += (reach * torch.special.entr(pd).sum(-1)).sum(-1)
-            reach = (reach[..., None] * pd).reshape(S, P, -1)
         else:
             all_p1 += (reach * pd.amax(-1)).sum(-1)
-            reach = reach * pd[..., 0]
-    leaf = reach                                                                      # (S, P, L)
-    pc_leaf = leaf * correct
+    pc_leaf = leaf * correct                                                          # (S, P, L)
     p_correct = pc_leaf.sum(-1)                                                       # (S, P)
     if passk:   # 1 - (1 - p)^K per problem, averaged over problems: (S, K)
-        ks = torch.arange(1, max_k + 1, dtype=torch.float64)
-        passk = (-torch.expm1(ks * torch.log1p(-p_correct.clamp(max=1.0))[..., None])).mean(1)
+        passk = at_least_once(p_correct, torch.arange(1, max_k + 1, dtype=torch.float64)).mean(1)
     multi = correct.sum(-1) >= 2                                                      # (S, P)
     share = pc_leaf.max(-1).values / p_correct.clamp(min=1e-300)
     top_share = torch.where(multi, share, 0).sum(1) / multi.sum(1).clamp(min=1)
@@ -504,9 +455,7 @@ def run_tree(cfg: TreeConfig, out_dir: Path, plot: bool = True, log=print) -> di
     result["methods"] = {k: result["methods"][k] for k in order}
     result["settings"]["seconds"] = round(time.time() - t0, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "tree.json.tmp"
-    tmp.write_text(json.dumps(result))
-    tmp.replace(out_dir / "tree.json")
+    write_atomic(out_dir / "tree.json", json.dumps(result))
     if is_comparison(result):
         table = format_tree_methods(result)
         (out_dir / "tree_methods.md").write_text(table + "\n")
@@ -599,31 +548,6 @@ def plot_tree_methods(result: dict, path: Path):
         for ax in axes[r]:
             ax.grid(alpha=0.3)
     return _save(plt, fig, path)
-
-
-# -----------------------------------------------------------------------------
-# Plots (matplotlib is optional: without it, no PNG)
-
-
-def _pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("matplotlib not installed: no plot written")
-        return None
-
-
-def _save(plt, fig, path: Path, rect=(0, 0, 1, 1)) -> Path:
-    fig.tight_layout(rect=rect)      # rect: the part of the figure the panels fill (a legend below: less)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
 
 
 def paired_diff(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -831,15 +755,6 @@ def make_warm_start(st: dict, log=print) -> Path:
     return path
 
 
-def _gate(entropy: torch.Tensor, mask: torch.Tensor, q) -> torch.Tensor:
-    """casp.py's entropy gate, recomputed here: tokens whose entropy is strictly above the linear
-    q-quantile of the valid entropies of the same response (q None: every valid token)."""
-    if q is None:
-        return mask.clone()
-    h = entropy.double().masked_fill(~mask, float("nan"))
-    return (entropy.double() > torch.nanquantile(h, q, dim=1, keepdim=True)) & mask
-
-
 _VALID: dict = {}
 
 
@@ -863,7 +778,6 @@ def candidate_stats_lm(model_dir: Path, problems: list[dict], n: int, seed: int,
     """Sample n responses per problem from the model and measure, over every token and over the tokens
     the entropy gate selects: mean p(1..top_n) and entropy; also accuracy, the gate's share of tokens and
     distinct correct paths per problem."""
-    import data
     from model import load_model, load_tokenizer
     from sampler import generate
     from verifier import reward
@@ -874,7 +788,7 @@ def candidate_stats_lm(model_dir: Path, problems: list[dict], n: int, seed: int,
     ro = generate(model, prompts, n_samples=n, max_new_tokens=max_new_tokens, stop_ids=tok.stop_ids,
                   top_n=top_n, seed=seed, vocab_size=tok.vocab_size)
     mask, H, tp = ro.mask, ro.entropy, ro.topn_probs.double()
-    gate = _gate(H, mask, q)
+    gate = casp.entropy_gate(H.double(), mask, q)                                      # (B, L) training's gate
     texts = [tok.decode(t[m].tolist()) for t, m in zip(ro.tokens, ro.mask)]
     r = [reward(x, problems[i // n]["answer"]) for i, x in enumerate(texts)]
     paths = [len({texts[i * n + j].strip() for j in range(n) if valid_path(problems[i]["problem"], texts[i * n + j])})
@@ -897,7 +811,6 @@ def _lm_job(job: dict) -> dict:
     """One worker job (own process, one thread, output to job['log']): an RL run (train.main) with its
     checkpoint statistics and final evaluation (eval.main), or the warm start's statistics and evaluation."""
     import contextlib
-    import sys
     torch.set_num_threads(1)
     st, folder = job["settings"], Path(job["folder"])
     folder.mkdir(parents=True, exist_ok=True)
@@ -1019,8 +932,8 @@ def summarize_lm(folder: Path, st: dict) -> dict:
 
 
 def run_lm(args):
-    """python miniature.py lm: warm start (cached), RL runs and evaluations in worker processes, lm.json,
-    lm.png. Re-running into a folder with finished jobs reuses them (every job writes a fresh folder)."""
+    """`miniature.py lm`: warm start (cached), RL runs and evaluations in worker processes, lm.json, lm.png.
+    Re-running into a folder with finished jobs reuses them (every job writes a fresh folder)."""
     t0 = time.time()
     st = lm_settings(args)
     out = Path(args.out)

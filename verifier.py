@@ -96,6 +96,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import sandbox
 
@@ -164,14 +165,12 @@ def _unescape(s: str) -> str:
     return s
 
 
-_UNICODE = str.maketrans({
-    "\u2212": "-", "\u2013": "-", "\u2014": "-", "\u00d7": "*", "\u00b7": "*", "\u22c5": "*", "\u00f7": "/",
-    "\u2264": "\\leq ", "\u2265": "\\geq ", "\u2260": "\\neq ", "\u221e": "\\infty ", "\u03c0": "\\pi ",
-    "\u221a": "\\sqrt", "\u222a": "\\cup ", "\u2208": "\\in ", "\u00b2": "^2", "\u00b3": "^3", "\u00b0": "^\\circ",
-    "\u20ac": "", "\u00a3": "", "\u00a5": "", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\uff0c": ",",
-    "\uff1a": ":", "\uff08": "(", "\uff09": ")"})
 _DELIM_RE = re.compile(r"\$|\\[()\[\]]")
-_TEXT_GROUP_RE = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mbox|operatorname)\s*\{[^{}]*\}")
+# \text{}-like commands: their argument is text, read as its content (after a number: a unit, see _TAILS)
+_TEXT_CMDS = ("text", "textbf", "textit", "textrm", "textnormal", "mbox", "mathrm", "mathbf", "mathit",
+              "operatorname", "rm", "num")
+_TEXT_CMD_RE = re.compile(r"\\(?:%s)\s*\{" % "|".join(_TEXT_CMDS))
+_TEXT_GROUP_RE = re.compile(_TEXT_CMD_RE.pattern + r"([^{}]*)\}")       # one without nested braces
 _CMD_RE = re.compile(r"\\[A-Za-z]+")
 _PROSE_RE = re.compile(r"\b[A-Za-z]{2,}\s+[A-Za-z]{3,}\b|\b[A-Za-z]{3,}\s+[A-Za-z]{2,}\b")
 _WORD_RE = re.compile(r"[A-Za-z]{2,}")
@@ -220,7 +219,6 @@ def _last_boxed(s: str) -> tuple[str | None, bool]:
     return (s[b[1]:b[2]], True) if b[2] >= 0 else (None, True)
 
 
-_SEP_TEXT_RE = re.compile(r"\\(?:text|textrm|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _SEP_NOISE_RE = re.compile(r"\$|\\[()\[\]]|\\q?quad(?![A-Za-z])|\\[,;:! ]|[\s~]")
 _JOINERS = {",", ";", "and", "or", ",and", ",or", "&"}
 
@@ -231,7 +229,7 @@ def _joins_boxes(sep: str) -> bool:
     block closes in between ("$$\\boxed{20}$$ \\boxed{143}" is a correction)."""
     if len(sep) > 80:
         return False
-    text = _SEP_TEXT_RE.sub(r"\1", sep)
+    text = _TEXT_GROUP_RE.sub(r"\1", sep)
     word = _SEP_NOISE_RE.sub("", text).lower()
     if not word:
         return not _DELIM_RE.search(sep)
@@ -465,89 +463,247 @@ def _gold_answer(gold: str) -> str:
     return g
 
 
-# --------------------------------------------------------------------------- normalisation
-# One normal form per answer string. Each step is a small function; the family-specific ones (percent,
-# units, numbers) live in their family's section below.
+# --------------------------------------------------------------------------- normalisation: the tables
+# One normal form per answer string: (string, had a percent sign, canonical unit). _normal_form applies the
+# rewrite table _REWRITES in order; its row `_TAILS_ROW` cuts the answer's tails (table _TAILS: percent and
+# degree signs, \text{}-like groups, a unit). Relation spellings are one table (_RELATION_SPELLINGS), the
+# \text{}-like commands one list (_TEXT_CMDS). Each row's example is an answer and its normal form, which the
+# table without that row does not give (a test checks both, row by row).
+class Rewrite(NamedTuple):
+    pattern: re.Pattern | None
+    replacement: object          # a string (with \1 groups) or a function of the match
+    why: str
+    example: tuple[str, str]     # (an answer, its normal form)
+
+
+class Tail(NamedTuple):
+    pattern: re.Pattern
+    kind: str                    # "percent", "drop", "text" or "unit"
+    why: str
+    example: tuple[str, tuple]   # (an answer, _normalize's triple for it)
+
+
+def _row(pattern, replacement, why: str, example, flags: int = 0) -> Rewrite:
+    """One row of _REWRITES. `pattern` may be a dict of spellings, each rewritten to its value (a command
+    only as a whole word: \\ge is not the start of \\geq)."""
+    if isinstance(pattern, dict):
+        spellings = pattern
+        pattern = "|".join(re.escape(k) + ("(?![A-Za-z])" if re.fullmatch(r"\\[A-Za-z]+", k) else "")
+                           for k in sorted(spellings, key=len, reverse=True))
+        replacement = lambda m: spellings[m.group()]    # noqa: E731
+    return Rewrite(re.compile(pattern, flags), replacement, why, example)
+
+
+# Relation spellings: (the spelling the parser reads, its meaning, every other spelling)
+_RELATION_SPELLINGS = [
+    ("\\geq", ">=", ("\\geqslant", "\\geqq", "\\ge", ">=", "\u2265")),
+    ("\\leq", "<=", ("\\leqslant", "\\leqq", "\\le", "<=", "\u2264")),
+    ("\\neq", "!=", ("\\ne", "!=", "\u2260")),
+    (">", ">", ("\\gt",)),
+    ("<", "<", ("\\lt",)),
+]
+_REL_OPS = {canon: op for canon, op, _ in _RELATION_SPELLINGS}               # "\\leq" -> "<="
+_RELATIONS_TO_CANON = {s: canon + (" " if canon[0] == "\\" and s[0] != "\\" else "")    # ">=" -> "\\geq "
+                       for canon, _, spellings in _RELATION_SPELLINGS for s in spellings}
+
+
+def _whole_box(m: re.Match) -> str:
+    b, _ = _last_boxed(m.group())
+    return m.group() if b is None else b
+
+
+def _repeating_decimal(m: re.Match) -> str:
+    """0.\\overline{3} -> \\frac{1}{3}; 1.2\\overline{34} -> the exact fraction (not 0.3, not 1.234)."""
+    whole, fixed, rep = m.group(1) or "0", m.group(2), m.group(3)
+    den = 10 ** len(fixed) * (10 ** len(rep) - 1)
+    num = int(whole + fixed + rep) - int(whole + fixed)
+    return f"\\frac{{{num}}}{{{den}}}"
+
+
+def _exact_side(m: re.Match) -> str:
+    """"a \\approx b": the exact side a, or b when a is only a label ("x \\approx 0.67")."""
+    left = m.group(1).strip().rstrip("=").strip()
+    return m.group(2) if not left or _is_label(left) else m.group(1)
+
+
+def _mixed_number(m: re.Match) -> str:
+    whole, p, q = (int(g) for g in m.groups())
+    return f"({whole}+\\frac{{{p}}}{{{q}}})" if 0 <= p < q else m.group()
+
+
+_TAILS_ROW = Rewrite(None, None, "cut the tails (table _TAILS): percent and degree signs, \\text{} groups, a unit",
+                     ("35 \\text{ cm}", ("35", False, "cm")))
+_REWRITES = [
+    # LaTeX that only lays the answer out goes
+    _row(r"^\\(?:boxed|fbox)\s*\{.*\}$", _whole_box, "a box around the whole answer", ("\\boxed{12}", "12"),
+         re.DOTALL),
+    _row({"\u2212": "-", "\u2013": "-", "\u2014": "-", "\u00d7": "*", "\u00b7": "*", "\u22c5": "*", "\u00f7": "/",
+          "\u221e": "\\infty ", "\u03c0": "\\pi ", "\u221a": "\\sqrt", "\u222a": "\\cup ", "\u2208": "\\in ",
+          "\u00b2": "^2", "\u00b3": "^3", "\u00b0": "^\\circ", "\u20ac": "", "\u00a3": "", "\u00a5": "", "\u00a0": " ",
+          "\u2009": " ", "\u202f": " ", "\uff0c": ",", "\uff1a": ":", "\uff08": "(", "\uff09": ")"},
+         None, "unicode math is LaTeX", ("2\u00d73", "2*3")),
+    _row(r",\s*\\!\s*", ",", "a thousands comma with a negative space, spaced or not", ("11,\\! 111", "11,111")),
+    _row(r"\\!", "", "a negative space", ("10\\!080", "10080")),
+    _row(r"\{,\}", ",", "a comma in braces (a thousands separator)", ("1{,}000", "1,000")),
+    _row(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\s*\.?", "", "sizes of brackets",
+         ("\\left(1,2\\right)", "(1,2)")),
+    _row(r"\\[dtc]frac", r"\\frac", "display, text and continued fractions are fractions", ("\\dfrac{3}{4}", "\\frac{3}{4}")),
+    _row(r"\\(?:displaystyle|textstyle|quad|qquad|limits)(?![A-Za-z])", " ", "display styles and wide spaces",
+         ("\\displaystyle\\frac12", "\\frac12")),
+    _row(r"(?<!\\)\\[,;: ]|~|\n", " ", "thin, medium and explicit spaces, line breaks", ("2\\,000", "2000")),
+    _row(r"\\?\$", "", "dollar signs: a price's or a math delimiter", ("\\$18.90", "18.90")),
+    _row(r"\\[()\[\]]", " ", "the math delimiters \\( \\) \\[ \\]", ("\\(x+1\\)", "x+1")),
+    _row(r'^[\s"]+|[\s"]+$', "", "quotes around the answer", ('"east"', "east")),
+    _row(r"(?<![\d.])(\d*)\.(\d*)\\overline\s*\{(\d+)\}", _repeating_decimal, "repeating decimals are exact",
+         ("0.\\overline{3}", "\\frac{3}{9}")),
+    _row(r"\\mathbb\s*\{?\s*R\s*\}?|^(?:\\text\s*\{)?\s*all real numbers\s*\}?$", r"(-\\infty,\\infty)",
+         "the real line is an interval", ("\\mathbb{R}", "(-\\infty,\\infty)")),
+    _row(r"\\(?:emptyset|varnothing)(?![A-Za-z])", r"\\{\\}", "the empty set is a set", ("\\emptyset", "\\{\\}")),
+    _row(r"\\(?:mathbb|mathcal|boldsymbol|bm|vec|hat|bar|overline|dot)\s*\{([^{}]*)\}", r"\1",
+         "fonts and accents on a name", ("\\vec{v}", "v")),
+    _row({"\\langle": "(", "\\rangle": ")"}, None, "a vector in angle brackets is a tuple",
+         ("\\langle1,2\\rangle", "(1,2)")),
+    _row(r"\^\s*\{\s*\\prime\s*\}|\^\s*\\prime", "'", "a prime", ("f^\\prime(x)", "f'(x)")),
+    # several answers joined by words are a comma list
+    _row(r"\\text\s*\{\s*(?:and|or)\s*\}|\{\s*(?:and|or)\s*\}", ",", "and/or in text or braces",
+         ("-2{or}-12", "-2,-12")),
+    _row(r"\{\}", "", "empty braces (left by MATH's strip_string)", ("2,3,{}4", "2,3,4")),
+    _row(r"^(.*?)\\approx(?![A-Za-z])(?:.*\\approx(?![A-Za-z]))?(.*)$", _exact_side, "a \\approx b: the exact side",
+         ("\\frac23 \\approx 0.67", "\\frac23"), re.DOTALL),
+    _row(r"\s+(?:and|or)\s+|(?<=[)\]}])\s*(?:and|or)\s*(?=[(\[{\\])", ",", "and/or between answers",
+         ("2 and 3", "2,3")),
+    # one spelling per operator
+    _row(_RELATIONS_TO_CANON, None, "relations (table _RELATION_SPELLINGS)", ("x \\ge 5", "x \\geq 5")),
+    _row({"\\cdot": "*", "\\times": "*", "\\ast": "*", "\\div": "/", "**": "^", "\\lbrace": "\\{", "\\rbrace": "\\}",
+          "\\lvert": "|", "\\rvert": "|"}, None, "products, quotients, powers, braces and bars", ("2 \\times 3", "2 * 3")),
+    _TAILS_ROW,
+    _row(r"(?<![\\A-Za-z])(sqrt|sin|cos|tan|sec|csc|cot|ln|log|exp|pi|arcsin|arccos|arctan|infty)(?![A-Za-z])",
+         r"\\\1", "function names without a backslash", ("sqrt(2)", "\\sqrt(2)")),
+    _row(r"\binfinity\b", r"\\infty", "infinity in words", ("(0, infinity)", "(0, \\infty)")),
+    # tidy
+    _row(r"([_^])\{\s*([A-Za-z0-9])\s*\}", r"\1\2", "one-character exponents and subscripts", ("x^{2}", "x^2")),
+    _row(r"\s+", lambda m: "" if m.start() == 0 or m.end() == len(m.string) else " ", "runs of space",
+         ("x  +  1", "x + 1")),
+    _row(r"^\{(.+)\}$", lambda m: m.group(1).strip() if _match_brace(m.string, 0) == len(m.string) - 1 else m.group(),
+         "braces around the whole answer (left by MATH's strip_string)", ("{A,B}", "A,B"), re.DOTALL),
+    # numbers (comma separators are read later, see _comma_number: they can be lists)
+    _row(r"^-?[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?$", lambda m: m.group().replace(" ", ""),
+         "spaces as thousands separators", ("1 000 000", "1000000")),
+    _row(r"(?<![\w.}^_)\]])(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}", _mixed_number, "a mixed number in LaTeX",
+         ("2\\frac{1}{2}", "(2+\\frac{1}{2})")),
+    _row(r"(?<![\w.}^_/)\]])(\d+) (\d+)\s*/\s*(\d+)(?![\d./])", _mixed_number, "a mixed number with a slash",
+         ("4 4/9", "(4+\\frac{4}{9})")),
+    _row(r"^(-?\d+)\.0+$", r"\1", "trailing zeros", ("$18.0$", "18")),
+    _row(r"^\+(?=\d)", "", "a leading plus", ("+7", "7")),
+]
+
+# Tails, cut at _TAILS_ROW in this order: percent and degree signs, then \text{}-like groups (unwrapped; one
+# after a number is a unit and goes), then one unit written after the number. Units are compared only when
+# both sides have one (5 cm != 50 mm: no conversion); percent signs by the percent rule.
+_UNIT_WORDS = (
+    "degrees?|radians?|cm|mm|km|meters?|metres?|centimeters?|millimeters?|kilometers?|inches|inch|feet|foot|"
+    "ft|yards?|yd|miles?|mph|kph|hours?|hrs?|minutes?|mins?|seconds?|secs?|dollars?|cents?|euros?|yuan|"
+    "units?|square|sq|cubic|kg|grams?|kilograms?|mg|pounds?|lbs?|ounces?|oz|days?|weeks?|months?|years?|"
+    "liters?|litres?|ml|gallons?|people|persons?|students?|marbles|apples|cookies|points?|times|ways|"
+    "km/h|km/hr|m/s|cm/s|mi/h|ft/s|sq\\.?\\s*units")
+_TAILS = [   # (kind, pattern, why, (an answer, its normal form))
+    Tail(re.compile(r"\\?%"), "percent", "a percent sign", ("28\\%", ("28", True, ""))),
+    Tail(re.compile(r"(?<=[\d}\s])\s*(?:percent(?:age)?|pct)\.?$", re.IGNORECASE), "percent",
+            "a percent word after the number", ("28 percent", ("28", True, ""))),
+    Tail(re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree"), "drop", "a degree sign (never compared)",
+            ("30^\\circ", ("30", False, ""))),
+    Tail(_TEXT_CMD_RE, "text", "\\text{}-like groups are their content; one after a number is a unit",
+            ("35 \\text{ cm}", ("35", False, "cm"))),
+    Tail(re.compile(r"\s*(?:,|(?<!\.)\.)\s*$"), "drop", "sentence punctuation (an ellipsis stays: 1, 2, ...)",
+         ("5.", ("5", False, ""))),
+    Tail(re.compile(r"(?<=[\d}.)\s])\s*((?:(?:%s)\b\.?\s*(?:\^\s*\{?\d\}?)?\s*)+)$" % _UNIT_WORDS, re.IGNORECASE),
+            "unit", "a unit word after the number", ("35 cm", ("35", False, "cm"))),
+    Tail(re.compile(r"(?<=\d)\s+([msgh]|L)(?:\^\s*\{?\d\}?)?\.?$"), "unit",
+            "a one-letter unit after a space (35m is a product)", ("35 m", ("35", False, "m"))),
+    Tail(re.compile(r"(?<=\d)\s+([a-z]{3,}(?:\s+[a-z]{3,}){0,2})\.?$"), "unit", "a few words after a number",
+            ("4 widgets", ("4", False, "widget"))),
+]
+
+
 _PLAIN_NUM_RE = re.compile(r"-?\d+(?:\.\d+)?")
-_BARE_FUNCS_RE = re.compile(
-    r"(?<![\\A-Za-z])(sqrt|sin|cos|tan|sec|csc|cot|ln|log|exp|pi|arcsin|arccos|arctan|infty)(?![A-Za-z])")
 
 
-@lru_cache(maxsize=65536)
-def _normalize(ans: str) -> tuple[str, bool, str]:
-    """MATH/Minerva-style normal form of an answer: (string, had a percent sign, canonical unit). The
-    steps run in this order; each lives in its family's section below."""
+def _normal_form(ans: str, rewrites=_REWRITES, tails=_TAILS) -> tuple[str, bool, str]:
+    """(the normal form of an answer, whether it had a percent sign, its canonical unit or "")."""
     s = ans.strip()
-    if _PLAIN_NUM_RE.fullmatch(s):                           # the common case: nothing to clean
-        return _number_spelling(s), False, ""
-    s = _clean_latex(s)
-    s, percent = _strip_percent(s)
-    s = _join_several(s)
-    s, unit = _unwrap_text(s)
-    s = _operator_spelling(s)
-    s, unit = _strip_unit_words(s, unit)
-    s = _number_spelling(_tidy(s))
+    if _PLAIN_NUM_RE.fullmatch(s):                           # the common case: only trailing zeros can go
+        return re.sub(r"^(-?\d+)\.0+$", r"\1", s), False, ""
+    s, percent, unit = _unescape(s), False, ""
+    for row in rewrites:
+        if row is _TAILS_ROW:
+            s, percent, unit = _cut_tails(s, tails)
+        else:
+            s = row.pattern.sub(row.replacement, s)
     return s, percent, _canon_unit(unit) if unit.strip() else ""
 
 
-def _clean_latex(s: str) -> str:
-    """Layout-only LaTeX goes: a whole-answer box, \\left/\\right, spacing, $ and \\( \\) delimiters,
-    font commands; unicode math becomes LaTeX; \\dfrac/\\tfrac/\\cfrac become \\frac; degrees go."""
-    s = _unescape(s)
-    boxed, _ = _last_boxed(s)
-    if boxed is not None and re.fullmatch(r"\\(?:boxed|fbox)\s*\{.*\}", s, re.DOTALL):
-        s = boxed
-    s = s.translate(_UNICODE)
-    s = re.sub(r",\s*\\!\s*", ",", s)                     # "11,\! 111": a thousands comma, space or not
-    s = s.replace("\n", " ").replace("\\!", "").replace("{,}", ",")
-    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\s*\.?", "", s)
-    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
-    s = re.sub(r"\\(?:displaystyle|textstyle|quad|qquad|limits)(?![A-Za-z])", " ", s)
-    s = re.sub(r"(?<!\\)\\[,;: ]", " ", s).replace("~", " ")
-    s = s.replace("\\$", "").replace("$", "")
-    s = _DELIM_RE.sub(" ", s).strip().strip('"').strip()
-    s = _REPEATING_RE.sub(_repeating_decimal, s)
-    s = re.sub(r"\\mathbb\s*\{?\s*R\s*\}?|^(?:\\text\s*\{)?\s*all real numbers\s*\}?$", r"(-\\infty,\\infty)", s)
-    s = re.sub(r"\\(?:emptyset|varnothing)(?![A-Za-z])", r"\\{\\}", s)
-    s = re.sub(r"\\(?:mathbb|mathcal|boldsymbol|bm|vec|hat|bar|overline|dot)\s*\{([^{}]*)\}", r"\1", s)
-    s = s.replace("\\langle", "(").replace("\\rangle", ")")
-    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree", "", s)
-    return re.sub(r"\^\s*\{\s*\\prime\s*\}|\^\s*\\prime", "'", s)
+_normalize = lru_cache(maxsize=65536)(_normal_form)
 
 
-def _join_several(s: str) -> str:
-    """Several answers joined by words become a comma list ("2 and 3", "x=3 \\text{ or } x=5",
-    "(11,7)or(7,11)"); "a \\approx b" keeps its exact side."""
-    s = re.sub(r"\\text\s*\{\s*(?:and|or)\s*\}|\{\s*(?:and|or)\s*\}", ",", s).replace("{}", "")
-    parts = re.split(r"\\approx(?![A-Za-z])", s)
-    if len(parts) > 1:                                       # "2/3 \approx 0.67": the exact side
-        left = parts[0].strip().rstrip("=").strip()
-        s = parts[-1] if not left or _is_label(left) else parts[0]
-    return re.sub(r"\s+(?:and|or)\s+|(?<=[)\]}])\s*(?:and|or)\s*(?=[(\[{\\])", ",", s)
+def _cut_tails(s: str, tails=_TAILS) -> tuple[str, bool, str]:
+    """(s without its tails, whether it had a percent sign, the unit as written or "")."""
+    percent, unit, unit_word = False, "", False
+    for row in tails:
+        kind = row.kind
+        if kind == "text":
+            s, unit = _unwrap_text(s)
+            s = s.strip()
+        elif kind == "unit":
+            if not unit_word and re.search(r"\d", s) and (m := row.pattern.search(s)):
+                s, unit, unit_word = s[:m.start()], unit or m.group(1), True
+        else:
+            s, n = row.pattern.subn("", s)
+            percent = percent or (kind == "percent" and n > 0)
+    return s, percent, unit
 
 
-def _operator_spelling(s: str) -> str:
-    """One spelling per operator: relations (\\ge, >=, \\geqslant -> \\geq; \\gt -> >), products,
-    braces and bars, bare function names (sqrt -> \\sqrt), "infinity"."""
-    s = re.sub(r"\\(?:geqslant|geqq|ge)(?![A-Za-z])", r"\\geq", s)
-    s = re.sub(r"\\(?:leqslant|leqq|le)(?![A-Za-z])", r"\\leq", s)
-    s = re.sub(r"\\ne(?![A-Za-z])", r"\\neq", s)
-    s = s.replace(">=", "\\geq ").replace("<=", "\\leq ").replace("!=", "\\neq ")
-    s = re.sub(r"\\gt(?![A-Za-z])", ">", s)
-    s = re.sub(r"\\lt(?![A-Za-z])", "<", s)
-    s = re.sub(r"\\(?:cdot|times|ast)(?![A-Za-z])", "*", s).replace("\\div", "/").replace("**", "^")
-    s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("\\lvert", "|").replace("\\rvert", "|")
-    s = _BARE_FUNCS_RE.sub(r"\\\1", s)
-    s = re.sub(r"\binfinity\b", "\\\\infty", s).strip()
-    return s if s.endswith("..") else re.sub(r"\s*[.,]$", "", s)   # "1, 2, 3, ..." keeps its ellipsis
+def _unwrap_text(s: str) -> tuple[str, str]:
+    """Replace \\text{...}-like groups by their content; a group that is a unit after a number goes,
+    and is returned as the unit. \\mathrm{e}, \\mathrm{d} stay letters (Euler's number, a differential)."""
+    unit = ""
+    for _ in range(20):
+        m = _TEXT_CMD_RE.search(s)
+        if not m:
+            break
+        k = _match_brace(s, m.end() - 1)
+        if k < 0:
+            break
+        inner = s[m.end():k]
+        before, after = s[:m.start()], s[k + 1:]
+        letter = m.group().startswith("\\math") and re.fullmatch(r"[A-Za-z]", inner)
+        is_unit = (not letter and re.search(r"[\d}.)]\s*$|[A-Za-z]\s+$", before)
+                   and re.fullmatch(r"[\s~]*[A-Za-z][A-Za-z\s/.~]*", inner)
+                   and not re.fullmatch(r"\s*(?:and|or)\s*", inner))
+        if is_unit:
+            power = re.match(r"^\s*\^\s*\{?\d\}?", after)       # "\mbox{ inches}^2"
+            if power:
+                after = after[power.end():]
+            if not after.strip(" .,"):
+                unit = inner + (power.group() if power else "")
+            s = before + after
+        else:
+            s = before + inner + after
+    return s, unit
 
 
-def _tidy(s: str) -> str:
-    s = re.sub(r"([_^])\{\s*([A-Za-z0-9])\s*\}", r"\1\2", s)        # x^{2} -> x^2, a_{1} -> a_1
-    s = re.sub(r"\s+", " ", s).strip()
-    if len(s) > 2 and s[0] == "{" and _match_brace(s, 0) == len(s) - 1:
-        s = s[1:-1].strip()                                   # "{A,B}" left by MATH's strip_string
-    return s
+def _canon_unit(u: str) -> str:
+    """cm^2 == \\text{ cm}^{2}; hours == hour; inches == inch; feet == foot."""
+    u = re.sub(r"[\\{}\s~]|\^\s*(?=\d)", "", u).replace("^", "")
+    words = []
+    for w in re.split(r"([/*.])", u):
+        if w in ("feet",):
+            w = "foot"
+        elif len(w) > 4 and w.lower().endswith(("ches", "shes", "xes")):
+            w = w[:-2]
+        elif len(w) > 3 and w.endswith("s") and w.isalpha():
+            w = w[:-1]
+        words.append(w.lower() if len(w) > 2 else w)
+    return "".join(words).rstrip(".")
 
 
 def normalize(ans: str) -> tuple[str, bool]:
@@ -1097,40 +1253,6 @@ def _node_equal(a, b, ctx) -> bool:
 # Separators, the decimal comma, mixed numbers and rounding. Values: exact integers, decimals with the
 # rounding rules of the module docstring, and expressions with variables compared at random points.
 _THOUSANDS_RE = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
-_THOUSANDS_SPACE_RE = re.compile(r"-?[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?")
-_MIXED_FRAC_RE = re.compile(r"(?<![\w.}^_)\]])(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}")
-_MIXED_SLASH_RE = re.compile(r"(?<![\w.}^_/)\]])(\d+) (\d+)\s*/\s*(\d+)(?![\d./])")
-
-
-def _number_spelling(s: str) -> str:
-    """Numbers: space thousands separators (1 000), mixed numbers (2\\frac{1}{2}, 4 4/9), trailing
-    zeros (18.0), a leading +. Comma separators are read later (see _comma_number): they can be lists."""
-    if _THOUSANDS_SPACE_RE.fullmatch(s):
-        s = s.replace(" ", "")
-    if "frac" in s or "/" in s:
-        s = _MIXED_SLASH_RE.sub(_mixed_number, _MIXED_FRAC_RE.sub(_mixed_number, s))
-    s = re.sub(r"^(-?\d+)\.0+$", r"\1", s)
-    return re.sub(r"^\+(?=\d)", "", s)
-
-
-_REPEATING_RE = re.compile(r"(?<![\d.])(\d*)\.(\d*)\\overline\s*\{(\d+)\}")
-
-
-def _repeating_decimal(m: re.Match) -> str:
-    """0.\\overline{3} -> \\frac{1}{3}; 1.2\\overline{34} -> the exact fraction (not 0.3, not 1.234)."""
-    whole, fixed, rep = m.group(1) or "0", m.group(2), m.group(3)
-    den = 10 ** len(fixed) * (10 ** len(rep) - 1)
-    num = int(whole + fixed + rep) - int(whole + fixed)
-    return f"\\frac{{{num}}}{{{den}}}"
-
-
-def _mixed_number(m: re.Match) -> str:
-    whole, p, q = (int(g) for g in m.groups())
-    if 0 <= p < q:
-        return f"({whole}+\\frac{{{p}}}{{{q}}})"
-    return m.group()
-
-
 def _comma_number(s: str) -> str | None:
     """The number reading of digits joined by commas without spaces: thousands separators when the
     groups allow it (10,455 -> 10455), else one decimal comma (1,22 -> 1.22); the list reading
@@ -1230,84 +1352,6 @@ def _expr_equal(a: str, b: str, pct_a: bool = False, pct_b: bool = False, loose:
     return ok >= 2
 
 
-# --------------------------------------------------------------------------- family: percent
-_PCT_WORD_RE = re.compile(r"(?<=[\d}\s])\s*(?:percent(?:age)?|pct)\.?$", re.IGNORECASE)
-
-
-def _strip_percent(s: str) -> tuple[str, bool]:
-    """(s without its percent sign or word, whether it had one): 28\\%, 28%, 28 percent, 28 pct."""
-    percent = "%" in s or bool(_PCT_WORD_RE.search(s))
-    return _PCT_WORD_RE.sub("", s.replace("\\%", "").replace("%", "")), percent
-
-
-# --------------------------------------------------------------------------- family: units and text after the number
-_UNIT_WORDS = (
-    "degrees?|radians?|cm|mm|km|meters?|metres?|centimeters?|millimeters?|kilometers?|inches|inch|feet|foot|"
-    "ft|yards?|yd|miles?|mph|kph|hours?|hrs?|minutes?|mins?|seconds?|secs?|dollars?|cents?|euros?|yuan|"
-    "units?|square|sq|cubic|kg|grams?|kilograms?|mg|pounds?|lbs?|ounces?|oz|days?|weeks?|months?|years?|"
-    "liters?|litres?|ml|gallons?|people|persons?|students?|marbles|apples|cookies|points?|times|ways|"
-    "km/h|km/hr|m/s|cm/s|mi/h|ft/s|sq\\.?\\s*units")
-_UNIT_TAIL_RE = re.compile(r"(?<=[\d}.)\s])\s*((?:(?:%s)\b\.?\s*(?:\^\s*\{?\d\}?)?\s*)+)$" % _UNIT_WORDS,
-                           re.IGNORECASE)
-_UNIT_LETTER_RE = re.compile(r"(?<=\d)\s+([msgh]|L)(?:\^\s*\{?\d\}?)?$")   # "35 m", not "35m" (a product)
-_WORD_TAIL_RE = re.compile(r"(?<=\d)\s+([a-z]{3,}(?:\s+[a-z]{3,}){0,2})\.?$")
-_TEXT_CMD_RE = re.compile(
-    r"\\(?:text|textbf|textit|textrm|textnormal|mbox|mathrm|mathbf|mathit|operatorname|rm|num)\s*\{")
-
-
-def _unwrap_text(s: str) -> tuple[str, str]:
-    """Replace \\text{...}-like groups by their content; a group that is a unit after a number goes,
-    and is returned as the unit. \\mathrm{e}, \\mathrm{d} stay letters (Euler's number, a differential)."""
-    unit = ""
-    for _ in range(20):
-        m = _TEXT_CMD_RE.search(s)
-        if not m:
-            break
-        k = _match_brace(s, m.end() - 1)
-        if k < 0:
-            break
-        inner = s[m.end():k]
-        before, after = s[:m.start()], s[k + 1:]
-        letter = m.group().startswith("\\math") and re.fullmatch(r"[A-Za-z]", inner)
-        is_unit = (not letter and re.search(r"[\d}.)]\s*$|[A-Za-z]\s+$", before)
-                   and re.fullmatch(r"[\s~]*[A-Za-z][A-Za-z\s/.~]*", inner)
-                   and not re.fullmatch(r"\s*(?:and|or)\s*", inner))
-        if is_unit:
-            power = re.match(r"^\s*\^\s*\{?\d\}?", after)       # "\mbox{ inches}^2"
-            if power:
-                after = after[power.end():]
-            if not after.strip(" .,"):
-                unit = inner + (power.group() if power else "")
-            s = before + after
-        else:
-            s = before + inner + after
-    return s, unit
-
-
-def _strip_unit_words(s: str, unit: str) -> tuple[str, str]:
-    """A unit written as words after the number ("35 cm", "12 hours", "4 apples") goes to `unit`."""
-    if re.search(r"\d", s):
-        m = _UNIT_TAIL_RE.search(s) or _UNIT_LETTER_RE.search(s) or _WORD_TAIL_RE.search(s)
-        if m:
-            return s[:m.start()], unit or m.group(1)
-    return s, unit
-
-
-def _canon_unit(u: str) -> str:
-    """cm^2 == \\text{ cm}^{2}; hours == hour; inches == inch; feet == foot."""
-    u = re.sub(r"[\\{}\s~]|\^\s*(?=\d)", "", u).replace("^", "")
-    words = []
-    for w in re.split(r"([/*.])", u):
-        if w in ("feet",):
-            w = "foot"
-        elif len(w) > 4 and w.lower().endswith(("ches", "shes", "xes")):
-            w = w[:-2]
-        elif len(w) > 3 and w.endswith("s") and w.isalpha():
-            w = w[:-1]
-        words.append(w.lower() if len(w) > 2 else w)
-    return "".join(words).rstrip(".")
-
-
 # --------------------------------------------------------------------------- family: equations
 # Labels (x = 5 is 5), chains (the final side), computations, equations up to a non-zero factor.
 _IN_RE = re.compile(r"^\s*([^=<>]{1,40}?)\s*\\in(?![A-Za-z])\s*")
@@ -1380,8 +1424,7 @@ def _eq_node_equal(a, b, ctx) -> bool:
 # intervals (lo, lo text, lo closed, hi, hi text, hi closed); the texts keep the written endpoints so
 # that rounded decimals compare with the number rules above. Relations must be linear in one variable
 # (or a chain around a name: 0 < f(x) < 1, or |x| of a name); other relations compare side by side.
-_REL_TOKEN_RE = re.compile(r"\\leq|\\geq|\\neq|<|>")
-_REL_OPS = {"<": "<", ">": ">", "\\leq": "<=", "\\geq": ">=", "\\neq": "!="}
+_REL_TOKEN_RE = re.compile("|".join(map(re.escape, _REL_OPS)))
 _FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "!=": "!="}
 _NAME_RE = re.compile(r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?\\?\w+\}?)?'*(?:\([^()]*\))?")
 _INF = float("inf")
@@ -1389,7 +1432,7 @@ _INF = float("inf")
 
 def _split_relation(s: str):
     """("x", "\\leq", "5") style split at top-level relation signs: (sides, canonical ops) or None."""
-    if not ("<" in s or ">" in s or "\\leq" in s or "\\geq" in s or "\\neq" in s):
+    if not any(op in s for op in _REL_OPS):
         return None
     sides, seps = _split_at_top(s, lambda t, i: (m := _REL_TOKEN_RE.match(t, i)) and m.end())
     if not seps or not all(sides):
@@ -1649,14 +1692,13 @@ def _matrix_equal(a, b, ctx) -> bool:
 
 
 # --------------------------------------------------------------------------- family: multiple choice
-_MC_UNWRAP_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 _MC_RE = re.compile(r"^\(?\s*([A-J])\s*\)?(?=[\s.:)]|$)")
 
 
 def _mc_letter(s: str) -> str | None:
     """The option letter of a multiple-choice answer: C, (C), C), C., \\text{(C)}, \\textbf{(C) }12."""
-    s = _MC_UNWRAP_RE.sub(r"\1", _unescape(s).replace("$", "")).strip()
-    s = _MC_UNWRAP_RE.sub(r"\1", s).replace("\\ ", " ").strip()
+    s = _TEXT_GROUP_RE.sub(r"\1", _unescape(s).replace("$", "")).strip()
+    s = _TEXT_GROUP_RE.sub(r"\1", s).replace("\\ ", " ").strip()
     s = re.sub(r"^(?:option|choice)\s*:?\s*", "", s, flags=re.IGNORECASE)
     m = _MC_RE.match(s)
     if not m:
@@ -1670,7 +1712,7 @@ def _mc_letter(s: str) -> str | None:
 
 
 def _gold_letter(gold: str) -> str | None:
-    g = _MC_UNWRAP_RE.sub(r"\1", gold.replace("$", "")).strip()
+    g = _TEXT_GROUP_RE.sub(r"\1", gold.replace("$", "")).strip()
     m = re.fullmatch(r"\(?\s*([A-J])\s*\)?", g)
     return m.group(1) if m else None
 

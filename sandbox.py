@@ -162,8 +162,6 @@ def _drop_root(uid):
     os.setuid(uid)
 '''
 
-# The sandbox's main loop (after the prelude and the plain-data codec): load the program, say so, then
-# answer calls until the request pipe closes. One request line {"i", "fn", "args", "kwargs"} -> one reply
 
 @dataclass(frozen=True)
 class Limits:
@@ -210,9 +208,9 @@ class Child:
     """One sandboxed process and its private folder, as a context manager:
 
         with Child("verifier-", {"program.py": program}) as child:
-            to_child, its_end = child.pipe()
+            its_end, mine = child.pipe()                    # the child reads, this process writes
             child.start(PRELUDE + harness, [str(its_end)], pass_fds=(its_end,), limits=Limits(5, 1024, 1 << 20))
-            ...                      # talk to child.proc over the pipes
+            os.write(mine, b"...")                          # child.proc is its Popen
         # here its whole process group is dead, the pipes are closed and the folder is deleted
 
     The folder (`folder`) is fresh, holds `files`, and belongs to the user the harness must become before it
@@ -365,7 +363,7 @@ def from_plain(t, depth=0):
     raise ValueError("not a plain-data tree")
 
 
-# --------------------------------------------------------------------------- run_code: the harness and this process's end
+# --------------------------------------------------------------------------- run_code: the harness, this end
 # The sandbox's main loop (after the prelude and the plain-data codec): load the program, say so, then
 # answer calls until the request pipe closes. One request line {"i", "fn", "args", "kwargs"} -> one reply
 # line {"i", "value"} or {"i", "raised", "message"}; the first reply is {"loaded": true} or the error.

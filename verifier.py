@@ -536,7 +536,8 @@ _REWRITES = [
     _row(r"\{,\}", ",", "a comma in braces (a thousands separator)", ("1{,}000", "1,000")),
     _row(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\s*\.?", "", "sizes of brackets",
          ("\\left(1,2\\right)", "(1,2)")),
-    _row(r"\\[dtc]frac", r"\\frac", "display, text and continued fractions are fractions", ("\\dfrac{3}{4}", "\\frac{3}{4}")),
+    _row(r"\\[dtc]frac", r"\\frac", "display, text and continued fractions are fractions",
+         ("\\dfrac{3}{4}", "\\frac{3}{4}")),
     _row(r"\\(?:displaystyle|textstyle|quad|qquad|limits)(?![A-Za-z])", " ", "display styles and wide spaces",
          ("\\displaystyle\\frac12", "\\frac12")),
     _row(r"(?<!\\)\\[,;: ]|~|\n", " ", "thin, medium and explicit spaces, line breaks", ("2\\,000", "2000")),
@@ -564,7 +565,8 @@ _REWRITES = [
     # one spelling per operator
     _row(_RELATIONS_TO_CANON, None, "relations (table _RELATION_SPELLINGS)", ("x \\ge 5", "x \\geq 5")),
     _row({"\\cdot": "*", "\\times": "*", "\\ast": "*", "\\div": "/", "**": "^", "\\lbrace": "\\{", "\\rbrace": "\\}",
-          "\\lvert": "|", "\\rvert": "|"}, None, "products, quotients, powers, braces and bars", ("2 \\times 3", "2 * 3")),
+          "\\lvert": "|", "\\rvert": "|"}, None, "products, quotients, powers, braces and bars",
+         ("2 \\times 3", "2 * 3")),
     _TAILS_ROW,
     _row(r"(?<![\\A-Za-z])(sqrt|sin|cos|tan|sec|csc|cot|ln|log|exp|pi|arcsin|arccos|arctan|infty)(?![A-Za-z])",
          r"\\\1", "function names without a backslash", ("sqrt(2)", "\\sqrt(2)")),
@@ -595,22 +597,22 @@ _UNIT_WORDS = (
     "units?|square|sq|cubic|kg|grams?|kilograms?|mg|pounds?|lbs?|ounces?|oz|days?|weeks?|months?|years?|"
     "liters?|litres?|ml|gallons?|people|persons?|students?|marbles|apples|cookies|points?|times|ways|"
     "km/h|km/hr|m/s|cm/s|mi/h|ft/s|sq\\.?\\s*units")
-_TAILS = [   # (kind, pattern, why, (an answer, its normal form))
+_TAILS = [   # Tail(pattern, kind, why, (an answer, its normal form))
     Tail(re.compile(r"\\?%"), "percent", "a percent sign", ("28\\%", ("28", True, ""))),
     Tail(re.compile(r"(?<=[\d}\s])\s*(?:percent(?:age)?|pct)\.?$", re.IGNORECASE), "percent",
-            "a percent word after the number", ("28 percent", ("28", True, ""))),
+         "a percent word after the number", ("28 percent", ("28", True, ""))),
     Tail(re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree"), "drop", "a degree sign (never compared)",
-            ("30^\\circ", ("30", False, ""))),
+         ("30^\\circ", ("30", False, ""))),
     Tail(_TEXT_CMD_RE, "text", "\\text{}-like groups are their content; one after a number is a unit",
-            ("35 \\text{ cm}", ("35", False, "cm"))),
+         ("35 \\text{ cm}", ("35", False, "cm"))),
     Tail(re.compile(r"\s*(?:,|(?<!\.)\.)\s*$"), "drop", "sentence punctuation (an ellipsis stays: 1, 2, ...)",
          ("5.", ("5", False, ""))),
     Tail(re.compile(r"(?<=[\d}.)\s])\s*((?:(?:%s)\b\.?\s*(?:\^\s*\{?\d\}?)?\s*)+)$" % _UNIT_WORDS, re.IGNORECASE),
-            "unit", "a unit word after the number", ("35 cm", ("35", False, "cm"))),
-    Tail(re.compile(r"(?<=\d)\s+([msgh]|L)(?:\^\s*\{?\d\}?)?\.?$"), "unit",
-            "a one-letter unit after a space (35m is a product)", ("35 m", ("35", False, "m"))),
+         "unit", "a unit word after the number", ("35 cm", ("35", False, "cm"))),
+    Tail(re.compile(r"(?<=\d)\s+([msgh]|L)(?:\^\s*\{?\d\}?)?$"), "unit",
+         "a one-letter unit after a space (35m is a product)", ("35 m", ("35", False, "m"))),
     Tail(re.compile(r"(?<=\d)\s+([a-z]{3,}(?:\s+[a-z]{3,}){0,2})\.?$"), "unit", "a few words after a number",
-            ("4 widgets", ("4", False, "widget"))),
+         ("4 widgets", ("4", False, "widget"))),
 ]
 
 

@@ -418,8 +418,9 @@ def test_child_applies_its_limits_and_cleans_up():
     import resource
     harness = ("import json, os, resource, sys\nR = resource\n"
                "lim = {n: R.getrlimit(getattr(R, 'RLIMIT_' + n)) for n in ('CPU', 'AS', 'FSIZE', 'STACK', 'NPROC')}\n"
-               "print(json.dumps({'argv': sys.argv[1:], 'lim': lim, 'cwd': os.getcwd(), 'files': sorted(os.listdir('.')),"
-               " 'owner': os.stat('in.txt').st_uid, 'pgid': os.getpgid(0), 'pid': os.getpid()}))\n")
+               "print(json.dumps({'argv': sys.argv[1:], 'lim': lim, 'cwd': os.getcwd(),"
+               " 'files': sorted(os.listdir('.')), 'owner': os.stat('in.txt').st_uid,"
+               " 'pgid': os.getpgid(0), 'pid': os.getpid()}))\n")
     with sandbox.Child("verifier-test-", {"in.txt": "x"}) as child:
         proc = child.start(harness, ["a", "b"], limits=sandbox.Limits(cpu_s=7, memory_mb=512, file_bytes=12345,
                                                                         stack_mb=64))

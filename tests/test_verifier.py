@@ -85,15 +85,15 @@ def test_mode_api():
     assert extract_answer("\\boxed{3}", mode="exact") is None
 
 
-# --------------------------------------------------------------------------- issue 15: real model outputs
+# --------------------------------------------------------------------------- real model outputs: prices, answer clauses
 @pytest.mark.parametrize("response, gold, wrong", [
-    ("She makes 9 * $2 = $18 every day.", "18", "2"),                     # was extracted as "2 ="
-    ("Each costs $3 and she buys 6, so she pays $18.", "18", "3"),        # was "3 and she buys 6, so she pays"
+    ("She makes 9 * $2 = $18 every day.", "18", "2"),                     # not "2 =": $2 is a price
+    ("Each costs $3 and she buys 6, so she pays $18.", "18", "3"),        # not "3 and she buys 6, so she pays"
     ("So after six months she has $10,200 + $255 = $10,455.", "10455", "255"),
     ("The total is $\\frac{1}{2}$ of $36, so she keeps $18 in the end.", "18", "36"),
 ])
 def test_currency_is_not_math(response, gold, wrong):
-    """Issue 15: a `$` before a number is a price sign when prose or another price follows it, not a
+    """A `$` before a number is a price sign when prose or another price follows it, not a
     math delimiter; the answer is the last amount of the final sentence. Real $...$ math still works."""
     assert extract_answer(response) == gold.replace("10455", "10,455")
     assert reward(response, gold, mode="lenient") == 1.0
@@ -104,14 +104,14 @@ def test_currency_is_not_math(response, gold, wrong):
 
 
 @pytest.mark.parametrize("response, answer", [
-    ("So the answer is that she makes 18 dollars.", "18"),                  # was "that she makes 18 dollars"
+    ("So the answer is that she makes 18 dollars.", "18"),                  # not the whole clause
     ("The answer is 18 dollars per day.", "18"),
     ("Final Answer: The largest $n$ is 34.", "34"),
     ("The final answer is $28 \\%$. I hope it is correct.", "28 \\%"),
     ("The answer is (C) because the others fail.", "(C)"),
 ])
 def test_answer_clause_reads_the_answer_inside(response, answer):
-    """Issue 15: "the answer is ..." does not take the whole clause: the answer inside it is read."""
+    """"The answer is ..." does not take the whole clause: the answer inside it is read."""
     assert extract_answer(response) == answer
 
 
@@ -122,7 +122,7 @@ def test_answer_clause_reads_the_answer_inside(response, answer):
     "1 2 3 4 5 6 7 8 9\n",
 ])
 def test_no_number_anywhere_fallback(response):
-    """Issue 15's design risk: without a box, strict mode never rewards; lenient mode reads only the
+    """The risk of a fallback reader: without a box, strict mode never rewards; lenient mode reads only the
     final-answer position (the last sentence of the last line), so a stray number earlier is no answer."""
     for gold in [n for n in "3579" if n in response] + ["12"]:
         for mode in MODES:
@@ -424,7 +424,7 @@ def test_internal_errors_are_counted_and_raised_under_tests(monkeypatch):
 
 
 def test_reward_end_to_end_near_misses():
-    """The issue's named traps through reward(): box extraction then equivalence."""
+    """The classic traps (a digit more, open vs closed, truncated) through reward(): box extraction then equivalence."""
     assert reward("thus \\boxed{2}", "12") == 0.0
     assert reward("thus \\boxed{12}", "12") == 1.0
     assert reward("thus \\boxed{(0,1)}", "[0,1]") == 0.0

@@ -1206,8 +1206,9 @@ def _node_equal(a, b, ctx) -> bool:
 
 
 # --------------------------------------------------------------------------- family: numbers
-# Separators, the decimal comma, mixed numbers and rounding. Values: exact integers, decimals with the
-# rounding rules of the module docstring, and expressions with variables compared at random points.
+# Comma separators and the decimal comma (space separators and mixed numbers are rows of _REWRITES), and
+# the values: exact integers, decimals with the rounding rules of the module docstring, and expressions with
+# variables compared at random points.
 _THOUSANDS_RE = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
 
 

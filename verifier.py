@@ -462,7 +462,7 @@ class Rewrite(NamedTuple):
     pattern: re.Pattern | None
     replacement: object          # a string (with \1 groups) or a function of the match
     why: str
-    example: tuple[str, str]     # (an answer, its normal form)
+    example: tuple[str, object]  # (an answer, its normal form, or _normalize's whole triple)
 
 
 class Tail(NamedTuple):
@@ -502,7 +502,7 @@ def _whole_box(m: re.Match) -> str:
 
 
 def _repeating_decimal(m: re.Match) -> str:
-    """0.\\overline{3} -> \\frac{1}{3}; 1.2\\overline{34} -> the exact fraction (not 0.3, not 1.234)."""
+    """0.\\overline{3} -> \\frac{3}{9}; 1.2\\overline{34} -> the exact fraction (not 0.3, not 1.234)."""
     whole, fixed, rep = m.group(1) or "0", m.group(2), m.group(3)
     den = 10 ** len(fixed) * (10 ** len(rep) - 1)
     num = int(whole + fixed + rep) - int(whole + fixed)

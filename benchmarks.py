@@ -40,8 +40,8 @@ SynLogic (Liu et al. 2025, MiniMaxAI/SynLogic, the `easy` validation split)
 
 LiveCodeBench (Jain et al. 2024, livecodebench/code_generation_lite, release_v6: 1,055 problems)
     The last fenced code block of the response runs against the problem's public and hidden tests in a
-    sandboxed process built from verifier.run_code's parts (rlimits, no network, uid nobody when run as
-    root, the in-process guard), with LiveCodeBench's own rules (lcb_runner/evaluation/testing_util.py):
+    sandboxed process of sandbox.py (rlimits, no network, uid nobody when run as root, the in-process
+    guard), with LiveCodeBench's own rules (lcb_runner/evaluation/testing_util.py):
       stdin       the program runs once per test as __main__ with the test input on standard input; its
                   standard output matches when, after stripping, it has the same lines and each line is
                   equal or equal as a list of Decimals ("0.50" = "0.5").
@@ -67,17 +67,14 @@ import math
 import os
 import re
 import select
-import shutil
 import stat
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import lru_cache
 
+import sandbox
 import verifier
 from verifier import Verdict
 
@@ -1020,7 +1017,7 @@ def functional_matches(pred_json: str, gold_json: str) -> bool:
 _LCB_HARNESS = r'''
 def _lcb():
     import io, builtins, json
-    style, n, status_fd, drop_to, fn_name = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \
+    drop_to, style, n, status_fd, fn_name = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), \
         sys.argv[5]
     write, exit_, dup2, os_open, close, O = os.write, os._exit, os.dup2, os.open, os.close, os
     FileIO, TextIOWrapper = io.FileIO, io.TextIOWrapper
@@ -1097,24 +1094,6 @@ _lcb()
 '''
 
 
-def _harness_source() -> str:
-    """verifier's sandbox prelude (_guard, _drop_root) followed by the LiveCodeBench runner."""
-    return verifier._SANDBOX_PRELUDE + "\n" + _LCB_HARNESS
-
-
-def _preexec(cpu_s: int, mem_bytes: int, fsize_bytes: int):
-    base = verifier._preexec(cpu_s, mem_bytes, fsize_bytes)
-
-    def fn():
-        base()
-        if verifier.resource is not None:     # deep recursion (recursionlimit 50000) needs a large C stack
-            try:
-                verifier.resource.setrlimit(verifier.resource.RLIMIT_STACK, (256 << 20, 256 << 20))
-            except (ValueError, OSError):
-                pass
-    return fn
-
-
 def run_tests(code: str, inputs: list[str], outputs: list[str], style: str = "stdin", fn_name: str = "",
               time_limit: float = LCB_TIME_LIMIT, memory_mb: int = LCB_MEMORY_MB,
               python: str | None = None) -> tuple[bool, str]:
@@ -1122,50 +1101,18 @@ def run_tests(code: str, inputs: list[str], outputs: list[str], style: str = "st
     failing test (wrong output, error, crash, over `time_limit` seconds of wall time) ends the run."""
     if style not in ("stdin", "functional") or len(inputs) != len(outputs) or not inputs:
         return False, "no tests" if not inputs else f"bad test set ({style}, {len(inputs)} vs {len(outputs)})"
-    tmp = proc = None
-    r = w = -1
+    files = {"solution.py": LCB_IMPORT_HEADER + "\n" + code, **{f"in_{i}": x for i, x in enumerate(inputs)}}
     try:
-        tmp = tempfile.mkdtemp(prefix="verifier-lcb-")
-        drop_to = verifier._NOBODY if (hasattr(os, "geteuid") and os.geteuid() == 0) else None
-        with open(os.path.join(tmp, "solution.py"), "w", encoding="utf-8") as f:
-            f.write(LCB_IMPORT_HEADER + "\n" + code)
-        for i, x in enumerate(inputs):
-            with open(os.path.join(tmp, f"in_{i}"), "w", encoding="utf-8") as f:
-                f.write(x)
-        if drop_to is not None:
-            for name in os.listdir(tmp):
-                os.chown(os.path.join(tmp, name), drop_to, drop_to)
-            os.chown(tmp, drop_to, drop_to)
-            os.chmod(tmp, 0o700)
-        r, w = os.pipe()
-        os.set_inheritable(w, True)
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp, "PYTHONHASHSEED": "0",
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        cmd = [python or sys.executable, "-I", "-S", "-B", "-c", _harness_source(), style, str(len(inputs)), str(w),
-               str(-1 if drop_to is None else drop_to), fn_name or ""]
-        fsize = max(1 << 20, 2 * max(len(o) for o in outputs) + (64 << 10))   # a longer output is wrong anyway
-        cpu = int(math.ceil(time_limit * len(inputs))) + 5
-        with open(os.path.join(tmp, "stderr.log"), "w+b") as log:
-            proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    pass_fds=(w,), start_new_session=True, close_fds=True,
-                                    preexec_fn=_preexec(cpu, memory_mb << 20, fsize))
-            os.close(w)
-            w = -1
-            return _judge(proc, r, tmp, outputs, style, time_limit)
+        with sandbox.Child("verifier-lcb-", files) as child:
+            r, w = child.pipe()
+            limits = sandbox.Limits(cpu_s=int(math.ceil(time_limit * len(inputs))) + 5, memory_mb=memory_mb,
+                                    file_bytes=max(1 << 20, 2 * max(len(o) for o in outputs) + (64 << 10)),
+                                    stack_mb=256)    # a longer output is wrong anyway; deep recursion needs the stack
+            proc = child.start(sandbox.PRELUDE + "\n" + _LCB_HARNESS, [style, str(len(inputs)), str(w), fn_name or ""],
+                               pass_fds=(w,), limits=limits, python=python)
+            return _judge(proc, r, child.folder, outputs, style, time_limit)
     except Exception as e:      # the sandbox itself failed: never a pass, never raised
         return False, f"sandbox error: {type(e).__name__}: {e}"
-    finally:
-        if proc is not None:
-            verifier._killpg_all(proc)
-            proc.wait()
-        for fd in (r, w):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_output(path: str) -> str | None:
@@ -1247,7 +1194,7 @@ def _load_tests(fields: dict) -> tuple[list[str], list[str]] | None:
 def verify_livecodebench(response: str, answer: str = "", *, test_style: str = "stdin", fn_name: str = "",
                          timeout: float | None = None, memory_mb: int | None = None, **fields) -> Verdict:
     """The response's last code block against the problem's tests (see the module docstring)."""
-    code = verifier._extract_code(_cleaned(response))
+    code = verifier.extract_code(_cleaned(response))
     if not code.strip():
         return Verdict(0.0, None, "no code")
     try:

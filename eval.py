@@ -10,7 +10,7 @@ eval.py: pass@K over the whole K spectrum, candidate diagnostics, comparisons an
 What it measures
     pass@k     1 - C(n-c, k) / C(n, k) per problem (n samples, c correct), averaged over problems: the
                unbiased estimator of Chen et al. (2021), computed as 1 - prod_{i=n-c+1}^{n} (1 - k/i)
-               (no huge binomials; exact to float rounding for n up to 4096 and beyond)
+               (no huge binomials; exact to float rounding for n up to 4096 and beyond): passk.pass_at_k
     acc        mean of c/n (= pass@1)
     #ans       distinct final answers per problem (verifier-normalized); #resp: distinct response texts
     len        response length in tokens (stop token included); trunc: fraction that hit --max-new-tokens
@@ -48,43 +48,16 @@ torch, the model and the sampler are imported only when sampling, so verifier wo
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
 import data
-from data import HelpFormatter, at_least, between
-
-# -----------------------------------------------------------------------------
-# pass@k
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k).
-
-    Product form: C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k/i), c factors each in [0, 1), so nothing
-    overflows and no catastrophic cancellation happens before the final 1 - x.
-    """
-    for name, v in (("n", n), ("c", c), ("k", k)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"pass_at_k: {name}={v!r} must be an int")
-    if n < 1:
-        raise ValueError(f"pass_at_k: n={n} must be >= 1")
-    if not 0 <= c <= n:
-        raise ValueError(f"pass_at_k: c={c} must be in [0, n={n}]")
-    if not 1 <= k <= n:
-        raise ValueError(f"pass_at_k: k={k} must be in [1, n={n}] (draw at least k samples per problem)")
-    if n - c < k:       # every k-subset holds a correct sample
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):
-        prod *= 1.0 - k / i
-    return 1.0 - prod
-
+from cli import (ArgumentParser, HelpFormatter, UserError, at_least, between, check_output_folder, one_line_errors,
+                 write_atomic)
+from passk import pass_at_k
 
 # -----------------------------------------------------------------------------
 # Saved samples
@@ -110,9 +83,7 @@ def read_samples(path: Path, repair: bool = False) -> list[dict]:
                 continue
             raise data.DataError(f"{path}:{lineno}: malformed sample record") from None
     if repair and (torn or (text and not text.endswith("\n"))):   # the next append starts a fresh line
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
 
 
@@ -483,18 +454,16 @@ def _check_config(out: Path, args):
         try:
             old = json.loads(f.read_text())
         except (OSError, ValueError):
-            raise data.UserError(f"{out} holds samples but no readable eval_config.json (their settings are "
+            raise UserError(f"{out} holds samples but no readable eval_config.json (their settings are "
                                  "unknown); use another --out to start fresh") from None
         diff = {k: (old.get(k, SAMPLING_ADDED.get(k)), v) for k, v in cfg.items()
                 if old.get(k, SAMPLING_ADDED.get(k)) != v}
         if diff:
-            raise data.UserError(f"{out} holds samples drawn with other settings "
+            raise UserError(f"{out} holds samples drawn with other settings "
                                  f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); "
                                  "use another --out to start fresh")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".eval_config.json.tmp"
-    tmp.write_text(json.dumps(cfg, indent=2))
-    os.replace(tmp, f)
+    write_atomic(f, json.dumps(cfg, indent=2))
 
 
 SMALL_MODEL_PARAMS = 50e6   # below this, one CPU thread decodes as fast as several (tiny matmuls)
@@ -522,11 +491,11 @@ def run_eval(args) -> dict:
     out = Path(args.out) if args.out else default_out(args.model)
     # everything is checked before the model loads and before anything is written: the output location,
     # the tokenizer, every benchmark; a failed start leaves no folder behind (the lock's is removed again)
-    data.check_output_folder(out)
+    check_output_folder(out)
     try:
         tokenizer = load_tokenizer(args.tokenizer or resolve_model_path(args.model))
     except (FileNotFoundError, ValueError) as e:
-        raise data.UserError(str(e)) from None
+        raise UserError(str(e)) from None
     benchmarks = []
     for name in args.data:
         bench = _bench_label(name)
@@ -552,7 +521,7 @@ def _evaluate(args, out: Path, tokenizer, benchmarks, device, dtype) -> dict:
     try:
         model = load_model(args.model, device=device, dtype=dtype)
     except (FileNotFoundError, ValueError) as e:
-        raise data.UserError(str(e)) from None
+        raise UserError(str(e)) from None
     model.eval()
     one_thread_if_small(model, device)
     _check_config(out, args)
@@ -583,7 +552,7 @@ def _evaluate(args, out: Path, tokenizer, benchmarks, device, dtype) -> dict:
 
 
 def get_args(argv=None):
-    ap = data.ArgumentParser(description="pass@K, candidate diagnostics, comparisons and plots",
+    ap = ArgumentParser(description="pass@K, candidate diagnostics, comparisons and plots",
                                  formatter_class=HelpFormatter)
     g = ap.add_argument_group("what to evaluate")
     g.add_argument("--model", help="model name (see model.MODEL_NAMES) or a Hugging Face model folder")
@@ -669,28 +638,10 @@ def main(argv=None) -> dict:
     """Run the CLI; returns the table ({benchmark: metrics}, or {run: {benchmark: metrics}} for --compare).
     A user's mistake (a path, a file line, a setting) ends in one `error:` line and exit status 2."""
     args = get_args(argv)
-    sigterm = signal.signal(signal.SIGTERM, _stop)   # SIGTERM (a scheduler's) acts as Ctrl-C
-    try:
+    # a full disk, an I/O error, an interrupt (Ctrl-C, SIGTERM): what happened; finished problems are on disk
+    saved = "every finished problem is saved: run the same command again to resume"
+    with one_line_errors(interrupted=lambda: f"interrupted; {saved}", os_error=lambda e: f"{e}; {saved}"):
         return _main(args)
-    except data.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except OSError as e:   # a full disk, an I/O error: what failed; finished problems are on disk
-        print(f"error: {e}; every finished problem is saved: run the same command again to resume",
-              file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt as e:
-        print("\ninterrupted; every finished problem is saved: run the same command again to resume",
-              file=sys.stderr)
-        raise SystemExit(128 + getattr(e, "signum", signal.SIGINT)) from None
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
-
-
-def _stop(signum, frame):
-    e = KeyboardInterrupt()
-    e.signum = signum
-    raise e
 
 
 def _explore_page(runs, path, explore_samples: int) -> Path:
@@ -700,7 +651,7 @@ def _explore_page(runs, path, explore_samples: int) -> Path:
     data_ = explore.page_data([{"label": explore.run_label(r), "records": load_run(r), "config": explore.run_config(r)}
                                for r in runs], max_responses=explore_samples)
     if not data_["problems"]:
-        raise data.UserError(f"{' and '.join(map(str, runs))}: no problem in common to show")
+        raise UserError(f"{' and '.join(map(str, runs))}: no problem in common to show")
     path = explore.write_page(path, data_)
     size = path.stat().st_size
     print(f"[explore] {path} ({size / 1e6:.1f} MB, {len(data_['problems'])} problems, {data_['tokens']} tokens "
@@ -718,14 +669,14 @@ def _main(args) -> dict:
         _explore_page([run], Path(args.out or explore.run_folder(run)) / "explore.html", args.explore_samples)
         return {}
     if args.plot_metrics:
-        out = data.check_output_folder(Path(args.out) if args.out else Path(args.plot_metrics[0]).parent)
+        out = check_output_folder(Path(args.out) if args.out else Path(args.plot_metrics[0]).parent)
         p = plot_metrics(args.plot_metrics, out / "metrics.png") if args.plot else None
         if p:
             print(f"wrote {p}")
         if not (args.compare or args.rescore or args.model):
             return {}
     if args.compare:
-        data.check_output_folder(args.out or Path("runs") / "compare")
+        check_output_folder(args.out or Path("runs") / "compare")
         runs, labels = {}, set()
         all_records = {r: load_run(r) for r in args.compare}
         ks = _ks_for(args, [x for recs in all_records.values() for x in recs])
@@ -747,7 +698,7 @@ def _main(args) -> dict:
         return runs
     if args.rescore:
         if args.out:
-            data.check_output_folder(args.out)
+            check_output_folder(args.out)
         records = load_run(args.rescore)
         ks = _ks_for(args, records)
         table = summarize_run(records, ks)
@@ -761,7 +712,7 @@ def _main(args) -> dict:
                                                                      "subtasks": subtasks}, indent=2))
         return table
     if not args.model:
-        raise data.UserError("--model is required (or --rescore / --compare / --plot-metrics)")
+        raise UserError("--model is required (or --rescore / --compare / --plot-metrics)")
     args.k = args.k or default_ks(args.n)
     if args.max_new_tokens is None:
         args.max_new_tokens, source = default_max_new_tokens(args.model, args.data)

@@ -59,6 +59,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cli import write_atomic
+from passk import pass_at_k
+
 EAGER_TOKENS = 200_000        # up to this many tokens on a page, every token is drawn at load
 DTYPES = {"ids": "<i4", "offsets": "<i4", "logprobs": "<f4", "entropy": "<f4", "topn_ids": "<i4",
           "topn_probs": "<f4"}
@@ -224,11 +227,11 @@ def _utf16_offsets(text: str, offsets: np.ndarray) -> np.ndarray:
 def answer_groups(rec: dict) -> list[dict]:
     """Distinct final answers of ALL n responses (verifier-normalized, as eval.py's #ans): the first
     spelling seen, how many responses gave it, and whether those responses were rewarded."""
-    from eval import _norm_answer
+    from verifier import normalize   # never raises (an internal failure is counted there)
 
     groups: dict = {}
     for a, r in zip(rec["extracted"], rec["rewards"]):
-        key = None if a is None else _norm_answer(a)
+        key = None if a is None else normalize(a)[0]
         g = groups.setdefault(key, {"a": a, "count": 0, "ok": False})
         g["count"] += 1
         g["ok"] |= r > 0.5
@@ -239,8 +242,6 @@ def side_view(rec: dict, tau: float, max_responses: int) -> tuple[dict, list]:
     """One run's view of one problem: its summary and its explored responses (token data as the page
     reads it: stored arrays passed through, offsets in UTF-16 units, the gate added). Also returns the
     responses' entropies and 1 - p(1) values, for the page's shading scale."""
-    from eval import pass_at_k
-
     ex = rec.get("explore")
     n, c = rec["n"], rec["n_correct"]
     m = min(n, len(ex["responses"]) if ex else max_responses)
@@ -370,10 +371,7 @@ def render_page(data: dict) -> str:
 def write_page(path, data: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_page(data), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, render_page(data))
 
 
 def run_folder(path) -> Path:

@@ -47,6 +47,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from cli import atomic_path, write_atomic
+
 # -----------------------------------------------------------------------------
 # Configuration
 
@@ -730,9 +732,8 @@ def save_model(model: Transformer, path, max_shard_bytes: int = 5 * 1024**3, dty
     shards.append(current)
 
     def atomic_save(tensors, name):
-        tmp = path / (name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path / name)
+        with atomic_path(path / name) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
 
     for stale in list(path.glob("model*.safetensors")) + [path / "model.safetensors.index.json"]:
         if stale.exists():
@@ -747,16 +748,10 @@ def save_model(model: Transformer, path, max_shard_bytes: int = 5 * 1024**3, dty
             weight_map.update({k: name for k in shard})
         total = sum(v.numel() * v.element_size() for v in state.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        _atomic_write_text(path / "model.safetensors.index.json", json.dumps(index, indent=2))
-    _atomic_write_text(path / "config.json", json.dumps(model.config.to_hf_dict(save_dtype), indent=2))
+        write_atomic(path / "model.safetensors.index.json", json.dumps(index, indent=2))
+    write_atomic(path / "config.json", json.dumps(model.config.to_hf_dict(save_dtype), indent=2))
     if tokenizer_dir is not None:
         copy_tokenizer_files(tokenizer_dir, path)
-
-
-def _atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # Everything a model folder holds for its tokenizer and its prompts, by name. An explicit list, not
@@ -793,9 +788,8 @@ def copy_tokenizer_files(src_dir, dst_dir) -> list[str]:
     for name in names:
         target = dst / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(src / name, tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(src / name, tmp)
     return names
 
 

@@ -9,7 +9,7 @@ train.py holds the algorithm; everything here is the machinery around it, in fou
     run folder   lock_run_folder (one writer: a second run is refused naming the holder's PID),
                  claim_run_folder (never clobber a run; a folder without a checkpoint starts over),
                  check_resume_config (a resumed run is the same experiment), start_metrics_file,
-                 StopSignals (SIGINT/SIGTERM: save at the next step boundary), write_json_atomic
+                 StopSignals (SIGINT/SIGTERM: save at the next step boundary)
     checkpoints  save_checkpoint / resume_checkpoint / latest_checkpoint: atomic, exact resume (weights,
                  AdamW state, RNG states, data position), readable by transformers as they are; a damaged
                  checkpoint is named, moved aside, and the newest complete one is used instead
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from data import UserError
+from cli import Stopped, UserError, atomic_path, write_atomic
 from model import BadModelFile, ModelConfig, Transformer, copy_tokenizer_files, save_model
 
 # -----------------------------------------------------------------------------
@@ -236,7 +236,8 @@ RUN_MARKERS = ("config.json", "metrics.jsonl", "latest")
 LOCK_FILE = ".lock"
 DAMAGED = "damaged-"           # prefix of a damaged checkpoint moved aside by resume_checkpoint
 # what a crash can leave behind: a half-written checkpoint and the temporary files of atomic writes
-STALE = (".tmp-ckpt-*", "latest.tmp", ".*.json.tmp", ".*.jsonl.tmp")
+# (cli.atomic_path: .NAME.tmp)
+STALE = (".tmp-ckpt-*", ".*.tmp")
 # fields that may change on --resume: how long the run goes and how often it evaluates and saves, and
 # settings that change memory or speed but not the samples or the update (rows sampled at once, tokens
 # per micro-batch, activation checkpointing, the device)
@@ -248,12 +249,6 @@ RESUMABLE_CHANGES = {"steps", "eval_every", "eval_prompts", "save_every", "keep"
 class WriteFailed(UserError):
     """A file of the run could not be written (disk full, a file-size limit, an I/O error): nothing
     written before is lost, and the message says what was being written."""
-
-
-def write_json_atomic(path: Path, obj):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _why(e: BaseException) -> str:
@@ -355,9 +350,7 @@ def start_metrics_file(path: Path, resumed_step: int) -> str | None:
                 raise UserError(f"{path}:{i + 1}: malformed metrics line; move the file aside to resume") from None
             if step <= resumed_step:
                 keep.append(raw.decode())
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(line + "\n" for line in keep))
     return note
 
 
@@ -384,19 +377,6 @@ def interrupted_message(out: Path, argv: list[str], what: str = "interrupted") -
     if last is None:
         return f"{what}; no checkpoint in {out} yet: run the same command again to start over"
     return f"{what}; last complete checkpoint: {last}; resume with: {resume_command(out, argv)}"
-
-
-class Stopped(KeyboardInterrupt):
-    """A stop at once: SIGTERM outside the training loop, or a second SIGINT/SIGTERM inside it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def stop_now(signum, frame):
-    """A signal handler: SIGTERM stops the process the way Ctrl-C does (one line, no traceback)."""
-    raise Stopped(signum)
 
 
 class StopSignals:
@@ -485,30 +465,29 @@ def save_checkpoint(out: Path, step: int, model, opt, stream_state: dict, keep: 
     WriteFailed. Every tokenizer and chat-template file of the source model is copied beside the weights,
     so that ckpt-STEP/model loads as it is in transformers, serving engines and eval.py
     (model.copy_tokenizer_files)."""
-    final, tmp = out / f"ckpt-{step:06d}", out / f".tmp-ckpt-{step:06d}"
+    final = out / f"ckpt-{step:06d}"
     full = full_state_model(model, dist)  # a collective under FSDP: every rank takes part
     try:
+        # every rank writes into one temporary folder; rank 0 renames it, or removes it on a failure, so a
+        # half-written checkpoint is never left to be mistaken for one
+        with atomic_path(final, tmp=out / f".tmp-ckpt-{step:06d}", owner=dist.main) as tmp:
+            if dist.main:
+                tmp.mkdir(parents=True)
+            dist.barrier()
+            torch.save(opt.state_dict(), tmp / optimizer_file(dist))
+            dist.barrier()
+            if dist.main:
+                save_model(full, tmp / "model")
+                if tokenizer_dir is not None:
+                    copy_tokenizer_files(tokenizer_dir, tmp / "model")
+                # plain JSON: loading a checkpoint never unpickles anything but the optimizer's tensors
+                rng = {"torch": torch.get_rng_state().tolist(), "python": random.getstate(),
+                       "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()]}
+                state = {"step": step, "stream": stream_state, "world": dist.world, "rng": rng}
+                (tmp / "trainer_state.json").write_text(json.dumps(state))
         if dist.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        dist.barrier()
-        torch.save(opt.state_dict(), tmp / optimizer_file(dist))
-        dist.barrier()
-        if dist.main:
-            save_model(full, tmp / "model")
-            if tokenizer_dir is not None:
-                copy_tokenizer_files(tokenizer_dir, tmp / "model")
-            # plain JSON: loading a checkpoint never unpickles anything but the optimizer's tensors
-            rng = {"torch": torch.get_rng_state().tolist(), "python": random.getstate(),
-                   "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()]}
-            state = {"step": step, "stream": stream_state, "world": dist.world, "rng": rng}
-            (tmp / "trainer_state.json").write_text(json.dumps(state))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
             write_pointer(out, final)
     except BaseException as e:
-        if dist.main:   # a half-written checkpoint is never left to be mistaken for one
-            shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (OSError, RuntimeError, SafetensorError)):   # how torch and safetensors report a short write
             raise WriteFailed(f"writing checkpoint {final} failed ({_why(e)})") from None
         raise
@@ -625,9 +604,7 @@ def resume_checkpoint(out: Path, build, dist: Dist):
 
 
 def write_pointer(out: Path, ckpt: Path):
-    pointer = out / "latest.tmp"
-    pointer.write_text(ckpt.name)
-    os.replace(pointer, out / "latest")
+    write_atomic(out / "latest", ckpt.name)
 
 
 def latest_checkpoint(out: Path) -> Path | None:

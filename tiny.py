@@ -1,6 +1,8 @@
 """
-tiny.py: the CPU demo: the built-in synthetic task, its character-level tokenizer and the tiny
-model's supervised warm start.
+tiny.py: the CPU demo: the built-in synthetic task, its character-level tokenizer, the tiny model's
+supervised warm start, and everything `python train.py` (--model tiny) does differently from a run on a
+real model (DEMO_DEFAULTS, the built-in task's problems, the warm start when the model is not cached,
+the held-out lines before and after training).
 
 The synthetic task (the CPU demo's stand-in for MATH): an expression of 3 or 4 one-digit operands joined
 by + (and by * too with ops="+*"), with an integer value of at most 99, e.g. "3+4+5+7". A worked solution
@@ -33,17 +35,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 import random
-import shutil
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import data
-from model import MODEL_NAMES, Transformer, save_model
+from cli import atomic_path
+from model import MODEL_NAMES, Transformer, casp_home, save_model
 
 # -----------------------------------------------------------------------------
 # The synthetic arithmetic task
@@ -185,10 +185,16 @@ def make_tiny_tokenizer(path):
     tok.add_special_tokens(TINY_SPECIALS)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "tokenizer.json.tmp"
-    tok.save(str(tmp))
-    os.replace(tmp, path / "tokenizer.json")
+    with atomic_path(path / "tokenizer.json") as tmp:
+        tok.save(str(tmp))
     return load_tokenizer(path)
+
+
+def prompt_ids(problem: dict, tokenizer) -> list[int]:
+    """The prompt of a synthetic problem: one user turn holding the bare expression, in the tokenizer's
+    chat format. It is data.build_prompt's for the task (its instruction is empty, SYNTH_INSTRUCTION) in
+    the default prompt format, which tests/test_tiny.py checks."""
+    return tokenizer.encode_chat([{"role": "user", "content": problem["problem"]}])
 
 
 # -----------------------------------------------------------------------------
@@ -206,41 +212,93 @@ def warm_start_tiny(path: Path, steps: int, seed: int, device, task: dict | None
     layers). The solutions combine a uniformly random legal pair at every line, so the warm start keeps
     real alternatives at the first lines (the task's forks)."""
     torch.manual_seed(seed)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = make_tiny_tokenizer(tmp)
-    config = copy.deepcopy(MODEL_NAMES["tiny"][1])
-    config.vocab_size = tokenizer.vocab_size
-    for k, v in (model_overrides or {}).items():
-        setattr(config, k, v)
-    model = Transformer(config).to(device)
-    model.init_weights(generator=torch.Generator(device=device).manual_seed(seed))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    rng = random.Random(seed)
-    problems = synthetic_problems(n_problems, seed=seed, split="train", **(task or {}))
-    end = tokenizer.stop_ids[0]
-    bar = tqdm(range(steps), desc="warm start (supervised)", leave=False)
-    for it in bar:
-        rows, masks = [], []
-        for prob in rng.sample(problems, batch):
-            prompt = data.build_prompt(prob, tokenizer)
-            answer = tokenizer.encode(synthetic_solution(prob, rng)) + [end]
-            rows.append(prompt + answer)
-            masks.append([False] * len(prompt) + [True] * len(answer))
-        S = max(map(len, rows))
-        seq = torch.tensor([r + [0] * (S - len(r)) for r in rows], device=device)            # (B, S)
-        m = torch.tensor([k + [False] * (S - len(k)) for k in masks], device=device)         # (B, S)
-        logits = model(seq[:, :-1])                                                           # (B, S-1, V)
-        loss = F.cross_entropy(logits[m[:, 1:]], seq[:, 1:][m[:, 1:]])
-        for group in opt.param_groups:  # cosine decay to 0: the last steps settle the weights
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    save_model(model, tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:   # the model folder appears whole, or not at all
+        tokenizer = make_tiny_tokenizer(tmp)
+        config = copy.deepcopy(MODEL_NAMES["tiny"][1])
+        config.vocab_size = tokenizer.vocab_size
+        for k, v in (model_overrides or {}).items():
+            setattr(config, k, v)
+        model = Transformer(config).to(device)
+        model.init_weights(generator=torch.Generator(device=device).manual_seed(seed))
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        rng = random.Random(seed)
+        problems = synthetic_problems(n_problems, seed=seed, split="train", **(task or {}))
+        end = tokenizer.stop_ids[0]
+        bar = tqdm(range(steps), desc="warm start (supervised)", leave=False)
+        for it in bar:
+            rows, masks = [], []
+            for prob in rng.sample(problems, batch):
+                prompt = prompt_ids(prob, tokenizer)
+                answer = tokenizer.encode(synthetic_solution(prob, rng)) + [end]
+                rows.append(prompt + answer)
+                masks.append([False] * len(prompt) + [True] * len(answer))
+            S = max(map(len, rows))
+            seq = torch.tensor([r + [0] * (S - len(r)) for r in rows], device=device)            # (B, S)
+            m = torch.tensor([k + [False] * (S - len(k)) for k in masks], device=device)         # (B, S)
+            logits = model(seq[:, :-1])                                                           # (B, S-1, V)
+            loss = F.cross_entropy(logits[m[:, 1:]], seq[:, 1:][m[:, 1:]])
+            for group in opt.param_groups:  # cosine decay to 0: the last steps settle the weights
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / steps))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        save_model(model, tmp)
+
+
+# -----------------------------------------------------------------------------
+# The demo: what train.py does differently for --model tiny
+
+DEMO_MODEL = "tiny"
+# The demo's values where they differ from the paper's (a 1M-parameter model learns at lr 1e-6 in no useful
+# number of steps). train.py applies them when --model tiny and the flag is not given explicitly.
+DEMO_DEFAULTS = dict(lr=2e-4, steps=30, prompts_per_step=32, mini_batches=2,
+                     max_response_len=SYNTH_RESPONSE_TOKENS, max_prompt_len=64, micro_batch_tokens=8192,
+                     eval_every=0, eval_prompts=64, save_every=0, dtype="float32", weight_decay=0.0)
+DEMO_TRAIN_PROBLEMS = 5000     # training problems of the built-in task
+DEMO_HELDOUT_SAMPLES = 8       # samples per held-out problem before and after training (pass@1, pass@8)
+DEMO_EVAL_SAMPLES = 16         # --n of the eval.py command the demo suggests: 500 held-out problems x 16
+                               # samples, pass@1..16, took 42 s on a 2-core CPU shared with other jobs
+
+
+def is_demo(model) -> bool:
+    """Whether a train.py run is the CPU demo: --model tiny, the warm-started model in CASP_HOME/tiny."""
+    return str(model) == DEMO_MODEL
+
+
+def uses_builtin_task(model, data) -> bool:
+    """Whether a train.py run trains on the built-in task: the demo without --data."""
+    return is_demo(model) and data is None
+
+
+def demo_problems(seed: int, n_heldout: int) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The built-in task of a demo run: its training problems and `n_heldout` held-out ones (the set
+    named "synthetic"), both drawn with the run's seed."""
+    return (synthetic_problems(DEMO_TRAIN_PROBLEMS, seed=seed, split="train"),
+            {"synthetic": synthetic_problems(n_heldout, seed=seed, split="heldout")})
+
+
+def warm_start_if_missing(model, steps: int, seed: int, device) -> None:
+    """--model tiny: train the tiny model (`steps` supervised steps) into CASP_HOME/tiny unless it is
+    there already; any other model: nothing."""
+    path = casp_home() / DEMO_MODEL
+    if is_demo(model) and not (path / "config.json").is_file():
+        print(f"[warm start] training the tiny model on the built-in task -> {path}")
+        warm_start_tiny(path, steps, seed, device)
+
+
+def heldout_line(label: str, metrics: dict) -> str:
+    """The demo's line before and after training: pass@k over all its held-out problems."""
+    return (f"[{label}] held-out "
+            + " | ".join(f"{k[8:]} {v:.3f}" for k, v in metrics.items() if k.count("_") == 1))
+
+
+def explore_line(seed: int, data, top_n: int, command: str) -> str:
+    """The demo's last hint: the eval.py command that draws its final held-out evaluation as a page. Its
+    built-in held-out set in eval.py (`synthetic`) holds the problems of --seed 0."""
+    other = seed != 0 and data is None
+    return (f"[explore] every token of {'an' if other else 'this'} evaluation and its top-{top_n} candidates, "
+            f"as a page{' (the held-out problems of --seed 0)' if other else ''}: {command}")
 
 

@@ -7,22 +7,29 @@ through FSDP2, or a laptop CPU).
     python train.py --recipe authors-qwen7b --model qwen-1.5b --loss grpo   # their run, every setting, 1.5B
     torchrun --nproc_per_node 8 train.py --recipe authors-qwen7b --fsdp     # their Qwen2.5-Math-7B run
 
-One step (the paper's Algorithm, as the released verl code runs it), `rl_step` top to bottom:
-    1. draw `prompts_per_step` problems                                   (PromptStream: seeded, resumable)
-    2. sample G = `group_size` responses per prompt                        (rollout.rollout -> sampler.generate)
-    3. verify every response -> reward r in {0, 1}; truncated -> 0 (or graded: --truncated-reward)
-    4. the method's advantages, GRPO's A_i = (r_i - mean_group) / (std_group + 1e-6) by default
-                                                                           (casp.advantages: casp.METHODS)
-    5. old log-probs pi_old(y_t) recomputed by the training forward pass   (old_logprobs; no grad)
-    6. `update`: split the prompts into `mini_batches` mini-batches; for each, for each micro-batch of at
-       most `micro_batch_tokens` tokens: hidden states -> candidate statistics (token_stats, the output
-       layer in chunks) -> casp.policy_loss (the method of --loss, one LossConfig) divided by the
-       valid-token count of the WHOLE mini-batch (token-mean) -> backward; then clip the grad norm and take
-       an AdamW step
-    7. log one line and one JSON object (metrics.jsonl); eval and save periodically
+From `python train.py` to `opt.step()`: main -> run (the loop) -> rl_step (one step) -> update. One step is
+the paper's Algorithm as the released verl code runs it; on the right, where each part lives:
+    1. draw `prompts_per_step` problems                             run: PromptStream (seeded, resumable)
+    2. sample G = `group_size` responses per prompt                  rl_step: rollout.rollout -> sampler.generate
+    3. the rewards r in {0, 1}, the verifier's; a truncated          rl_step: rollout.rollout -> verifier.verify
+       response scores 0 (--truncated-reward grade: verified)
+    4. the method's advantages; GRPO's and CaSP's are                rl_step: casp.advantages (casp.METHODS)
+       A_i = (r_i - mean_group) / (std_group + 1e-6)
+    5. old log-probs pi_old(y_t), by the training forward pass       old_logprobs -> token_stats
+    6. `mini_batches` AdamW steps, each over micro-batches of at     update
+       most `micro_batch_tokens` tokens: hidden states ->
+       candidate statistics (the output layer in chunks) ->          token_stats -> casp.candidate_stats_from_hidden
+       the method's loss / the valid-token count of the WHOLE        casp.policy_loss (one casp.LossConfig)
+       mini-batch (token-mean) -> backward; clip the grad norm;
+       opt.step()
+    7. one log line and one JSON object (metrics.jsonl); held-out    run: log_line, heldout_metrics,
+       pass@1 and a checkpoint periodically                          runtime.save_checkpoint
+Every setting a step reads is one StepConfig (the loss's: one casp.LossConfig), made once by step_config.
 
-Around it: runtime.py (processes and FSDP2, the memory pre-flight, the run folder, checkpoints), tiny.py
-(the CPU demo's task, tokenizer and warm start), rollout.py (sample + decode + verify, shared with eval.py).
+Around it: get_args (flags, recipes, the demo's defaults) and setup (run folder, model, data, optimizer)
+here; runtime.py (processes and FSDP2, the memory pre-flight, the run folder, checkpoints, signals);
+tiny.py (the CPU demo: its task, tokenizer, warm start and what the demo does differently); rollout.py
+(sample + decode + verify, shared with eval.py); cli.py (one-line errors, flag types, atomic writes).
 
 Numerics. At lr 1e-6 an AdamW update moves a weight by ~1e-6, far below bfloat16's resolution (~4e-3
 of the weight): bf16 weights would silently drop almost every update. So the trained weights and the
@@ -43,13 +50,14 @@ Departures from the paper / released code, all deliberate:
     - rows whose advantage is exactly 0 (groups with equal rewards) are not run through forward/backward:
       their loss and gradient are exactly 0 (unless the method or the entropy bonus reads them:
       casp.zero_advantage_rows_matter), but their tokens still count in the token-mean denominator.
-    - the demo (`--model tiny`) uses its own defaults (DEMO_DEFAULTS, e.g. a larger lr); the config
+    - the demo (`--model tiny`) uses its own defaults (tiny.DEMO_DEFAULTS, e.g. a larger lr); the config
       logged in the output folder shows every value actually used.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import random
@@ -64,27 +72,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import cli
 import data
 import tiny
 from casp import (METHODS, LossConfig, add_metrics, advantages, candidate_stats_from_hidden, mean_metrics, policy_loss,
                   zero_advantage_rows_matter)
-from data import UserError, at_least, between, check_output_folder, positive
-from model import MODEL_NAMES, ModelConfig, Transformer, casp_home, load_model, load_tokenizer, resolve_model_path
+from cli import ArgumentParser, UserError, at_least, between, check_output_folder, positive, write_atomic
+from model import MODEL_NAMES, ModelConfig, Transformer, load_model, load_tokenizer, resolve_model_path
+from passk import pass_at_k
+from rollout import rollout
 from runtime import (Dist, StopSignals, WriteFailed, append_metrics, check_resume_config, claim_run_folder,
                      estimate_memory, latest_checkpoint, interrupted_message, lock_run_folder, current_memory,
                      peak_memory_gb, preflight, release_run_folders, resume_checkpoint, save_checkpoint,
-                     setup_dist, shard_model, start_metrics_file, stop_now, write_json_atomic)
-from eval import pass_at_k
-from rollout import rollout
+                     setup_dist, shard_model, start_metrics_file)
 
 # -----------------------------------------------------------------------------
 # Configuration: one argparse block, logged verbatim (vars(args)) as the run's config.
-
-# The CPU demo's values where they differ from the paper's (a 1M-parameter model learns at lr 1e-6 in
-# no useful number of steps). Applied only when --model tiny and the flag is not given explicitly.
-DEMO_DEFAULTS = dict(lr=2e-4, steps=30, prompts_per_step=32, mini_batches=2,
-                     max_response_len=tiny.SYNTH_RESPONSE_TOKENS, max_prompt_len=64, micro_batch_tokens=8192,
-                     eval_every=0, eval_prompts=64, save_every=0, dtype="float32", weight_decay=0.0)
 
 
 # The authors' runs (CLR-Lab/SimKO @ 306f4ff: run_qwen2.5-math-7b_{SimKO,grpo}.sh and
@@ -109,8 +112,8 @@ RECIPES = {
 }
 
 
-class HelpFormatter(data.HelpFormatter):
-    presets = {"--model tiny": DEMO_DEFAULTS}
+class HelpFormatter(cli.HelpFormatter):
+    presets = {"--model tiny": tiny.DEMO_DEFAULTS}
 
 
 def _show_recipes():
@@ -122,7 +125,7 @@ def _show_recipes():
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = data.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n")[1], formatter_class=HelpFormatter)
     g = p.add_argument_group("model and data")
     g.add_argument("--recipe", default=None, choices=list(RECIPES),
                    help="every setting of the authors' run: " + "; ".join(f"{n}: {r['about']}" for n, r in RECIPES.items())
@@ -219,8 +222,8 @@ def get_args(argv=None):
         recipe = RECIPES[args.recipe]
         p.set_defaults(**{**recipe["values"], **recipe["per_loss"].get(args.loss, {})})
         args = p.parse_args(argv)
-    elif args.model == "tiny":  # the demo's own defaults, unless given on the command line
-        p.set_defaults(**DEMO_DEFAULTS)
+    elif tiny.is_demo(args.model):  # the demo's own defaults, unless given on the command line
+        p.set_defaults(**tiny.DEMO_DEFAULTS)
         args = p.parse_args(argv)
     return check_args(p, args)
 
@@ -249,131 +252,186 @@ def check_args(p: argparse.ArgumentParser, args):
     return args
 
 
+@dataclass(frozen=True)
+class StepConfig:
+    """Every setting one RL step reads (rl_step and what it calls, and the held-out evaluation), made once
+    from the command line (step_config); the names are the flags'."""
+    loss: LossConfig              # the method of --loss with its hyperparameters (casp.py)
+    group_size: int               # G: responses per prompt
+    max_response_len: int         # tokens per response
+    temperature: float            # of the sampler (the loss reads the same value: loss.temperature)
+    top_p: float                  # nucleus sampling
+    rollout_batch: int            # rows sampled at once (KV-cache memory)
+    answer_mode: str              # what the verifier reads as the answer: "strict" (last \boxed{}) or "lenient"
+    truncated_reward: str         # "zero": a response cut off at max_response_len scores 0; "grade": verified
+    mini_batches: int             # optimizer steps per RL step
+    micro_batch_tokens: int       # padded tokens per forward/backward
+    grad_clip: float              # gradient norm clip
+    dtype: str                    # compute dtype: "bfloat16" (autocast over float32 weights) or "float32"
+    seed: int                     # the rollout's seed (with the step and the rank)
+    eval_decoding: str            # held-out pass@1: "sample" (one sample at `temperature`) or "greedy"
+
+
+def step_config(args) -> StepConfig:
+    """The step's settings and the loss's (casp.LossConfig), built once from the command line."""
+    loss = LossConfig(loss=args.loss, top_n=args.top_n, alpha=args.alpha, neg_scale=args.neg_scale,
+                      entropy_quantile=None if args.no_entropy_gate else args.entropy_quantile,
+                      clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, temperature=args.temperature,
+                      normalize_std=not args.no_std_norm, entropy_coeff=args.entropy_coeff,
+                      lambda_pos=args.lambda_pos, passk_k=args.passk_k, kl_cov_k=args.kl_cov_k,
+                      kl_cov_beta=args.kl_cov_beta, clip_cov_r=args.clip_cov_r, clip_cov_low=args.clip_cov_low,
+                      clip_cov_high=args.clip_cov_high, entropy_adv_alpha=args.entropy_adv_alpha,
+                      entropy_adv_kappa=args.entropy_adv_kappa)
+    return StepConfig(loss=loss, group_size=args.group_size, max_response_len=args.max_response_len,
+                      temperature=args.temperature, top_p=args.top_p, rollout_batch=args.rollout_batch,
+                      answer_mode=args.answer_mode, truncated_reward=args.truncated_reward,
+                      mini_batches=args.mini_batches, micro_batch_tokens=args.micro_batch_tokens,
+                      grad_clip=args.grad_clip, dtype=args.dtype, seed=args.seed, eval_decoding=args.eval_decoding)
+
+
 # -----------------------------------------------------------------------------
-# Data: problems, prompts, and a resumable stream over them
+# Main and the loop
 
 
-class PromptStream:
-    """Problems in a seeded random order, epoch after epoch. The position is the whole state.
-
-    An epoch yields floor(n / k) steps of k prompts and drops the rest (verl's DataLoader(drop_last=True)),
-    so `--epochs E` is E * floor(n / k) steps; a set smaller than one step wraps around instead."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
-
-    def _order(self):
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-
-    def take(self, k: int) -> list[int]:
-        if k <= self.n:  # drop-last: a step never spans two epochs
-            if self.pos + k > self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-            self.pos += k
-            return self._order()[self.pos - k:self.pos].tolist()
-        out = []
-        while len(out) < k:
-            order = self._order()
-            need = k - len(out)
-            out += order[self.pos:self.pos + need].tolist()
-            self.pos += need
-            if self.pos >= self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-        return out
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, s):
-        self.epoch, self.pos = s["epoch"], s["pos"]
+def main(argv=None):
+    """The command line: parse, set up, run the loop. A user's mistake is one `error:` line (exit status
+    2); an interrupt before the loop (warm start, loading) prints what to run again (the loop has its own)."""
+    args = get_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with cli.one_line_errors(interrupted=lambda: interrupted_message(Path(args.out), argv)):
+        try:
+            r = setup(args)
+            return None if r is None else run(r, argv)   # None: --dry-run
+        finally:
+            release_run_folders()
 
 
-def heldout_used(args) -> bool:
-    """Whether the run evaluates held-out problems: every --eval-every steps, and the demo before and after."""
-    return args.eval_every > 0 or args.model == "tiny"
-
-
-def load_problems(args, tokenizer):
-    """(train problems, {held-out set name: problems}, prompts skipped), problems as dicts with prompt_ids.
-    The held-out sets are read only when the run uses them (heldout_used): with --eval-every 0 a missing
-    math500 is not an error."""
-    held = {}
-    if args.model == "tiny" and args.data is None:
-        train = tiny.synthetic_problems(5000, seed=args.seed, split="train")
-        held = {"synthetic": tiny.synthetic_problems(args.eval_prompts, seed=args.seed, split="heldout")}
-    else:
-        train = data.load_dataset(args.data or "math_train", args.data_dir)
-        if heldout_used(args):
-            held = {Path(name).stem if name.endswith(".jsonl") else name:
-                    data.load_dataset(name, args.data_dir)[:args.eval_prompts] for name in args.heldout or ["math500"]}
-    fmt = dict(prompt_format=args.prompt_format)
-    train, skipped = data.encode_prompts(train, tokenizer, args.max_prompt_len, **fmt)
-    held = {name: data.encode_prompts(probs, tokenizer, args.max_prompt_len, **fmt)[0] for name, probs in held.items()}
-    if not train:
-        raise UserError(f"no training prompt fits --max-prompt-len {args.max_prompt_len} ({skipped} skipped)")
-    return train, held, skipped
+def run(r: Run, argv: list[str]) -> Transformer:
+    """The RL loop: a step, its log line, the periodic held-out pass@1 and checkpoint. From the first step
+    SIGINT/SIGTERM finish the step, save a checkpoint and print the resume command."""
+    dist, cfg = r.dist, r.cfg
+    if r.demo and r.start == 0 and dist.main:
+        print(tiny.heldout_line("before", heldout_metrics(r.policy, r.tokenizer, r.heldout, cfg,
+                                                          n=tiny.DEMO_HELDOUT_SAMPLES, seed=HELDOUT_SEED)))
+    bar = tqdm(range(r.start, r.steps), desc=f"RL ({cfg.loss.loss})", initial=r.start, total=r.steps,
+               disable=not dist.main, dynamic_ncols=True)
+    stop = StopSignals().install()
+    done = saved = r.start           # steps finished; the step of the last checkpoint
+    try:
+        for step in bar:
+            if stop.requested(dist):   # a signal came during the step before: save it, then stop
+                bar.close()
+                if done > saved:
+                    save_checkpoint(r.out, done, r.model, r.opt, r.stream.state_dict(), r.keep, dist,
+                                    r.tokenizer.folder)
+                if dist.main:
+                    print(interrupted_message(r.out, argv, f"interrupted ({stop.name}) after step {done}"),
+                          file=sys.stderr)
+                raise SystemExit(128 + stop.signum)
+            # 1. this step's prompts: every rank draws the same list and keeps its share of whole groups
+            problems = [r.train_set[i] for i in r.stream.take(r.prompts_per_step)[dist.rank::dist.world]]
+            m = rl_step(step, r.model, r.policy, r.opt, r.tokenizer, problems, cfg, dist)
+            m.update(prompts_skipped_too_long=r.n_skipped, peak_mem_estimate_gb=r.expected_gb)
+            if r.eval_every and (step + 1) % r.eval_every == 0:
+                m.update(heldout_metrics(r.policy, r.tokenizer, r.heldout, cfg, n=1, seed=HELDOUT_SEED + step))
+            if dist.main:
+                append_metrics(r.out / "metrics.jsonl", m)
+                bar.write(log_line(m))
+            done = step + 1
+            if (r.save_every and (step + 1) % r.save_every == 0) or step + 1 == r.steps:
+                save_checkpoint(r.out, step + 1, r.model, r.opt, r.stream.state_dict(), r.keep, dist,
+                                r.tokenizer.folder)
+                saved = done
+    except KeyboardInterrupt as e:   # a second signal, or an interrupt from elsewhere: stop at once
+        bar.close()
+        if dist.main:
+            print("\n" + interrupted_message(r.out, argv), file=sys.stderr)
+        raise SystemExit(128 + getattr(e, "signum", signal.SIGINT)) from None
+    except WriteFailed as e:   # a full disk: what failed, and how to go on once there is room
+        bar.close()
+        raise UserError(f"{e}; {interrupted_message(r.out, argv, 'stopped')}") from None
+    finally:
+        stop.restore()
+    if dist.main:
+        ckpt = latest_checkpoint(r.out)
+        if r.demo:
+            print(tiny.heldout_line(f"after {cfg.loss.loss}", heldout_metrics(
+                r.policy, r.tokenizer, r.heldout, cfg, n=tiny.DEMO_HELDOUT_SAMPLES, seed=HELDOUT_SEED)))
+            print(tiny.explore_line(cfg.seed, r.config["data"], cfg.loss.top_n,
+                                    eval_command(r.config, ckpt, explore=r.out.parent / "eval" / r.out.name)))
+        print(f"[done] run folder {r.out}: config.json, metrics.jsonl (one JSON line per step), checkpoint "
+              f"{ckpt} (model/ loads in transformers and eval.py)\n"
+              f"plot: python eval.py --plot-metrics {shlex.quote(str(r.out / 'metrics.jsonl'))}"
+              + (f"\nevaluate: {eval_command(r.config, ckpt)}" if ckpt else ""))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():   # --fsdp
+        torch.distributed.destroy_process_group()
+    return r.model
 
 
 # -----------------------------------------------------------------------------
 # One RL step, top to bottom: the paper's algorithm (module docstring, steps 2-7)
 
 
-def rl_step(step: int, model, policy, opt, tokenizer, problems: list[dict], cfg: LossConfig, args,
-            dist: Dist) -> dict:
-    """Sample -> verify -> advantages -> old log-probs -> update (mini-batches of micro-batches) ->
+def rl_step(step: int, model, policy, opt, tokenizer, problems: list[dict], cfg: StepConfig, dist: Dist) -> dict:
+    """Sample -> rewards -> advantages -> old log-probs -> update (mini-batches of micro-batches) ->
     metrics. `problems` are this rank's prompts of the step; `policy` samples, `model` is trained."""
     dev = dist.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.time()
 
-    # 2-3. G responses per prompt from the sampling copy, each verified: r in {0, 1} (truncated: 0)
+    # 2. G responses per prompt from the sampling copy, decoded and verified (rollout.py)
     policy.eval()
-    seed = args.seed * 1_000_003 + step * 7919 + dist.rank * 104729     # every rank its own samples
-    ro = rollout(policy, tokenizer, problems, args.group_size, max_new_tokens=args.max_response_len,
-                 temperature=args.temperature, top_p=args.top_p, top_n=cfg.top_n, seed=seed,
-                 slots=args.rollout_batch, answer_mode=args.answer_mode,
-                 truncated_scores_zero=args.truncated_reward == "zero")
+    seed = cfg.seed * 1_000_003 + step * 7919 + dist.rank * 104729     # every rank its own samples
+    ro = rollout(policy, tokenizer, problems, cfg.group_size, max_new_tokens=cfg.max_response_len,
+                 temperature=cfg.temperature, top_p=cfg.top_p, top_n=cfg.loss.top_n, seed=seed,
+                 slots=cfg.rollout_batch, answer_mode=cfg.answer_mode,
+                 truncated_scores_zero=cfg.truncated_reward == "zero")
     t_sample = time.time() - t0
 
-    # 4. the method's advantages (GRPO's: A_i = (r_i - mean_group) / (std_group + 1e-6)), per response
-    batch = build_batch(problems, ro, args.group_size, cfg)
-    active = loss_rows(batch, torch.arange(len(batch.adv)), cfg)   # A = 0 rows: zero loss and gradient, skipped
+    # 3. the rewards: the verifier's r in {0, 1}; 0 for a truncated response with --truncated-reward zero
+    rewards = ro.rewards                                                             # (R,) R = P * G
+
+    # 4. the method's advantages (GRPO's and CaSP's: A_i = (r_i - mean_group) / (std_group + 1e-6))
+    adv = advantages(rewards, cfg.group_size, cfg.loss)                             # (R,) casp.METHODS
+    batch = build_batch(problems, ro, adv)
+    active = loss_rows(adv, cfg.loss)   # (R,) the rows forward/backward sees: A = 0 rows have no gradient
 
     # 5. pi_old(y_t): the training forward pass re-scores the sampled tokens (no grad)
     model.train()
-    old = old_logprobs(model, batch, active, cfg, args, dist)                           # (R, S)
+    old = old_logprobs(model, batch, active, cfg, dist)                                 # (R, S)
 
     # 6. mini-batches of whole prompt groups; gradients accumulated over micro-batches; clip; AdamW
     t1 = time.time()
-    m = update(model, opt, batch, old, cfg, args, dist)
+    m = update(model, opt, batch, old, active, cfg, dist)
     refresh_sampling_copy(policy, model)
     t_update = time.time() - t1
 
     # 7. metrics: the loss's (over the tokens it saw), the rollout's, the system's
-    m.update(rollout_metrics(ro, batch, old, args.group_size, dist),
+    m.update(rollout_metrics(ro, batch, old, cfg.group_size, dist),
              step=step + 1, lr=opt.param_groups[0]["lr"], time_sample=t_sample - ro.verify_s,
              time_verify=ro.verify_s, time_update=t_update, peak_mem_gb=peak_memory_gb(dev),
              tokens_per_s=float(ro.mask.sum()) / max(time.time() - t0, 1e-9))
     return m
 
 
-def update(model, opt, batch: Batch, old: torch.Tensor, cfg: LossConfig, args, dist: Dist) -> dict:
-    """`mini_batches` AdamW steps, one pass over the batch. Each micro-batch's loss is divided by the
-    valid-token count of its WHOLE mini-batch (token-mean), so accumulating micro-batches gives the
-    mini-batch's gradient exactly. Returns the loss metrics, means over every token the loss saw."""
+def update(model, opt, batch: Batch, old: torch.Tensor, active: torch.Tensor, cfg: StepConfig, dist: Dist) -> dict:
+    """`mini_batches` AdamW steps, one pass over the batch; forward/backward sees the `active` rows
+    (loss_rows). Each micro-batch's loss is divided by the valid-token count of its WHOLE mini-batch
+    (token-mean, every row counted), so accumulating micro-batches gives the mini-batch's gradient
+    exactly. Returns the loss metrics, means over every token the loss saw."""
     dev = dist.device
     sums, grad_norms, nan_skipped = {}, [], 0
-    for rows in mini_batches(batch.group, args.mini_batches):
+    for rows in mini_batches(batch.group, cfg.mini_batches):
         # the one denominator, summed over ranks; FSDP averages gradients over ranks, hence the world factor
         loss_denom = max(dist.all_sum(float(batch.resp_mask[rows].sum())), 1.0) / dist.world
         opt.zero_grad(set_to_none=True)
         finite = True
-        active = loss_rows(batch, rows, cfg)
-        seen = dist.all_sum(float(batch.resp_mask[active].sum()))   # tokens the loss sees, over ranks
-        for idx, S, mask in micro_batches(batch, active, args.micro_batch_tokens, dist):
-            stats = token_stats(model, batch.seq[idx, :S], mask, cfg, args.dtype, dev)
-            loss, m = policy_loss(stats, old[idx, 1:S].to(dev), batch.adv[idx].to(dev), mask.to(dev), cfg,
+        trained = rows[active[rows]]                                # the rows forward/backward sees
+        seen = dist.all_sum(float(batch.resp_mask[trained].sum()))   # tokens the loss sees, over ranks
+        for idx, S, mask in micro_batches(batch, trained, cfg.micro_batch_tokens, dist):
+            stats = token_stats(model, batch.seq[idx, :S], mask, cfg.loss, cfg.dtype, dev)
+            loss, m = policy_loss(stats, old[idx, 1:S].to(dev), batch.adv[idx].to(dev), mask.to(dev), cfg.loss,
                                   loss_denom=loss_denom)
             loss.backward()   # even when NaN: under FSDP every rank must run the same passes
             finite &= bool(torch.isfinite(loss))   # a host sync per micro-batch
@@ -382,7 +440,7 @@ def update(model, opt, batch: Batch, old: torch.Tensor, cfg: LossConfig, args, d
             opt.zero_grad(set_to_none=True)
             nan_skipped += 1
             continue
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         if seen:   # all rows A = 0: no gradient was computed, and its "norm" 0 is not a measurement
             grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
         opt.step()
@@ -397,13 +455,13 @@ def update(model, opt, batch: Batch, old: torch.Tensor, cfg: LossConfig, args, d
 
 
 @torch.no_grad()
-def old_logprobs(model, batch: Batch, rows: torch.Tensor, cfg: LossConfig, args, dist: Dist) -> torch.Tensor:
-    """log pi_old(y_t) of the sampled tokens of `rows` under the training forward pass, (R, S) float32, 0
-    elsewhere. (The sampler's own numbers differ by kernel rounding and, in bf16, by the weight copy;
-    their gap is logged as logprob_mismatch.)"""
+def old_logprobs(model, batch: Batch, active: torch.Tensor, cfg: StepConfig, dist: Dist) -> torch.Tensor:
+    """log pi_old(y_t) of the sampled tokens of the `active` rows under the training forward pass, (R, S)
+    float32, 0 elsewhere. (The sampler's own numbers differ by kernel rounding and, in bf16, by the weight
+    copy; their gap is logged as logprob_mismatch.)"""
     old = torch.zeros(batch.seq.shape)                                                  # (R, S)
-    for idx, S, mask in micro_batches(batch, rows, args.micro_batch_tokens, dist):
-        stats = token_stats(model, batch.seq[idx, :S], mask, cfg, args.dtype, dist.device)
+    for idx, S, mask in micro_batches(batch, torch.nonzero(active).flatten(), cfg.micro_batch_tokens, dist):
+        stats = token_stats(model, batch.seq[idx, :S], mask, cfg.loss, cfg.dtype, dist.device)
         old[idx, 1:S] = old[idx, 1:S].masked_scatter(mask, stats.logp_y.float().cpu())
     return old
 
@@ -412,22 +470,10 @@ def old_logprobs(model, batch: Batch, rows: torch.Tensor, cfg: LossConfig, args,
 # The pieces of the step
 
 
-def loss_config(args) -> LossConfig:
-    """The loss's hyperparameters, built once from the command line (casp.LossConfig)."""
-    return LossConfig(loss=args.loss, top_n=args.top_n, alpha=args.alpha, neg_scale=args.neg_scale,
-                      entropy_quantile=None if args.no_entropy_gate else args.entropy_quantile,
-                      clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, temperature=args.temperature,
-                      normalize_std=not args.no_std_norm, entropy_coeff=args.entropy_coeff,
-                      lambda_pos=args.lambda_pos, passk_k=args.passk_k, kl_cov_k=args.kl_cov_k,
-                      kl_cov_beta=args.kl_cov_beta, clip_cov_r=args.clip_cov_r, clip_cov_low=args.clip_cov_low,
-                      clip_cov_high=args.clip_cov_high, entropy_adv_alpha=args.entropy_adv_alpha,
-                      entropy_adv_kappa=args.entropy_adv_kappa)
-
-
-def loss_rows(batch: "Batch", rows: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
-    """The rows the loss needs run through forward/backward: those with A != 0, unless a row with A = 0
-    can still move the gradient (casp.zero_advantage_rows_matter: KL-Cov, Clip-Cov, the entropy bonus)."""
-    return rows if zero_advantage_rows_matter(cfg) else rows[batch.adv[rows] != 0]
+def loss_rows(adv: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """(R,) bool: the rows the loss needs run through forward/backward: those with A != 0, unless a row with
+    A = 0 can still move the gradient (casp.zero_advantage_rows_matter: KL-Cov, Clip-Cov, the entropy bonus)."""
+    return (adv != 0) | zero_advantage_rows_matter(cfg)
 
 
 @dataclass
@@ -445,10 +491,11 @@ class Batch:
                      self.rewards[idx], self.group[idx])
 
 
-def build_batch(problems, ro, group_size: int, cfg: LossConfig = LossConfig(loss="grpo")) -> Batch:
-    """Right-padded rows [prompt, response] for every sampled response, with the method's advantages."""
+def build_batch(problems, ro, adv: torch.Tensor) -> Batch:
+    """Right-padded rows [prompt, response] for every sampled response (row r answers problems[r // G]),
+    with the responses' advantages `adv` (R,)."""
     R = ro.tokens.shape[0]
-    group = torch.arange(R) // group_size                                            # (R,) prompt of each row
+    group = torch.arange(R) // (R // len(problems))                                  # (R,) prompt of each row
     prompts = [problems[g]["prompt_ids"] for g in group.tolist()]
     lengths = ro.mask.sum(1).tolist()                                                # (R,) response lengths
     S = max(len(p) + n for p, n in zip(prompts, lengths))
@@ -461,7 +508,6 @@ def build_batch(problems, ro, group_size: int, cfg: LossConfig = LossConfig(loss
         seq[i, a:b] = ro.tokens[i, :n]
         resp[i, a:b] = True
         slp[i, a:b] = ro.logprobs[i, :n]
-    adv = advantages(ro.rewards, group_size, cfg)                                  # (R,) casp.METHODS[cfg.loss]
     return Batch(seq, resp, slp, adv.float(), ro.rewards, group)
 
 
@@ -564,6 +610,7 @@ def log_line(m: dict) -> str:
 # Sampling copy of the weights, evaluation
 
 
+
 def refresh_sampling_copy(policy: Transformer, model: Transformer):
     """Copy the (float32, possibly sharded) training weights into the bf16 sampling model. Under FSDP
     every parameter is all-gathered ONCE here, for the whole rollout, not per decode step."""
@@ -575,12 +622,14 @@ def refresh_sampling_copy(policy: Transformer, model: Transformer):
             p_s.copy_(full)
 
 
-def make_sampling_copy(model: Transformer, args, dist: Dist):
-    if args.dtype == "float32" and not args.fsdp:
+def make_sampling_copy(model: Transformer, dtype: str, fsdp: bool, device) -> Transformer:
+    """The model sampling uses: the training model itself in float32 without FSDP, else a copy of its
+    weights in the compute dtype (bf16; float32 under FSDP, whose sharded weights cannot sample)."""
+    if dtype == "float32" and not fsdp:
         return model  # sample with the training weights themselves
     with torch.device("meta"):
         policy = Transformer(model.config)
-    policy = policy.to_empty(device=dist.device).to(torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
+    policy = policy.to_empty(device=device).to(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
     policy.tie_weights()
     policy.eval()
     for p in policy.parameters():
@@ -589,47 +638,31 @@ def make_sampling_copy(model: Transformer, args, dist: Dist):
     return policy
 
 
-def heldout_pass(policy, tokenizer, problems, args, n: int, seed: int) -> dict:
+HELDOUT_SEED = 10**6   # the held-out evaluations' sampling seed (plus the step for the periodic one)
+
+
+def heldout_pass(policy, tokenizer, problems, cfg: StepConfig, n: int, seed: int) -> dict:
     """pass@1 (and pass@n) on held-out problems, n samples each at the training temperature, or with
     --eval-decoding greedy one greedy response each (pass@1 only); scored as in training (--answer-mode,
     --truncated-reward)."""
     if not problems:
         return {}
-    greedy = args.eval_decoding == "greedy"
+    greedy = cfg.eval_decoding == "greedy"
     n = 1 if greedy else n
-    ro = rollout(policy, tokenizer, problems, n, max_new_tokens=args.max_response_len,
-                 temperature=0.0 if greedy else args.temperature, top_p=args.top_p, top_n=args.top_n, seed=seed,
-                 slots=args.rollout_batch, answer_mode=args.answer_mode,
-                 truncated_scores_zero=args.truncated_reward == "zero")
+    ro = rollout(policy, tokenizer, problems, n, max_new_tokens=cfg.max_response_len,
+                 temperature=0.0 if greedy else cfg.temperature, top_p=cfg.top_p, top_n=cfg.loss.top_n, seed=seed,
+                 slots=cfg.rollout_batch, answer_mode=cfg.answer_mode,
+                 truncated_scores_zero=cfg.truncated_reward == "zero")
     correct = ro.rewards.view(len(problems), n).sum(1).long().tolist()
     return {f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for c in correct])) for k in sorted({1, n})}
 
 
-def explore_command(args, out: Path, ckpt: Path) -> str:
-    """The eval.py command that draws the demo's final held-out evaluation again, with the same problems,
-    seed, settings and rows per sampler call (so the same samples), and writes its explore page."""
-    from shlex import quote
-
-    if args.model == "tiny" and args.data is None:   # eval's `synthetic` is the held-out split drawn with seed 0
-        data_args = "--data synthetic"
-    else:
-        data_args = (f"--data {' '.join(quote(h) for h in args.heldout or ['math500'])}"
-                     + (f" --data-dir {quote(args.data_dir)}" if args.data_dir else ""))
-    cmd = (f"python eval.py --model {quote(str(ckpt / 'model'))} {data_args} --limit {args.eval_prompts} --n 8 "
-           f"--max-new-tokens {args.max_response_len} --max-prompt-tokens {args.max_prompt_len} --seed {10**6} "
-           f"--answer-mode {args.answer_mode} --max-rows {args.rollout_batch} --batch-prompts {args.eval_prompts}")
-    for flag, value, default in (("--temperature", args.temperature, 1.0), ("--top-p", args.top_p, 1.0),
-                                 ("--top-n", args.top_n, 3)):
-        cmd += f" {flag} {value}" if value != default else ""
-    cmd += f" --prompt-format {args.prompt_format}" if args.prompt_format != "template" else ""
-    cmd += f" --dtype {args.dtype} --device {args.device}" if args.dtype == "float32" else ""
-    return cmd + f" --explore --out {quote(str(out.parent / 'eval' / out.name))}"
-def heldout_metrics(policy, tokenizer, sets: dict, args, n: int, seed: int) -> dict:
+def heldout_metrics(policy, tokenizer, sets: dict, cfg: StepConfig, n: int, seed: int) -> dict:
     """heldout_pass on every held-out set: heldout_pass@k over all their problems (each problem counts
     once) and, with several sets, heldout_<set>_pass@k per set."""
     out, sums, total = {}, {}, 0
     for name, probs in sets.items():
-        for k, v in heldout_pass(policy, tokenizer, probs, args, n, seed).items():
+        for k, v in heldout_pass(policy, tokenizer, probs, cfg, n, seed).items():
             if len(sets) > 1:
                 out[f"heldout_{name}_{k}"] = v
             sums[k] = sums.get(k, 0.0) + v * len(probs)
@@ -638,56 +671,38 @@ def heldout_metrics(policy, tokenizer, sets: dict, args, n: int, seed: int) -> d
     return out
 
 
+def eval_command(config: dict, ckpt: Path, explore: Path | None = None) -> str:
+    """The eval.py command for a checkpoint of a run, from the run's config (its config.json), on its
+    held-out sets; eval.py takes the response length from that config.json. The demo's built-in task is
+    eval.py's `synthetic` (the held-out split drawn with seed 0), with tiny.DEMO_EVAL_SAMPLES samples each.
+    With `explore` (a folder): the command that draws the final held-out evaluation of the demo (run)
+    again, with the same problems, seed, settings and rows per sampler call (so the same samples), and
+    writes its explore page into that folder."""
+    q, c = shlex.quote, config
+    builtin = tiny.uses_builtin_task(c["model"], c["data"])
+    held = ["synthetic"] if builtin else c["heldout"] or ["math500"]
+    cmd = (f"python eval.py --model {q(str(ckpt / 'model'))} --data {' '.join(q(h) for h in held)}"
+           + (f" --data-dir {q(c['data_dir'])}" if c["data_dir"] and not builtin else ""))
+    if explore is None:
+        return cmd + (f" --n {tiny.DEMO_EVAL_SAMPLES}" if builtin else "")
+    cmd += (f" --limit {c['eval_prompts']} --n {tiny.DEMO_HELDOUT_SAMPLES} --max-new-tokens {c['max_response_len']}"
+            f" --max-prompt-tokens {c['max_prompt_len']} --seed {HELDOUT_SEED} --answer-mode {c['answer_mode']}"
+            f" --max-rows {c['rollout_batch']} --batch-prompts {c['eval_prompts']}")
+    for flag, key, default in (("--temperature", "temperature", 1.0), ("--top-p", "top_p", 1.0),
+                               ("--top-n", "top_n", 3)):
+        cmd += f" {flag} {c[key]}" if c[key] != default else ""
+    cmd += f" --prompt-format {c['prompt_format']}" if c["prompt_format"] != "template" else ""
+    cmd += f" --dtype {c['dtype']} --device {c['device']}" if c["dtype"] == "float32" else ""
+    return cmd + f" --explore --out {q(str(explore))}"
+
+
 # -----------------------------------------------------------------------------
-# Main
-
-
-def main(argv=None):
-    """The command line: parse, run, and turn a user's mistake into one `error:` line (exit status 2)."""
-    args = get_args(argv)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    sigterm = signal.signal(signal.SIGTERM, stop_now)   # until the loop takes over: SIGTERM acts as Ctrl-C
-    try:
-        return run(args, argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt as e:   # before the first step (warm start, loading); the loop has its own
-        print("\n" + interrupted_message(Path(args.out), argv), file=sys.stderr)
-        raise SystemExit(128 + getattr(e, "signum", signal.SIGINT)) from None
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
-        release_run_folders()
-
-
-def model_config(args) -> ModelConfig:
-    """The architecture, read before any weight is loaded (for the memory pre-flight)."""
-    if args.model == "tiny" or (args.init == "random" and args.model in MODEL_NAMES):
-        with contextlib.suppress(FileNotFoundError):
-            return ModelConfig.from_json(resolve_model_path(args.model) / "config.json")
-        return MODEL_NAMES[args.model][1]
-    return ModelConfig.from_json(resolve_model_path(args.model) / "config.json")
-
-
-def memory_check(args, config: ModelConfig, dist: Dist, longest_prompt: int) -> tuple[str, float]:
-    """The memory pre-flight (runtime.estimate_memory): refuses a run that cannot fit, unless --force.
-    -> (the summary line, the expected peak in GB: the estimate plus what the process holds already)."""
-    rows = args.prompts_per_step * args.group_size // dist.world
-    parts = estimate_memory(
-        config, rollout_rows=min(rows, max(args.rollout_batch, args.group_size)), total_rows=rows,
-        max_prompt_len=longest_prompt, max_response_len=args.max_response_len, mini_batches=args.mini_batches,
-        micro_batch_tokens=args.micro_batch_tokens, compute_bytes=2 if args.dtype == "bfloat16" else 4,
-        sampling_bytes=0 if args.dtype == "float32" and not args.fsdp else (2 if args.dtype == "bfloat16" else 4),
-        grad_checkpoint=args.grad_checkpoint, world=dist.world, top_n=args.top_n)
-    expected = (parts["peak"] + current_memory(dist.device)) / 1e9
-    if args.force:
-        return f"[memory] estimated peak {parts['peak'] / 1e9:.1f} GB (not checked: --force)", expected
-    return preflight(parts, dist.device), expected
+# Setup: run folder, model, data, optimizer
 
 
 @dataclass
 class Run:
-    """Everything a run holds between steps (made by `setup`)."""
+    """Everything the loop holds (made by `setup`)."""
     dist: Dist
     out: Path
     model: Transformer            # float32 master weights (sharded under FSDP), trained
@@ -699,14 +714,22 @@ class Run:
     n_skipped: int                # training prompts over --max-prompt-len
     stream: PromptStream
     start: int                    # steps already done (resumed runs)
-    loss_cfg: LossConfig
+    cfg: StepConfig
     expected_gb: float            # the memory pre-flight's expected peak
+    steps: int                    # the loop: --steps (or --epochs' steps), --prompts-per-step, --eval-every,
+    prompts_per_step: int         # --save-every, --keep
+    eval_every: int
+    save_every: int
+    keep: int
+    demo: bool                    # the CPU demo (tiny.is_demo): held-out pass@k before and after training
+    config: dict                  # the run's config (config.json), for the eval.py commands printed at the end
 
 
-def setup(args) -> Run:
+def setup(args) -> Run | None:
     """Processes, run folder, model, data, optimizer; refuses (UserError) before anything large is
     allocated when the run folder, the resume or the memory does not allow the run. The output folder is
-    checked first (a file, read-only), then locked for the run's life (one writer), before any model loads."""
+    checked first (a file, read-only), then locked for the run's life (one writer), before any model loads.
+    None after --dry-run (every setting resolved and printed, nothing large allocated, nothing written)."""
     dist = setup_dist(args.fsdp, args.device)
     out = Path(args.out)
     if not args.dry_run:   # a dry run writes nothing, so it neither checks nor locks the folder
@@ -728,39 +751,49 @@ def setup(args) -> Run:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
-    if args.model == "tiny" and not (casp_home() / "tiny" / "config.json").is_file() and dist.main:
-        print(f"[warm start] training the tiny model on the built-in task -> {casp_home() / 'tiny'}")
-        tiny.warm_start_tiny(casp_home() / "tiny", args.warm_start_steps, args.seed, dist.device)
+    if dist.main:
+        tiny.warm_start_if_missing(args.model, args.warm_start_steps, args.seed, dist.device)
     dist.barrier()
     try:
-        config = model_config(args)
+        config = model_config(args.model, args.init)
         tokenizer = load_tokenizer(args.tokenizer or _model_dir(args.model, args.init))
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    train_set, heldout, n_skipped = load_problems(args, tokenizer)
+    demo = tiny.is_demo(args.model)
+    train_set, heldout, n_skipped = load_problems(
+        tokenizer, args.data, args.heldout, data_dir=args.data_dir, eval_prompts=args.eval_prompts,
+        max_prompt_len=args.max_prompt_len, prompt_format=args.prompt_format,
+        builtin_seed=args.seed if tiny.uses_builtin_task(args.model, args.data) else None,
+        evaluate=args.eval_every > 0 or demo)   # the demo evaluates before and after training
     if args.epochs:   # E passes, the last partial batch of each dropped (PromptStream)
         per_epoch = len(train_set) // args.prompts_per_step
         if per_epoch == 0:
             raise UserError(f"--epochs: {len(train_set)} training prompts make no full step of "
                             f"--prompts-per-step {args.prompts_per_step}")
         args.steps = args.epochs * per_epoch
-    if args.dry_run:   # every setting resolved; nothing large allocated, nothing written
-        line, _ = memory_check(argparse.Namespace(**{**vars(args), "force": True}), config, dist,
-                               max(len(p["prompt_ids"]) for p in train_set))
+    cfg = step_config(args)
+    longest = max(len(p["prompt_ids"]) for p in train_set)
+    memory = functools.partial(memory_check, config, dist, longest, cfg, prompts_per_step=args.prompts_per_step,
+                               fsdp=args.fsdp, grad_checkpoint=args.grad_checkpoint)
+    if args.dry_run:
+        line, _ = memory(force=True)
         print("config:", json.dumps(vars(args)))
         print(f"[data] {len(train_set)} training prompts ({n_skipped} over --max-prompt-len skipped), {args.steps} "
               f"steps; prompts: {data.prompt_source(tokenizer, args.prompt_format)}\n{line}")
         return None
-    memory, expected_gb = memory_check(args, config, dist, max(len(p["prompt_ids"]) for p in train_set))
+    memory_line, expected_gb = memory(force=args.force)
+    build = functools.partial(build_model, args.model, dist=dist, init=args.init, seed=args.seed,
+                              grad_checkpoint=args.grad_checkpoint, fsdp=args.fsdp, dtype=args.dtype, lr=args.lr,
+                              weight_decay=args.weight_decay)
     stream, ckpt, start = PromptStream(len(train_set), args.seed), None, 0
     if args.resume:   # the newest complete checkpoint (a damaged one is named and skipped)
-        ckpt, model, opt, start, stream_state = resume_checkpoint(out, lambda c: build_model(args, c, dist), dist)
+        ckpt, model, opt, start, stream_state = resume_checkpoint(out, build, dist)
         stream.load_state_dict(stream_state)
     else:
-        model, opt = build_model(args, None, dist)
+        model, opt = build(None)
     if dist.main:
         try:
-            write_json_atomic(out / "config.json", vars(args))
+            write_atomic(out / "config.json", json.dumps(vars(args), indent=2))
             torn = start_metrics_file(out / "metrics.jsonl", start)
         except OSError as e:
             raise WriteFailed(f"writing {out} failed ({e.strerror})") from None
@@ -770,106 +803,114 @@ def setup(args) -> Run:
               f"{data.prompt_source(tokenizer, args.prompt_format)}")
         print(f"[data] {len(train_set)} training prompts ({n_skipped} over --max-prompt-len skipped), "
               + (f"{args.epochs} epochs = {args.steps} steps, " if args.epochs else "")
-              + (f"held-out: {', '.join(f'{k} {len(v)}' for k, v in heldout.items())}" if heldout_used(args)
+              + (f"held-out: {', '.join(f'{k} {len(v)}' for k, v in heldout.items())}" if heldout
                  else "no held-out set (--eval-every 0)")
-              + f"\n{memory}" + (f"\n{torn}" if torn else ""))
-    return Run(dist, out, model, make_sampling_copy(model, args, dist), opt, tokenizer, train_set, heldout,
-               n_skipped, stream, start, loss_config(args), expected_gb)
+              + f"\n{memory_line}" + (f"\n{torn}" if torn else ""))
+    return Run(dist, out, model, make_sampling_copy(model, args.dtype, args.fsdp, dist.device), opt, tokenizer,
+               train_set, heldout, n_skipped, stream, start, cfg, expected_gb, steps=args.steps,
+               prompts_per_step=args.prompts_per_step, eval_every=args.eval_every, save_every=args.save_every,
+               keep=args.keep, demo=demo, config=vars(args))
 
 
-def run(args, argv: list[str]):
-    """The RL loop: a step, its log line, the periodic held-out pass@1 and checkpoint."""
-    r = setup(args)
-    if r is None:   # --dry-run
-        return None
-    dist, demo = r.dist, args.model == "tiny"
-    if demo and r.start == 0 and dist.main:
-        before = heldout_metrics(r.policy, r.tokenizer, r.heldout, args, n=8, seed=10**6)
-        print("[before] held-out " + " | ".join(f"{k[8:]} {v:.3f}" for k, v in before.items() if k.count("_") == 1))
-    bar = tqdm(range(r.start, args.steps), desc=f"RL ({args.loss})", initial=r.start, total=args.steps,
-               disable=not dist.main, dynamic_ncols=True)
-    stop = StopSignals().install()   # from here SIGINT/SIGTERM finish the step, save, print the resume command
-    done = saved = r.start           # steps finished; the step of the last checkpoint
-    try:
-        for step in bar:
-            if stop.requested(dist):   # a signal came during the step before: save it, then stop
-                bar.close()
-                if done > saved:
-                    save_checkpoint(r.out, done, r.model, r.opt, r.stream.state_dict(), args.keep, dist,
-                                    r.tokenizer.folder)
-                if dist.main:
-                    print(interrupted_message(r.out, argv, f"interrupted ({stop.name}) after step {done}"),
-                          file=sys.stderr)
-                raise SystemExit(128 + stop.signum)
-            # 1. this step's prompts: every rank draws the same list and keeps its share of whole groups
-            problems = [r.train_set[i] for i in r.stream.take(args.prompts_per_step)[dist.rank::dist.world]]
-            m = rl_step(step, r.model, r.policy, r.opt, r.tokenizer, problems, r.loss_cfg, args, dist)
-            m.update(prompts_skipped_too_long=r.n_skipped, peak_mem_estimate_gb=r.expected_gb)
-            if args.eval_every and (step + 1) % args.eval_every == 0:
-                m.update(heldout_metrics(r.policy, r.tokenizer, r.heldout, args, n=1, seed=10**6 + step))
-            if dist.main:
-                append_metrics(r.out / "metrics.jsonl", m)
-                bar.write(log_line(m))
-            done = step + 1
-            if (args.save_every and (step + 1) % args.save_every == 0) or step + 1 == args.steps:
-                save_checkpoint(r.out, step + 1, r.model, r.opt, r.stream.state_dict(), args.keep, dist,
-                                r.tokenizer.folder)
-                saved = done
-    except KeyboardInterrupt as e:   # a second signal, or an interrupt from elsewhere: stop at once
-        bar.close()
-        if dist.main:
-            print("\n" + interrupted_message(r.out, argv), file=sys.stderr)
-        raise SystemExit(128 + getattr(e, "signum", signal.SIGINT)) from None
-    except WriteFailed as e:   # a full disk: what failed, and how to go on once there is room
-        bar.close()
-        raise UserError(f"{e}; {interrupted_message(r.out, argv, 'stopped')}") from None
-    finally:
-        stop.restore()
-    if demo and dist.main:
-        after = heldout_metrics(r.policy, r.tokenizer, r.heldout, args, n=8, seed=10**6)
-        print(f"[after {args.loss}] held-out " + " | ".join(f"{k[8:]} {v:.3f}" for k, v in after.items()
-                                                           if k.count("_") == 1))
-        other = args.seed != 0 and args.data is None   # eval's `synthetic` problems are those of seed 0
-        print(f"[explore] every token of {'an' if other else 'this'} evaluation and its top-{args.top_n} candidates, "
-              f"as a page{' (the held-out problems of --seed 0)' if other else ''}: "
-              f"{explore_command(args, r.out, latest_checkpoint(r.out))}")
-    if dist.main:
-        ckpt = latest_checkpoint(r.out)
-        print(f"[done] run folder {r.out}: config.json, metrics.jsonl (one JSON line per step), checkpoint "
-              f"{ckpt} (model/ loads in transformers and eval.py)\n"
-              f"plot: python eval.py --plot-metrics {shlex.quote(str(r.out / 'metrics.jsonl'))}"
-              + (f"\nevaluate: {eval_command(args, ckpt)}" if ckpt else ""))
-    if args.fsdp:
-        torch.distributed.destroy_process_group()
-    return r.model
+def load_problems(tokenizer, train_data: str | None, heldout_data: list[str] | None, *, data_dir, eval_prompts: int,
+                  max_prompt_len: int, prompt_format: str, builtin_seed: int | None, evaluate: bool):
+    """(train problems, {held-out set name: problems}, prompts skipped), problems as dicts with prompt_ids:
+    the demo's built-in task drawn with `builtin_seed` (tiny.demo_problems), else --data (default
+    math_train) and --heldout (default math500, its first `eval_prompts` problems). The held-out sets are
+    read only when the run evaluates: with --eval-every 0 a missing math500 is not an error."""
+    if builtin_seed is not None:
+        train, held = tiny.demo_problems(builtin_seed, eval_prompts)
+    else:
+        train = data.load_dataset(train_data or "math_train", data_dir)
+        held = {Path(name).stem if name.endswith(".jsonl") else name: data.load_dataset(name, data_dir)[:eval_prompts]
+                for name in (heldout_data or ["math500"] if evaluate else [])}
+    fmt = dict(prompt_format=prompt_format)
+    train, skipped = data.encode_prompts(train, tokenizer, max_prompt_len, **fmt)
+    held = {name: data.encode_prompts(probs, tokenizer, max_prompt_len, **fmt)[0] for name, probs in held.items()}
+    if not train:
+        raise UserError(f"no training prompt fits --max-prompt-len {max_prompt_len} ({skipped} skipped)")
+    return train, held, skipped
 
 
-def eval_command(args, ckpt: Path) -> str:
-    """The eval.py command for a finished run's checkpoint, on its held-out set. eval.py takes the response
-    length from the run's config.json; the demo's command is sized to finish in about a minute on a CPU
-    (500 held-out problems x 16 samples, pass@1..16: 42 s on a 2-core CPU shared with other jobs)."""
-    demo_task = args.model == "tiny" and args.data is None
-    held = ["synthetic"] if demo_task else (args.heldout or ["math500"])
-    command = (f"python eval.py --model {shlex.quote(str(ckpt / 'model'))} --data "
-               + " ".join(shlex.quote(h) for h in held))
-    return command + (" --n 16" if demo_task else "")
+class PromptStream:
+    """Problems in a seeded random order, epoch after epoch. The position is the whole state.
+
+    An epoch yields floor(n / k) steps of k prompts and drops the rest (verl's DataLoader(drop_last=True)),
+    so `--epochs E` is E * floor(n / k) steps; a set smaller than one step wraps around instead."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
+
+    def _order(self):
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def take(self, k: int) -> list[int]:
+        if k <= self.n:  # drop-last: a step never spans two epochs
+            if self.pos + k > self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+            self.pos += k
+            return self._order()[self.pos - k:self.pos].tolist()
+        out = []
+        while len(out) < k:
+            order = self._order()
+            need = k - len(out)
+            out += order[self.pos:self.pos + need].tolist()
+            self.pos += need
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return out
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, s):
+        self.epoch, self.pos = s["epoch"], s["pos"]
 
 
-def build_model(args, ckpt: Path | None, dist: Dist):
+def model_config(name: str, init: str) -> ModelConfig:
+    """The architecture, read before any weight is loaded (for the memory pre-flight): the model folder's
+    config.json; for a named model whose folder is not there (--init random needs no weights; the tiny
+    model's warm start makes it), the built-in config of MODEL_NAMES."""
+    if tiny.is_demo(name) or (init == "random" and name in MODEL_NAMES):
+        with contextlib.suppress(FileNotFoundError):
+            return ModelConfig.from_json(resolve_model_path(name) / "config.json")
+        return MODEL_NAMES[name][1]
+    return ModelConfig.from_json(resolve_model_path(name) / "config.json")
+
+
+def memory_check(config: ModelConfig, dist: Dist, longest_prompt: int, cfg: StepConfig, *, prompts_per_step: int,
+                 fsdp: bool, grad_checkpoint: bool, force: bool) -> tuple[str, float]:
+    """The memory pre-flight (runtime.estimate_memory): refuses a run that cannot fit, unless --force.
+    -> (the summary line, the expected peak in GB: the estimate plus what the process holds already)."""
+    rows = prompts_per_step * cfg.group_size // dist.world
+    parts = estimate_memory(
+        config, rollout_rows=min(rows, max(cfg.rollout_batch, cfg.group_size)), total_rows=rows,
+        max_prompt_len=longest_prompt, max_response_len=cfg.max_response_len, mini_batches=cfg.mini_batches,
+        micro_batch_tokens=cfg.micro_batch_tokens, compute_bytes=2 if cfg.dtype == "bfloat16" else 4,
+        sampling_bytes=0 if cfg.dtype == "float32" and not fsdp else (2 if cfg.dtype == "bfloat16" else 4),
+        grad_checkpoint=grad_checkpoint, world=dist.world, top_n=cfg.loss.top_n)
+    expected = (parts["peak"] + current_memory(dist.device)) / 1e9
+    if force:
+        return f"[memory] estimated peak {parts['peak'] / 1e9:.1f} GB (not checked: --force)", expected
+    return preflight(parts, dist.device), expected
+
+
+def build_model(name, ckpt: Path | None, dist: Dist, *, init: str, seed: int, grad_checkpoint: bool, fsdp: bool,
+                dtype: str, lr: float, weight_decay: float):
     """The float32 master model (from the checkpoint when resuming; sharded under FSDP) and its AdamW."""
     try:
-        model = load_model(ckpt / "model" if ckpt else args.model, device=dist.device, dtype=torch.float32,
-                           init="checkpoint" if ckpt else args.init, seed=args.seed)
+        model = load_model(ckpt / "model" if ckpt else name, device=dist.device, dtype=torch.float32,
+                           init="checkpoint" if ckpt else init, seed=seed)
     except (FileNotFoundError, ValueError) as e:
         if ckpt:
             raise   # resume_checkpoint names the damaged checkpoint and tries the previous one
         raise UserError(str(e)) from None
-    model.gradient_checkpointing = args.grad_checkpoint
-    if args.fsdp:
-        model = shard_model(model, torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
+    model.gradient_checkpointing = grad_checkpoint
+    if fsdp:
+        model = shard_model(model, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
     # fused AdamW (one kernel, no full-size temporaries) on a single GPU; FSDP's DTensors take the default
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                            betas=(0.9, 0.999), eps=1e-8, fused=dist.device.type == "cuda" and not args.fsdp)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+                            betas=(0.9, 0.999), eps=1e-8, fused=dist.device.type == "cuda" and not fsdp)
     return model, opt
 
 

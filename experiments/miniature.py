@@ -88,6 +88,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules
 import casp  # noqa: E402
 import data  # noqa: E402
+from cli import write_atomic  # noqa: E402
 from eval import _pyplot, _save  # noqa: E402  (matplotlib optional: without it, no PNG)
 from experiments.theory import TreeShape, at_least_once, tree_sample, walk  # noqa: E402
 
@@ -454,9 +455,7 @@ def run_tree(cfg: TreeConfig, out_dir: Path, plot: bool = True, log=print) -> di
     result["methods"] = {k: result["methods"][k] for k in order}
     result["settings"]["seconds"] = round(time.time() - t0, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "tree.json.tmp"
-    tmp.write_text(json.dumps(result))
-    tmp.replace(out_dir / "tree.json")
+    write_atomic(out_dir / "tree.json", json.dumps(result))
     if is_comparison(result):
         table = format_tree_methods(result)
         (out_dir / "tree_methods.md").write_text(table + "\n")

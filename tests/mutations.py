@@ -98,7 +98,7 @@ MUTATIONS = [
              CASP, "the chunked path's gradient forgets the 1 / temperature"),
     # ---- the update (train.py)
     Mutation("grad-clip-ignored", "train.py",
-             "clip_grad_norm_(model.parameters(), args.grad_clip)", 'clip_grad_norm_(model.parameters(), float("inf"))',
+             "clip_grad_norm_(model.parameters(), cfg.grad_clip)", 'clip_grad_norm_(model.parameters(), float("inf"))',
              TRAIN, "--grad-clip ignored (the norm still logged)",
              first=('tests/test_train.py::test_update_equals_a_direct_computation',)),
     Mutation("token-mean-drops-zero-adv-rows", "train.py",
@@ -119,8 +119,8 @@ MUTATIONS = [
              TRAIN, "a NaN loss's optimizer step is taken",
              first=('tests/test_train.py::test_nan_loss_skips_the_mini_batch',)),
     Mutation("rollout-top-p-ignored", "train.py",
-             "temperature=args.temperature, top_p=args.top_p, top_n=cfg.top_n, seed=seed,",
-             "temperature=args.temperature, top_p=1.0, top_n=cfg.top_n, seed=seed,",
+             "temperature=cfg.temperature, top_p=cfg.top_p, top_n=cfg.loss.top_n, seed=seed,",
+             "temperature=cfg.temperature, top_p=1.0, top_n=cfg.loss.top_n, seed=seed,",
              TRAIN, "--top-p ignored by the training rollout",
              first=("tests/test_flags.py::test_train_flags_reach_the_sampler_verifier_loss_optimizer_and_checkpoints",)),
     Mutation("mixed-groups-inverted", "train.py",
@@ -205,8 +205,8 @@ MUTATIONS = [
              "preexec_fn=_preexec(limits))", "preexec_fn=None)",
              ("tests/test_sandbox.py", "tests/test_benchmarks.py"), "the sandboxed child runs without its rlimits",
              first=('tests/test_sandbox.py::test_child_applies_its_limits_and_cleans_up',)),
-    # ---- pass@K and eval's tables (eval.py)
-    Mutation("pass-at-k-off-by-one", "eval.py",
+    # ---- pass@K (passk.py) and eval's tables (eval.py)
+    Mutation("pass-at-k-off-by-one", "passk.py",
              "for i in range(n - c + 1, n + 1):", "for i in range(n - c, n + 1):",
              EVAL, "pass@k multiplies one factor too many",
              first=('tests/test_eval.py::test_pass_at_k_equals_enumeration_over_all_subsets',)),

@@ -226,7 +226,7 @@ def test_max_new_tokens_default_fits_the_model_and_the_task(tiny_dir, tmp_path, 
     shutil.copytree(tiny_dir, run / "ckpt-000030" / "model")
     config = vars(train.get_args(["--max-response-len", "12"]))
     (run / "config.json").write_text(json.dumps(config))
-    command = train.eval_command(train.get_args([]), run / "ckpt-000030")
+    command = train.eval_command(vars(train.get_args([])), run / "ckpt-000030")
     assert command == f"python eval.py --model {run / 'ckpt-000030' / 'model'} --data synthetic --n 16"
     args = shlex.split(command)[2:] + ["--limit", "2", "--out", str(tmp_path / "e"), "--workers", "1", "--no-plot"]
     ev.main(args)

@@ -332,7 +332,7 @@ def test_demo_explore_command_redraws_the_final_evaluation(tiny_dir, tmp_path):
     (train.heldout_pass's rollout: same problems, seed 10**6, rows per call) and writes the explore page."""
     args = train.get_args(["--eval-prompts", "4", "--max-response-len", "40", "--device", "cpu"])
     out = tmp_path / "runs" / "tiny-casp"
-    cmd = train.explore_command(args, out, out / "ckpt-000030").split()
+    cmd = train.eval_command(vars(args), out / "ckpt-000030", explore=out.parent / "eval" / out.name).split()
     assert cmd[:2] == ["python", "eval.py"]
     assert cmd[cmd.index("--out") + 1] == str(tmp_path / "runs" / "eval" / "tiny-casp")
     assert cmd[cmd.index("--model") + 1] == str(out / "ckpt-000030" / "model") and "--explore" in cmd

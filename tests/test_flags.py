@@ -28,8 +28,9 @@ import rollout
 import tiny
 import train
 from casp import LossConfig
+from cli import UserError
 from model import load_model, load_tokenizer
-from test_train import metrics, run_args
+from test_train import build_model, metrics, run_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,8 +85,8 @@ def test_train_flags_reach_the_sampler_verifier_loss_optimizer_and_checkpoints(t
     monkeypatch.setattr(train, "update", lambda model, opt, batch, *a: batches.append(batch) or
                         real_update(model, opt, batch, *a))
 
-    def build(*a):
-        model, opt = real_build(*a)
+    def build(*a, **k):
+        model, opt = real_build(*a, **k)
         opts.append((model, opt, []))
         step = opt.step
         opt.step = lambda *x, **k: opts[0][2].append(1) or step(*x, **k)
@@ -147,8 +148,8 @@ def test_seed_changes_the_samples_and_the_random_init(tiny_dir, problems_file, t
     assert samples[0].keys() == samples[1].keys() and len(samples[0]) == 4
     assert any(samples[0][p] != samples[1][p] for p in samples[0])
     loaded = load_model(tiny_dir).state_dict()
-    rand = {s: train.build_model(train.get_args(run_args(tiny_dir, problems_file, "x", "--init", "random",
-                                                         "--seed", str(s))), None, train.Dist())[0].state_dict()
+    rand = {s: build_model(train.get_args(run_args(tiny_dir, problems_file, "x", "--init", "random", "--seed", str(s))),
+                           train.Dist())[0].state_dict()
             for s in (0, 1)}
     assert not any(torch.equal(rand[0][k], loaded[k]) for k in loaded if loaded[k].numel() > 64)
     assert not torch.equal(rand[0]["model.embed_tokens.weight"], rand[1]["model.embed_tokens.weight"])
@@ -176,24 +177,26 @@ def test_force_runs_past_the_memory_preflight(tiny_dir, problems_file):
     """--force: a run whose estimate exceeds the free memory (10^6 prompts x 4096 samples here) is
     refused without it and only reported with it."""
     big = ["--prompts-per-step", "1000000", "--group-size", "4096", "--mini-batches", "1"]
-    args = train.get_args(run_args(tiny_dir, problems_file, "x", *big))
-    cfg = train.model_config(args)
-    with pytest.raises(data.UserError):
-        train.memory_check(args, cfg, train.Dist(), 64)
-    line, _ = train.memory_check(train.get_args(run_args(tiny_dir, problems_file, "x", *big, "--force")), cfg,
-                                 train.Dist(), 64)
+    def memory_check(*flags):
+        args = train.get_args(run_args(tiny_dir, problems_file, "x", *big, *flags))
+        return train.memory_check(train.model_config(args.model, args.init), train.Dist(), 64, train.step_config(args),
+                                  prompts_per_step=args.prompts_per_step, fsdp=args.fsdp,
+                                  grad_checkpoint=args.grad_checkpoint, force=args.force)
+    with pytest.raises(UserError):
+        memory_check()
+    line, _ = memory_check("--force")
     assert "not checked: --force" in line
 
 
 def test_loss_flags_build_the_loss_config():
     """--loss, --top-n, --alpha, --entropy-quantile / --no-entropy-gate, --neg-scale, --clip-eps,
     --clip-eps-high and --temperature are the LossConfig's fields (the paper's defaults without them)."""
-    assert train.loss_config(train.get_args([])) == LossConfig()
+    assert train.step_config(train.get_args([])).loss == LossConfig()
     args = train.get_args(["--loss", "grpo", "--top-n", "5", "--alpha", "0.2", "--entropy-quantile", "0.7",
                            "--neg-scale", "1.3", "--clip-eps", "0.1", "--clip-eps-high", "0.3", "--temperature", "0.7"])
-    assert train.loss_config(args) == LossConfig(loss="grpo", top_n=5, alpha=0.2, entropy_quantile=0.7,
-                                                 neg_scale=1.3, clip_eps=0.1, clip_eps_high=0.3, temperature=0.7)
-    assert train.loss_config(train.get_args(["--no-entropy-gate"])).entropy_quantile is None
+    assert train.step_config(args).loss == LossConfig(loss="grpo", top_n=5, alpha=0.2, entropy_quantile=0.7,
+                                                      neg_scale=1.3, clip_eps=0.1, clip_eps_high=0.3, temperature=0.7)
+    assert train.step_config(train.get_args(["--no-entropy-gate"])).loss.entropy_quantile is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -308,11 +311,11 @@ def test_dtype_bfloat16_runs_the_training_forward_under_autocast(tiny_dir, probl
     import torch.nn.functional as F
     from test_train import rollout_batch
     model, batch, args = rollout_batch(tiny_dir, problems_file)
-    rows = torch.arange(batch.seq.shape[0])
+    rows = torch.ones(batch.seq.shape[0], dtype=torch.bool)
     old = {}
     for dtype in ("float32", "bfloat16"):
         args.dtype = dtype
-        old[dtype] = train.old_logprobs(model, batch, rows, train.loss_config(args), args, train.Dist())
+        old[dtype] = train.old_logprobs(model, batch, rows, train.step_config(args), train.Dist())
     mask = batch.resp_mask[:, 1:]                                                          # (R, S-1)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         hidden = model(batch.seq[:, :-1], return_hidden=True)                              # (R, S-1, D) bf16

@@ -102,9 +102,10 @@ def test_sampling_copy_is_counted(tiny_dir, dtype, fsdp, monkeypatch):
 
     monkeypatch.setattr(train, "estimate_memory", spy)
     dist = runtime.Dist()
-    train.memory_check(args, config, dist, longest_prompt=32)
+    train.memory_check(config, dist, 32, train.step_config(args), prompts_per_step=args.prompts_per_step,
+                       fsdp=args.fsdp, grad_checkpoint=args.grad_checkpoint, force=False)
     model = load_model(tiny_dir)
-    policy = train.make_sampling_copy(model, args, dist)
+    policy = train.make_sampling_copy(model, args.dtype, args.fsdp, dist.device)
     copy_bytes = 0 if policy is model else sum(p.numel() * p.element_size() for p in policy.parameters())
     assert copy_bytes == {"bfloat16": 2, "float32": 4 if fsdp else 0}[dtype] * config.num_params()
     parts = seen[0]

@@ -152,7 +152,7 @@ def test_truncated_reward_and_greedy_validation_reach_the_rollout(tiny_dir, prob
     for flag, zero in (("grade", False), ("zero", True)):
         args = train.get_args(["--model", str(tiny_dir), "--truncated-reward", flag, "--eval-decoding", "greedy",
                                "--max-response-len", "40"])
-        m = train.heldout_metrics(model, tok, {"a": held[:1], "b": held[1:]}, args, n=8, seed=0)
+        m = train.heldout_metrics(model, tok, {"a": held[:1], "b": held[1:]}, train.step_config(args), n=8, seed=0)
         assert calls[-1] == (1, 0.0, zero) and calls[-2] == (1, 0.0, zero)
         assert set(m) == {"heldout_a_pass@1", "heldout_b_pass@1", "heldout_pass@1"}
         assert m["heldout_pass@1"] == pytest.approx((m["heldout_a_pass@1"] + 3 * m["heldout_b_pass@1"]) / 4)
@@ -164,10 +164,8 @@ def test_truncated_reward_and_greedy_validation_reach_the_rollout(tiny_dir, prob
 def test_zero_advantage_rows_are_skipped_only_where_the_method_allows():
     """train.loss_rows: rows with A = 0 leave the forward/backward for GRPO-like methods, but stay for
     KL-Cov, Clip-Cov (their covariance and token budget count every token) and with the entropy bonus."""
-    batch = train.Batch(torch.zeros(4, 3, dtype=torch.long), torch.ones(4, 3, dtype=torch.bool), torch.zeros(4, 3),
-                        torch.tensor([0.5, 0.0, -0.5, 0.0]), torch.zeros(4), torch.tensor([0, 0, 1, 1]))
-    rows = torch.arange(4)
-    assert train.loss_rows(batch, rows, LossConfig(loss="grpo")).tolist() == [0, 2]
-    assert train.loss_rows(batch, rows, LossConfig(loss="entropy-adv")).tolist() == [0, 2]
-    assert train.loss_rows(batch, rows, LossConfig(loss="clip-cov")).tolist() == [0, 1, 2, 3]
-    assert train.loss_rows(batch, rows, LossConfig(loss="grpo", entropy_coeff=0.001)).tolist() == [0, 1, 2, 3]
+    adv = torch.tensor([0.5, 0.0, -0.5, 0.0])
+    assert train.loss_rows(adv, LossConfig(loss="grpo")).tolist() == [True, False, True, False]
+    assert train.loss_rows(adv, LossConfig(loss="entropy-adv")).tolist() == [True, False, True, False]
+    assert train.loss_rows(adv, LossConfig(loss="clip-cov")).tolist() == [True] * 4
+    assert train.loss_rows(adv, LossConfig(loss="grpo", entropy_coeff=0.001)).tolist() == [True] * 4

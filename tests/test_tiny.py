@@ -53,7 +53,8 @@ def test_synthetic_solutions_verify_with_the_real_verifier():
 
 def test_tiny_tokenizer_fits_and_round_trips(tmp_path):
     """The character tokenizer fits the tiny model's vocab (64), is detected as ChatML with <|im_end|> as a
-    stop id, encodes specials as one id each, and decodes prompts and solutions losslessly."""
+    stop id, encodes specials as one id each, and decodes prompts and solutions losslessly. The warm start's
+    prompt (tiny.prompt_ids) is the one training and eval.py build (data.build_prompt)."""
     tok = tiny.make_tiny_tokenizer(tmp_path / "tiny")
     assert tok.vocab_size <= MODEL_NAMES["tiny"][1].vocab_size
     again = load_tokenizer(tmp_path / "tiny")
@@ -62,6 +63,7 @@ def test_tiny_tokenizer_fits_and_round_trips(tmp_path):
     rng = random.Random(0)
     for p in tiny.synthetic_problems(100, seed=0):
         ids = data.build_prompt(p, tok)
+        assert tiny.prompt_ids(p, tok) == ids
         text = tok.decode(ids, skip_special_tokens=False)
         user = f"{p['problem']}\n{tiny.SYNTH_INSTRUCTION}" if tiny.SYNTH_INSTRUCTION else p["problem"]
         assert text == f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"

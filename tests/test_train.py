@@ -17,6 +17,7 @@ import torch
 import data
 import runtime
 import train
+from casp import group_advantages
 from model import load_model, load_tokenizer
 from rollout import rollout
 
@@ -39,6 +40,16 @@ def weights(ckpt_dir):
     return load_model(ckpt_dir / "model").state_dict()
 
 
+def build_model(args, dist):
+    """train.build_model with the settings of the command line `args` (as train.setup calls it)."""
+    return train.build_model(args.model, None, dist, init=args.init, seed=args.seed, grad_checkpoint=args.grad_checkpoint,
+                             fsdp=args.fsdp, dtype=args.dtype, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def all_rows(batch):
+    return torch.ones(batch.seq.shape[0], dtype=torch.bool)
+
+
 # -----------------------------------------------------------------------------
 # learning
 
@@ -53,7 +64,7 @@ def test_reward_rises_on_the_builtin_task(tiny_dir, problems_file, tmp_path):
     model = load_model(tiny_dir)
     tok = load_tokenizer(tiny_dir)
     held, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
-    ns = train.get_args(args)
+    ns = train.step_config(train.get_args(args))
     before = train.heldout_pass(model, tok, held * 4, ns, n=16, seed=123)["pass@1"]
     train.main(args)
     m = metrics(out)
@@ -154,17 +165,18 @@ def rollout_batch(tiny_dir, problems_file, **overrides):
     probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
     ro = rollout(model, tok, probs, args.group_size, max_new_tokens=args.max_response_len, seed=7,
                  answer_mode=args.answer_mode)
-    batch = train.build_batch(probs, ro, args.group_size)
+    batch = train.build_batch(probs, ro, group_advantages(ro.rewards, args.group_size))
     assert (batch.adv != 0).any(), "the fixture model should give mixed groups"
     return model, batch, args
 
 
 def one_update(model, batch, args, opt_cls=torch.optim.SGD, lr=1.0):
-    dist = train.Dist()
-    cfg = train.loss_config(args)
-    old = train.old_logprobs(model, batch, torch.arange(batch.seq.shape[0]), cfg, args, dist)
+    """rl_step's steps 5-6 on `batch`: old log-probs and the update over the rows loss_rows keeps."""
+    dist, cfg = train.Dist(), train.step_config(args)
+    active = train.loss_rows(batch.adv, cfg.loss)
+    old = train.old_logprobs(model, batch, active, cfg, dist)
     opt = opt_cls(model.parameters(), lr=lr)
-    m = train.update(model, opt, batch, old, cfg, args, dist)
+    m = train.update(model, opt, batch, old, active, cfg, dist)
     return m, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -249,7 +261,7 @@ def test_no_gradient_outlives_the_step(tiny_dir, problems_file):
     probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    m = train.rl_step(0, model, model, opt, tok, probs, train.loss_config(args), args, train.Dist())
+    m = train.rl_step(0, model, model, opt, tok, probs, train.step_config(args), train.Dist())
     assert m["grad_norm"] > 0 and any(not torch.equal(start[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
 
@@ -284,7 +296,7 @@ def _fsdp_worker(rank, world, port, tiny_dir, batch_file, out_file):
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     saved = torch.load(batch_file, weights_only=True)   # tensors and plain values only, as everywhere
-    batch, args = train.Batch(**saved["batch"]), argparse.Namespace(**saved["args"])
+    batch, cfg = train.Batch(**saved["batch"]), train.step_config(argparse.Namespace(**saved["args"]))
     # rank r keeps the prompt groups r, r + world, ... (as train_step does), renumbered locally
     mine = torch.nonzero(batch.group % world == rank).flatten()
     local = batch.rows(mine)
@@ -293,7 +305,7 @@ def _fsdp_worker(rank, world, port, tiny_dir, batch_file, out_file):
     dist = train.Dist(rank, world, torch.device("cpu"))
     old = saved["old"][mine]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    train.update(model, opt, local, old, train.loss_config(args), args, dist)
+    train.update(model, opt, local, old, train.loss_rows(local.adv, cfg.loss), cfg, dist)
     full = runtime.full_state_model(model, dist)
     if rank == 0:
         torch.save({k: v.clone() for k, v in full.state_dict().items()}, out_file)
@@ -312,8 +324,7 @@ def test_fsdp_two_processes_equal_one(tiny_dir, problems_file, tmp_path):
     args.micro_batch_tokens = 1
     batch.adv[batch.group == 2] = 0.0
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    old = train.old_logprobs(model, batch, torch.arange(batch.seq.shape[0]), train.loss_config(args), args,
-                             train.Dist())
+    old = train.old_logprobs(model, batch, all_rows(batch), train.step_config(args), train.Dist())
     _, single = one_update(model, batch, args)
     torch.save({"batch": vars(batch), "args": vars(args), "old": old}, tmp_path / "batch.pt")
     mp.start_processes(_fsdp_worker, args=(2, _free_port(), tiny_dir, tmp_path / "batch.pt", tmp_path / "w.pt"),
@@ -360,8 +371,8 @@ def test_rollout_slots_do_not_change_the_samples(tiny_dir, problems_file):
     tokens and rewards (the sampler keys each sample's random stream by prompt and index, not by slot)."""
     model, tok = load_model(tiny_dir), load_tokenizer(tiny_dir)
     probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
-    batches = [train.build_batch(probs, rollout(model, tok, probs, 8, max_new_tokens=40, seed=3, slots=slots), 8)
-               for slots in (256, 8)]
+    rollouts = [rollout(model, tok, probs, 8, max_new_tokens=40, seed=3, slots=slots) for slots in (256, 8)]
+    batches = [train.build_batch(probs, ro, group_advantages(ro.rewards, 8)) for ro in rollouts]
     assert torch.equal(batches[0].seq, batches[1].seq) and torch.equal(batches[0].rewards, batches[1].rewards)
 
 
@@ -437,8 +448,7 @@ def test_update_equals_a_direct_computation(tiny_dir, problems_file, grad_clip):
     batch.adv[(batch.group == 1) | (batch.group == 3)] = 0.0
     assert (batch.adv[batch.group == 0] != 0).any() and (batch.adv[batch.group == 2] != 0).any()
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    old = train.old_logprobs(model, batch, torch.arange(batch.seq.shape[0]), train.loss_config(args), args,
-                             train.Dist())
+    old = train.old_logprobs(model, batch, all_rows(batch), train.step_config(args), train.Dist())
     m, got = one_update(model, batch, args, lr=0.5)
     model.load_state_dict(start)
     norms = reference_grpo_update(model, batch, old, 2, grad_clip, lr=0.5)
@@ -463,9 +473,9 @@ def test_rollout_metrics_equal_a_direct_computation(tiny_dir, problems_file):
     ro = rollout(model, tok, probs, 8, max_new_tokens=30, seed=11)
     ro.rewards = torch.tensor([float(i % 3 == 0) for i in range(32)])
     ro.rewards[8:16] = 1.0                                                 # group 1: all correct, A = 0
-    batch = train.build_batch(probs, ro, 8)
+    batch = train.build_batch(probs, ro, group_advantages(ro.rewards, 8))
     args = train.get_args(run_args(tiny_dir, problems_file, "unused", "--steps", "1"))
-    old = train.old_logprobs(model, batch, torch.arange(32), train.loss_config(args), args, train.Dist())
+    old = train.old_logprobs(model, batch, all_rows(batch), train.step_config(args), train.Dist())
     old = old + 0.01 * torch.randn(old.shape, generator=torch.Generator().manual_seed(0))
     m = train.rollout_metrics(ro, batch, old, 8, train.Dist())
 
@@ -495,13 +505,13 @@ def test_bf16_sampling_copy_is_refreshed_after_the_update(tiny_dir, problems_fil
     did change: lr 1e-3 moves weights by more than bf16's spacing)."""
     args = train.get_args(run_args(tiny_dir, problems_file, "unused", "--steps", "1", "--dtype", "bfloat16"))
     dist = train.Dist()
-    model, opt = train.build_model(args, None, dist)
-    policy = train.make_sampling_copy(model, args, dist)
+    model, opt = build_model(args, dist)
+    policy = train.make_sampling_copy(model, args.dtype, args.fsdp, dist.device)
     assert policy is not model and next(policy.parameters()).dtype == torch.bfloat16
     before = [p.clone() for p in policy.parameters()]
     tok = load_tokenizer(tiny_dir)
     probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
-    m = train.rl_step(0, model, policy, opt, tok, probs, train.loss_config(args), args, dist)
+    m = train.rl_step(0, model, policy, opt, tok, probs, train.step_config(args), dist)
     assert m["n_tokens"] > 0
     for p_s, p, b in zip(policy.parameters(), model.parameters(), before):
         assert torch.equal(p_s, p.detach().to(torch.bfloat16))
@@ -521,7 +531,7 @@ def test_no_std_norm_reaches_the_advantages(tiny_dir, problems_file, monkeypatch
         args = train.get_args(run_args(tiny_dir, problems_file, "unused", "--steps", "1", *flags))
         model = load_model(tiny_dir)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        train.rl_step(0, model, model, opt, tok, probs, train.loss_config(args), args, train.Dist())
+        train.rl_step(0, model, model, opt, tok, probs, train.step_config(args), train.Dist())
     for batch, std_norm in zip(seen, (True, False)):
         r = batch.rewards.view(-1, 8).double()                                             # (P, G)
         want = r - r.mean(1, keepdim=True)
@@ -580,7 +590,7 @@ def test_heldout_pass_equals_a_direct_computation(tiny_dir, problems_file, monke
     args = train.get_args(run_args(tiny_dir, problems_file, "unused", "--steps", "1"))
     tok = load_tokenizer(tiny_dir)
     probs, _ = data.encode_prompts(data.load_jsonl(problems_file), tok, 64)
-    got = train.heldout_pass(load_model(tiny_dir), tok, probs, args, n=4, seed=5)
+    got = train.heldout_pass(load_model(tiny_dir), tok, probs, train.step_config(args), n=4, seed=5)
     r = seen[0].rewards.view(4, 4)                                                      # (problems, samples)
     assert 0 < r.mean() < r.max(1).values.mean()                 # pass@1 and pass@4 differ here
     assert got == pytest.approx({"pass@1": r.mean().item(), "pass@4": r.max(1).values.mean().item()})

@@ -18,6 +18,7 @@ import torch
 import data
 import runtime
 import train
+from cli import write_atomic
 from model import MODEL_NAMES, load_model, load_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -127,7 +128,7 @@ def test_user_errors_are_one_line_with_status_2(tiny_dir, problems_file, tmp_pat
 def test_command_line_mistakes_are_one_line_in_every_tool():
     """A flag out of range, an unknown flag or a missing sub-command is ONE stderr line `error: ...` naming
     the flag, status 2, in train.py, eval.py, data.py and miniature.py: argparse's usage block is not
-    printed (data.ArgumentParser); checks that combine flags (train.check_args, eval's --k) too."""
+    printed (cli.ArgumentParser); checks that combine flags (train.check_args, eval's --k) too."""
     cases = [("train.py", ["--steps", "-1"], "argument --steps: must be >= 1, got -1"),
              ("train.py", ["--prompts-per-step", "3", "--mini-batches", "2"], "not a multiple of --mini-batches"),
              ("train.py", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
@@ -319,7 +320,7 @@ def test_resume_accepts_exactly_the_resumable_changes(tmp_path):
     and memory/speed-only settings (every key of RESUMABLE_CHANGES, all at once here), and nothing else:
     each other key of the config, changed alone, is refused by name."""
     saved = vars(train.get_args(["--out", str(tmp_path)]))
-    runtime.write_json_atomic(tmp_path / "config.json", saved)
+    write_atomic(tmp_path / "config.json", json.dumps(saved))
     resumable = dict(steps=999, eval_every=3, eval_prompts=7, save_every=2, keep=9, resume=True, overwrite=False,
                      force=True, out="elsewhere", device="cuda:3", rollout_batch=5, micro_batch_tokens=77,
                      grad_checkpoint=True, warm_start_steps=1)

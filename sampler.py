@@ -257,13 +257,18 @@ class PrefixAttention:
         if compiled and _compiled_flex is None:  # one compiled wrapper per process: its kernels are reused
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
         self.kernel = _compiled_flex if compiled else flex_attention
+        # a graph break in a torch.compile'd step: the kernel is compiled on its own (see the class docstring);
+        # applied here rather than as a decorator, so that importing sampler does not import dynamo (~2 s)
+        self.attend = torch.compiler.disable(self._attend, recursive=False)
 
     def sync_blocks(self):
         """Row b's block count from its length: blocks 0..lengths[b] // BLOCK hold positions 0..lengths[b]."""
         self.num_blocks.copy_((self.lengths // BLOCK + 1).view(-1, 1, 1))
 
-    @torch.compiler.disable(recursive=False)  # a graph break in a torch.compile'd step: the kernel is
-    def __call__(self, q, k, v):               # compiled on its own (see the class docstring)
+    def __call__(self, q, k, v):
+        return self.attend(q, k, v)
+
+    def _attend(self, q, k, v):
         """q (B, H, 1, hd), this layer's whole cache k, v (B, Hkv, S, hd) -> (B, H, 1, hd)."""
         B, H, _, hd = q.shape
         qg = q.reshape(B, H // self.group, self.group, hd)                         # (B, Hkv, G, hd)

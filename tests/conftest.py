@@ -1,5 +1,5 @@
 """Shared test setup: the repository root on sys.path, where the real data and the real Qwen2.5 tokenizer
-are found, the gpu marker.
+are found, the gpu and slow markers.
 
 Tests that need real data find it the way the program does, then run with those variables removed from the
 environment, so that no run a test starts reads the caller's data folder by accident:
@@ -58,12 +58,14 @@ for _var in ("CASP_DATA", "CASP_QWEN_TOKENIZER"):   # found above; the programs 
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device: python -m pytest -q -m gpu on a GPU machine")
+    """gpu tests skip without CUDA; slow tests (minutes on 2 CPU cores) run only when `-m` names them."""
+    no_gpu = pytest.mark.skip(reason="needs a CUDA device: python -m pytest -q -m gpu on a GPU machine")
+    not_asked = pytest.mark.skip(reason="slow (minutes on 2 CPU cores): python -m pytest -q -m slow")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        elif "slow" in item.keywords and "slow" not in config.getoption("markexpr", ""):
+            item.add_marker(not_asked)
 
 
 @pytest.fixture

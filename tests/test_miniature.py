@@ -344,7 +344,6 @@ def test_lm_summaries_from_saved_samples(tmp_path):
     assert "casp - grpo" in mn.format_lm(res)
 
 
-@pytest.mark.slow
 def test_lm_pipeline_end_to_end_on_a_tiny_setting(tmp_path, tiny_dir):
     """`miniature.py lm` with the test suite's tiny model as the warm start, 1 seed, 2 RL steps, 6
     held-out problems x 4 samples: train.py and eval.py run through their command lines, every job

@@ -471,7 +471,6 @@ def dense_reference(q, k, v, lengths):
         q.double(), k.double(), v.double(), attn_mask=mask[:, None, None, :], enable_gqa=True)
 
 
-@pytest.mark.slow
 def test_compiled_prefix_kernel_at_every_named_head_layout():
     """The compiled length-aware kernel (PrefixAttention, compiled=True: torch.compile'd FlexAttention with
     the G query heads of a KV head as G query rows) equals dense GQA attention at every named model's head
@@ -500,7 +499,6 @@ def test_compiled_prefix_kernel_at_every_named_head_layout():
         assert qg.shape == (B, Hkv, H // Hkv, hd) and kk.shape[1] == Hkv and "enable_gqa" not in kw
 
 
-@pytest.mark.slow
 def test_compiled_step_compiles_once_for_any_depth():
     """generate(compile=True) with the length-aware kernel on a 12-layer model (6 query heads per 2 KV
     heads) compiles every frame once: dynamo is told to raise on any recompilation (a layer index passed to each

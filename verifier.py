@@ -83,8 +83,9 @@ separate, resource-limited process that only answers calls, the test runs here o
 back, so a program cannot forge a pass (sandbox.py states the design and its limits).
 
 Public API:  extract_answer, is_equivalent, normalize, verify -> Verdict, reward, verify_batch,
-batch_reward, extract_code, MODES, DEFAULT_MODE; INTERNAL_ERRORS and RAISE_INTERNAL_ERRORS (an exception
-inside a never-raising entry point is counted, and re-raised under the tests: see below).
+batch_reward, extract_code, clean_response, last_boxed (benchmarks.py's graders read answers with them),
+MODES, DEFAULT_MODE; INTERNAL_ERRORS and RAISE_INTERNAL_ERRORS (an exception inside a never-raising entry
+point is counted, and re-raised under the tests: see below).
 """
 from __future__ import annotations
 import bisect
@@ -213,7 +214,7 @@ def _box_before(s: str, end: int):
     return idx, j, -1, -1
 
 
-def _last_boxed(s: str) -> tuple[str | None, bool]:
+def last_boxed(s: str) -> tuple[str | None, bool]:
     """(content of the last box, whether a box exists). An unclosed last box gives (None, True)."""
     b = _box_before(s, len(s))
     if b is None:
@@ -266,13 +267,14 @@ _TURN_RE = re.compile(r"<\|(?:im_end|im_start|endoftext|eot_id|start_header_id|e
                       r"user|assistant|system)\|>|</s>|<\uff5c(?:end\u2581of\u2581sentence|User|Assistant)\uff5c>")
 
 
-def _cut_chat_turn(s: str) -> str:
-    """The response up to the first chat-template turn marker after some content: what follows is a
-    turn the model invented (a fake user message, another answer), not its answer."""
-    for m in _TURN_RE.finditer(s):
-        if s[:m.start()].strip():
-            return s[:m.start()]
-    return s
+def clean_response(response: str) -> str:
+    """A response as every grader reads it: cut at the first chat-template turn marker after some content
+    (what follows is a turn the model invented: a fake user message, another answer), JSON-escaped LaTeX
+    undone."""
+    for m in _TURN_RE.finditer(response):
+        if response[:m.start()].strip():
+            return _unescape(response[:m.start()])
+    return _unescape(response)
 
 
 # --------------------------------------------------------------------------- answer extraction: lenient fallbacks
@@ -425,7 +427,7 @@ def _answer_readings(response: str, mode: str) -> list[str]:
     union ("1, 2") and, as the classic last-box rule (the one MATH's own golds follow), as the last box."""
     if not isinstance(response, str) or not response.strip() or mode not in MODES:
         return []
-    t = _unescape(_cut_chat_turn(response))
+    t = clean_response(response)
     parts, has_box = _boxed_parts(t)
     if has_box:
         return [", ".join(parts), parts[-1]] if parts and len(parts) > 1 else parts or []
@@ -497,7 +499,7 @@ _RELATIONS_TO_CANON = {s: canon + (" " if canon[0] == "\\" and s[0] != "\\" else
 
 
 def _whole_box(m: re.Match) -> str:
-    b, _ = _last_boxed(m.group())
+    b, _ = last_boxed(m.group())
     return m.group() if b is None else b
 
 
@@ -1733,7 +1735,7 @@ def _kk_roles(text: str, names, truth: str, lie: str) -> dict[str, bool]:
 
 def _verify_logic(response: str, answer: str, fields) -> Verdict:
     names = fields.get("names")
-    boxed, _ = _last_boxed(response)
+    boxed, _ = last_boxed(response)
     if names and (fields.get("solution") is not None or fields.get("terms")):
         truth, lie = _kk_role_words(fields)
         if fields.get("solution") is not None:
@@ -1837,7 +1839,7 @@ def verify(response: str, answer: str, task: str = "math", *, mode: str = DEFAUL
             return Verdict(0.0, None, f"unknown task {task!r}")
         readings = _answer_readings(response, mode)
         if not readings:
-            _, has_box = _last_boxed(response)
+            _, has_box = last_boxed(response)
             why = ("truncated inside \\boxed{}" if has_box else "no \\boxed{} answer" if mode == "strict"
                    else "no answer found")
             return Verdict(0.0, None, why)

@@ -762,6 +762,7 @@ class _Parser:
         self.depth = 0
         self.in_abs = 0
         self.exact = True           # no decimal literal anywhere (decides integer-exact comparison)
+        self.names = []             # the variables, in the order read
 
     def peek(self):
         return self.toks[self.i] if self.i < len(self.toks) else (None, None)
@@ -847,22 +848,26 @@ class _Parser:
         while self.peek()[1] in ("!", "'"):
             if self.take()[1] == "!":
                 node = ("fact", node)
-            elif node[0] == "var":
-                node = ("var", node[1] + "'")
+            elif node[0] == "var":                        # f'(x): the variable just read (a group such as
+                node = ("var", node[1] + "'")             # "(f)" returns its only variable) is renamed
+                self.names[-1] = node[1]
             else:
                 raise _Unsupported("prime on non-variable")
         return node
 
-    def group(self):
-        """{...}, (...) or [...] as a parenthesised expression."""
-        close = {"{": "}", "(": ")", "[": "]", "\\{": "\\}"}[self.take()[1]]
+    def enclosed(self, close: str, in_abs: int = 0):
+        """The expression up to `close` (a bracket, |, \\rfloor, \\rceil), one level deeper."""
         self.enter()
-        saved, self.in_abs = self.in_abs, 0
+        saved, self.in_abs = self.in_abs, in_abs
         node = self.expr()
         self.in_abs = saved
         self.take(close)
         self.depth -= 1
         return node
+
+    def group(self):
+        """{...}, (...) or [...] as a parenthesised expression."""
+        return self.enclosed({"{": "}", "(": ")", "[": "]", "\\{": "\\}"}[self.take()[1]])
 
     def arg(self):
         """One LaTeX macro argument: a {group}, or a single digit/letter/command (\\frac12, \\sqrt3)."""
@@ -878,20 +883,15 @@ class _Parser:
         return self.atom()
 
     def subscript(self) -> str:
+        """The raw text of a subscript: _1, _{12}, _\\alpha."""
         self.take("_")
-        kind, val = self.peek()
-        if val == "{":                                    # raw text of the group
-            self.take()
-            parts, depth = [], 1
-            while True:
-                k, v = self.take()
-                depth += (v == "{") - (v == "}")
-                if depth == 0:
-                    break
-                parts.append(v)
-            return "".join(parts)
+        if self.peek()[1] != "{":
+            return self.take()[1]
         self.take()
-        return val
+        start, depth = self.i, 1
+        while depth:
+            depth += {"{": 1, "}": -1}.get(self.take()[1], 0)
+        return "".join(v for _, v in self.toks[start:self.i - 1])
 
     def atom(self):
         kind, val = self.peek()
@@ -911,13 +911,7 @@ class _Parser:
             return self.group()
         if val == "|" and self.in_abs == 0:
             self.take()
-            self.enter()
-            self.in_abs += 1
-            node = self.expr()
-            self.in_abs -= 1
-            self.take("|")
-            self.depth -= 1
-            return ("abs", node)
+            return ("abs", self.enclosed("|", in_abs=1))
         if kind != "cmd":
             raise _Unsupported(f"unexpected {val!r}")
         self.take()
@@ -935,18 +929,12 @@ class _Parser:
                 self.take("]")
             return ("root", self.arg(), n)
         if val in ("\\lfloor", "\\lceil"):
-            self.enter()
-            node = self.expr()
-            self.take("\\rfloor" if val == "\\lfloor" else "\\rceil")
-            self.depth -= 1
-            return ("floor" if val == "\\lfloor" else "ceil", node)
+            op = val[2:]                                  # floor, ceil: closed by \rfloor, \rceil
+            return (op, self.enclosed("\\r" + op, self.in_abs))
         if val in _FUNCS:
             ln_base = None
-            if val == "\\log" and self.peek()[1] == "_":      # \log_2 8 = \ln 8 / \ln 2
-                try:
-                    ln_base = math.log(float(self.subscript()))
-                except ValueError:
-                    raise _Unsupported("symbolic log base")
+            if val == "\\log" and self.peek()[1] == "_":      # \log_2 8 = \ln 8 / \ln 2 (a symbolic base:
+                ln_base = math.log(float(self.subscript()))  # a ValueError, not arithmetic we read)
             exp = None
             if self.peek()[1] == "^":                     # \sin^2 x
                 self.take()
@@ -964,7 +952,10 @@ class _Parser:
         """A variable with its subscript (a_1, x_{12}, \\alpha_0); e and i are the constants."""
         if self.peek()[1] == "_":
             name += "_" + self.subscript()
-        return {"e": ("num", math.e), "i": ("num", 1j)}.get(name, ("var", name))
+        if name in ("e", "i"):
+            return ("num", math.e if name == "e" else 1j)
+        self.names.append(name)
+        return ("var", name)
 
 
 @lru_cache(maxsize=65536)
@@ -977,19 +968,7 @@ def _parse(s: str):
         ast = p.parse()
     except (_Unsupported, RecursionError, ValueError, KeyError, IndexError):
         return None
-    names = set()
-    stack = [ast]
-    while stack:
-        n = stack.pop()
-        if n[0] == "var":
-            names.add(n[1])
-        else:
-            for c in n[1:]:
-                if isinstance(c, tuple):
-                    stack.append(c)
-                elif isinstance(c, list):
-                    stack.extend(c)
-    return ast, frozenset(names), p.exact
+    return ast, frozenset(p.names), p.exact
 
 
 def _real(z: complex) -> float:

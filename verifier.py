@@ -290,19 +290,16 @@ def _math_spans(t: str) -> list[tuple[int, int, int, int]]:
     (one line). A `$` before a number is a price sign unless plain math (no prose) follows it up to a
     closing `$` that is not itself a price sign: "9 * $2 = $18 every day" has no math span."""
     toks = [(m.start(), m.group()) for m in _MATH_TOK_RE.finditer(t)]
-    where: dict[str, list[int]] = {}
-    for i, (_, k) in enumerate(toks):
-        where.setdefault(k, []).append(i)
+    closing, seen = [None] * len(toks), {}              # closing[i]: the next token that closes toks[i]
+    for i in range(len(toks) - 1, -1, -1):
+        closing[i] = seen.get(_CLOSER.get(toks[i][1]))
+        seen[toks[i][1]] = i
     spans, i = [], 0
     while i < len(toks):
-        p, k = toks[i]
-        closer = _CLOSER.get(k)
-        idxs = where.get(closer, []) if closer else []
-        n = bisect.bisect_right(idxs, i)
-        if n == len(idxs):
+        (p, k), j = toks[i], closing[i]
+        if j is None:
             i += 1
             continue
-        j = idxs[n]
         q = toks[j][0]
         cs = p + len(k)
         if k == "$":
@@ -313,7 +310,7 @@ def _math_spans(t: str) -> list[tuple[int, int, int, int]]:
             if not ok:
                 i += 1
                 continue
-        spans.append((p, q + len(closer), cs, q))
+        spans.append((p, q + len(k), cs, q))         # (an opener and its closer have one length)
         i = j + 1
     return spans
 
@@ -1153,7 +1150,6 @@ def _item(s: str, depth: int):
     return ("expr", s)
 
 
-
 def _node_equal(a, b, ctx) -> bool:
     """a (from the prediction) == b (from the gold). ctx = (pred %, gold %, loose matrix tolerance)."""
     if a[0] == "dcomma":                                 # "1,22" / "60,120": the reading the other side has
@@ -1312,23 +1308,18 @@ def _equation_equal(l1: str, r1: str, l2: str, r2: str) -> bool:
     ps = [_parse(x) for x in (l1, r1, l2, r2)]
     if any(p is None for p in ps):
         return False
-    ratio, ok = None, 0
+    ratios, ok = [], 0
     for vals in _at_points(ps):
-        if any(v is None for v in vals):
+        if None in vals:
             continue
         f1, f2 = vals[0] - vals[1], vals[2] - vals[3]
-        if abs(f1) < 1e-12 and abs(f2) < 1e-12:
-            ok += 1
-            continue
-        if abs(f1) < 1e-12 or abs(f2) < 1e-12:
+        zero1, zero2 = abs(f1) < 1e-12, abs(f2) < 1e-12
+        if zero1 != zero2:                                  # one equation holds here, the other does not
             return False
-        r = f1 / f2
-        if ratio is None:
-            ratio = r
-        elif not _num_close(r, ratio):
-            return False
+        if not zero1:                                       # (not "abs(f1) >= 1e-12": f1 may be nan)
+            ratios.append(f1 / f2)
         ok += 1
-    return ok >= 2
+    return ok >= 2 and all(_num_close(r, ratios[0]) for r in ratios[1:])
 
 
 def _eq_node_equal(a, b, ctx) -> bool:
@@ -1384,7 +1375,8 @@ def _ray(op: str, v: float, vs: str | None) -> list:
 
 
 def _linear_relation(lhs: str, op: str, rhs: str):
-    """(variable, intervals) solving `lhs op rhs` when it is linear in one variable, else None."""
+    """(variable, intervals) solving `lhs op rhs` when it is linear in one variable (lhs - rhs at three
+    points lies on a line), else None."""
     if _NAME_RE.fullmatch(lhs) and (v := _real_value(rhs)) is not None:
         return lhs, _ray(op, v, rhs)
     if _NAME_RE.fullmatch(rhs) and (v := _real_value(lhs)) is not None:
@@ -1393,13 +1385,10 @@ def _linear_relation(lhs: str, op: str, rhs: str):
     if pl is None or pr is None or len(pl[1] | pr[1]) != 1:
         return None
     (name,) = pl[1] | pr[1]
-
-    def f(t):
-        x, y = _safe_eval(pl[0], {name: complex(t)}), _safe_eval(pr[0], {name: complex(t)})
-        return None if x is None or y is None else (x - y).real
-    f0, f1, f2 = f(0.5), f(1.5), f(2.75)
-    if f0 is None or f1 is None or f2 is None:
+    fs = [None if None in v else (v[0] - v[1]).real for v in _at_points([pl, pr], [[0.5], [1.5], [2.75]])]
+    if None in fs:
         return None
+    f0, f1, f2 = fs
     slope = f1 - f0
     if abs(slope) < 1e-12 or abs(f2 - (f0 + 2.25 * slope)) > 1e-9 * max(1.0, abs(f2)):
         return None                                           # constant or not linear
@@ -1477,8 +1466,6 @@ def _solution_set(node):
             name = name or sub[0]
             ivs += sub[1]
         return name, ivs
-    if k == "expr" and node[1].replace(" ", "") == "(-\\infty,\\infty)":
-        return None, [(-_INF, None, False, _INF, None, False)]
     return None
 
 
@@ -1537,16 +1524,15 @@ def _expand_pm(s: str) -> list[str]:
 
 
 def _unordered_equal(xs, ys, ctx) -> bool:
+    """Each x matches its own y (the first unused one that equals it)."""
     if len(xs) != len(ys):
         return False
-    used = [False] * len(ys)
+    left = list(ys)
     for x in xs:
-        for j, y in enumerate(ys):
-            if not used[j] and _node_equal(x, y, ctx):
-                used[j] = True
-                break
-        else:
+        j = next((j for j, y in enumerate(left) if _node_equal(x, y, ctx)), None)
+        if j is None:
             return False
+        del left[j]
     return True
 
 

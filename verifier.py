@@ -39,42 +39,9 @@ Which official normalizations it follows
   ordered and their brackets matter, sets and comma lists are unordered, matrices are compared
   entrywise, an equation is compared by ``lhs - rhs`` up to a non-zero factor.
 
-Stated rules (each has tests in tests/test_verifier.py and cases in tests/verifier_cases.jsonl)
-- Numbers: relative tolerance 1e-6, integers exact; a gold decimal accepts any prediction that rounds
-  to it (Minerva's answers are rounded); a prediction decimal with >= 4 significant digits is read as
-  rounded (0.3333 = 1/3, but 0.33 != 1/3 and 3.14 != pi). Plain numbers compare relatively only
-  (2.88e-19 != -2.88e-19); values computed through functions also within 1e-12 (sin(pi) = 0).
-  Repeating decimals are exact (0.\\overline{3} = 1/3). A computation ``\\frac12 \\cdot 20 = 10``
-  (constants on both sides) is its result.
-- Separators: ``,`` ``{,}`` ``\\,`` ``\\!`` and a space are thousands separators when every group after
-  the first has exactly three digits and the first group does not start with 0 (10,455; 1 000).
-  Decimal comma: an answer that is exactly ``digits,digits`` and cannot be a thousands number (1,22;
-  2,74; 0,111) reads as a decimal against a single number and as the list "1, 22" against a list.
-  A comma followed by a space always separates list items ("32, 349" is two numbers). Leading zeros
-  are ignored (004 = 4). Mixed numbers: ``2\\frac{1}{2}`` and ``4 4/9`` (whole part, space, proper
-  fraction) are 2 + 1/2 and 4 + 4/9.
-- Percent: a percent sign (``%``, ``\\%``, "percent", "pct", "percentage") may be dropped (28% = 28)
-  and a percentage equals its fraction (28% = 0.28); a bare number never equals 100 times itself
-  (0.28 != 28, 28/100 != 28), and two percentages compare as written (0.2% != 20%).
-- Units: a unit after the number (``\\text{ cm}``, "cm", "hours", ``^\\circ``, a currency sign) is
-  dropped when only one side has one (a single letter only after a space: "35 m" but not "35m"); when
-  both sides have one the units must be the same (after plural and spacing normalisation; no
-  conversion: 5 cm vs 50 mm is rejected).
-- Matrices and vectors: ``pmatrix``/``bmatrix``/``matrix``/``array`` (with ``\\left[ \\right]``),
-  ``\\langle \\rangle`` and tuples compare entrywise; an entry written as a decimal with at least two
-  decimal places matches within half a unit of its last digit (0.33 ~ 1/3, 0.3 !~ 1/3).
-- Equations: a chain ``x = 5+5+1 = 11`` is its final side; ``label = value`` (a lhs without digits or
-  operators: x, f(x), (p,q), a_3) equals its value; two equations are equal up to a non-zero factor
-  (2x+4y-3=0 = y=-x/2+3/4); assignments ``k=45, n=2`` equal the tuple (45, 2) in that order.
-- Inequalities and intervals: any spelling (``\\ge``, ``>=``, ``\\geqslant``, ``\\gt``, ``!=``, unicode)
-  and direction; linear relations in one variable, chains ``a < x <= b``, ``x \\in S`` and unions
-  compare as solution sets (endpoints and their closedness), so ``-x > -1`` = ``x < 1`` and
-  ``x \\in [-2,7]`` = ``-2 \\le x \\le 7``; also ``|x| < 2``, ``\\{x \\mid 0 < x < 1\\}``, ``\\mathbb{R}``,
-  "all real numbers". An infinite end is open whatever bracket is written ([-\\infty, 2) = (-\\infty, 2));
-  a relation names its variable (x >= 5 != y >= 5); "(0, 1)" is read as an interval only against a
-  relation or a union, otherwise as an ordered pair.
-- Multiple choice: a gold letter A-J matches ``C``, ``(C)``, ``C)``, ``\\text{(C)}``, ``\\textbf{C}``,
-  ``(C) 12``; naming a second option is wrong.
+What counts as equal (numbers and tolerances, separators, percent, units, matrices, equations,
+inequalities and intervals, multiple choice) is stated rule by rule in docs/data.md, each rule with its
+tests in tests/test_verifier.py and cases in tests/verifier_cases.jsonl.
 
 Logic: reasoning-gym's knights-and-knaves answer ("A is a knight, B is a knave", any order, the
 puzzle's own two role words) and zebra answers (one name, case-insensitive); multiple choice by letter.

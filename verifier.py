@@ -110,14 +110,15 @@ class Verdict:
 # Brace matching, JSON-escaped LaTeX (the escaped-LaTeX family: `\\frac` -> `\frac`), unicode math, and
 # the two tests of "is this prose or math" that extraction relies on.
 _BRACE_RE = re.compile(r"[{}]")
+_BRACKET_RE = re.compile(r"[([{)\]}]")      # intervals count as balanced: [0,1)
 
 
-def _match_brace(s: str, open_pos: int) -> int:
-    """Index of the '}' closing the '{' at open_pos, or -1. Linear time. Like MATH's
-    last_boxed_only_string, escaped \\{ \\} count too (they come in pairs in a set)."""
+def _match_brace(s: str, open_pos: int, brackets: re.Pattern = _BRACE_RE) -> int:
+    """Index of the bracket closing the one at open_pos, or -1; linear time. Braces by default (like MATH's
+    last_boxed_only_string, escaped \\{ \\} too: they come in pairs in a set), or _BRACKET_RE's three kinds."""
     depth = 0
-    for m in _BRACE_RE.finditer(s, open_pos):
-        depth += 1 if m.group() == "{" else -1
+    for m in brackets.finditer(s, open_pos):
+        depth += 1 if m.group() in "([{" else -1
         if depth == 0:
             return m.start()
     return -1
@@ -1042,17 +1043,9 @@ def _split_top(s: str, sep: str = ",") -> list[str]:
     return _split_at_top(s, lambda t, i: i + len(sep) if t.startswith(sep, i) else None)[0]
 
 
-def _wraps(s: str) -> bool:
-    """Whether the first bracket of s closes at its last character."""
-    depth = 0
-    for i, c in enumerate(s):
-        if c in _OPEN:
-            depth += 1
-        elif c in _CLOSE:
-            depth -= 1
-            if depth == 0:
-                return i == len(s) - 1
-    return False
+def _wrapped(s: str) -> bool:
+    """Whether s is one group in ( ) or [ ] (either end: "[0,1)"), its first bracket closing at its end."""
+    return len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _match_brace(s, 0, _BRACKET_RE) == len(s) - 1
 
 
 @lru_cache(maxsize=65536)
@@ -1106,7 +1099,7 @@ def _item(s: str, depth: int):
         if m:
             return _structure(inner[m.end():], depth + 1)
         return ("set", _flatten(_structure(x, depth + 1) for x in _split_top(inner) if x))
-    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _wraps(s):
+    if _wrapped(s):
         inner = _split_top(s[1:-1])
         if len(inner) == 1:
             inner = _split_top(s[1:-1], ";")         # "(0;-2;6)"
@@ -1535,7 +1528,7 @@ def _matrix(s: str):
     if "\\begin" not in s:
         return None
     t = s
-    if len(t) > 2 and t[0] in "([" and t[-1] in ")]" and _wraps(t):
+    if _wrapped(t):
         t = t[1:-1].strip()
     m = _MATRIX_RE.fullmatch(t)
     if not m:

@@ -81,11 +81,6 @@ from verifier import Verdict
 MAX_LITERAL_CHARS = 20000       # a Python/JSON literal longer than this is not parsed (literal_eval is not linear)
 
 
-def _cleaned(response: str) -> str:
-    """The response without an invented chat turn after it and with JSON-escaped LaTeX undone."""
-    return verifier._unescape(verifier._cut_chat_turn(response))
-
-
 def _last_box_escaped(s: str) -> tuple[str | None, bool]:
     """(content of the last \\boxed{...}, whether there is one): like verifier's box reading, except that
     escaped braces \\{ \\} do not count, so a box can hold unbalanced ones (BBH's dyck answers "\\} ] >")."""
@@ -148,7 +143,7 @@ _ANSWER_CLAUSE_RE = re.compile(r"(?:final\s+answer|\banswer)\s*(?:is|:)\s*:?", r
 def _bbh_candidate(response: str, mode: str) -> tuple[str | None, str]:
     """(the answer text, why none): the last box; in lenient mode else the last answer clause up to the end
     of its line."""
-    t = _cleaned(response)
+    t = verifier.clean_response(response)
     boxed, has_box = _last_box_escaped(t)
     if has_box:
         return boxed, "truncated inside \\boxed{}" if boxed is None else ""
@@ -284,7 +279,7 @@ def verify_bbh(response: str, answer: str, *, mode: str = verifier.DEFAULT_MODE,
 
 def _region(response: str) -> str:
     """The answer region: the last <answer>...</answer>, else the text after the last </think>, else all."""
-    t = _cleaned(response)
+    t = verifier.clean_response(response)
     if "</think>" in t:
         t = t.rsplit("</think>", 1)[1]
     tags = re.findall(r"<answer>(.*?)</answer>", t, re.S)
@@ -292,7 +287,7 @@ def _region(response: str) -> str:
 
 
 def _boxed(region: str) -> str | None:
-    return verifier._last_boxed(region)[0]
+    return verifier.last_boxed(region)[0]
 
 
 def _code_blocks(region: str, lang: str = r"(?:python|py|json)?") -> list[str]:
@@ -1194,7 +1189,7 @@ def _load_tests(fields: dict) -> tuple[list[str], list[str]] | None:
 def verify_livecodebench(response: str, answer: str = "", *, test_style: str = "stdin", fn_name: str = "",
                          timeout: float | None = None, memory_mb: int | None = None, **fields) -> Verdict:
     """The response's last code block against the problem's tests (see the module docstring)."""
-    code = verifier.extract_code(_cleaned(response))
+    code = verifier.extract_code(verifier.clean_response(response))
     if not code.strip():
         return Verdict(0.0, None, "no code")
     try:

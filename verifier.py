@@ -39,42 +39,9 @@ Which official normalizations it follows
   ordered and their brackets matter, sets and comma lists are unordered, matrices are compared
   entrywise, an equation is compared by ``lhs - rhs`` up to a non-zero factor.
 
-Stated rules (each has tests in tests/test_verifier.py and cases in tests/verifier_cases.jsonl)
-- Numbers: relative tolerance 1e-6, integers exact; a gold decimal accepts any prediction that rounds
-  to it (Minerva's answers are rounded); a prediction decimal with >= 4 significant digits is read as
-  rounded (0.3333 = 1/3, but 0.33 != 1/3 and 3.14 != pi). Plain numbers compare relatively only
-  (2.88e-19 != -2.88e-19); values computed through functions also within 1e-12 (sin(pi) = 0).
-  Repeating decimals are exact (0.\\overline{3} = 1/3). A computation ``\\frac12 \\cdot 20 = 10``
-  (constants on both sides) is its result.
-- Separators: ``,`` ``{,}`` ``\\,`` ``\\!`` and a space are thousands separators when every group after
-  the first has exactly three digits and the first group does not start with 0 (10,455; 1 000).
-  Decimal comma: an answer that is exactly ``digits,digits`` and cannot be a thousands number (1,22;
-  2,74; 0,111) reads as a decimal against a single number and as the list "1, 22" against a list.
-  A comma followed by a space always separates list items ("32, 349" is two numbers). Leading zeros
-  are ignored (004 = 4). Mixed numbers: ``2\\frac{1}{2}`` and ``4 4/9`` (whole part, space, proper
-  fraction) are 2 + 1/2 and 4 + 4/9.
-- Percent: a percent sign (``%``, ``\\%``, "percent", "pct", "percentage") may be dropped (28% = 28)
-  and a percentage equals its fraction (28% = 0.28); a bare number never equals 100 times itself
-  (0.28 != 28, 28/100 != 28), and two percentages compare as written (0.2% != 20%).
-- Units: a unit after the number (``\\text{ cm}``, "cm", "hours", ``^\\circ``, a currency sign) is
-  dropped when only one side has one (a single letter only after a space: "35 m" but not "35m"); when
-  both sides have one the units must be the same (after plural and spacing normalisation; no
-  conversion: 5 cm vs 50 mm is rejected).
-- Matrices and vectors: ``pmatrix``/``bmatrix``/``matrix``/``array`` (with ``\\left[ \\right]``),
-  ``\\langle \\rangle`` and tuples compare entrywise; an entry written as a decimal with at least two
-  decimal places matches within half a unit of its last digit (0.33 ~ 1/3, 0.3 !~ 1/3).
-- Equations: a chain ``x = 5+5+1 = 11`` is its final side; ``label = value`` (a lhs without digits or
-  operators: x, f(x), (p,q), a_3) equals its value; two equations are equal up to a non-zero factor
-  (2x+4y-3=0 = y=-x/2+3/4); assignments ``k=45, n=2`` equal the tuple (45, 2) in that order.
-- Inequalities and intervals: any spelling (``\\ge``, ``>=``, ``\\geqslant``, ``\\gt``, ``!=``, unicode)
-  and direction; linear relations in one variable, chains ``a < x <= b``, ``x \\in S`` and unions
-  compare as solution sets (endpoints and their closedness), so ``-x > -1`` = ``x < 1`` and
-  ``x \\in [-2,7]`` = ``-2 \\le x \\le 7``; also ``|x| < 2``, ``\\{x \\mid 0 < x < 1\\}``, ``\\mathbb{R}``,
-  "all real numbers". An infinite end is open whatever bracket is written ([-\\infty, 2) = (-\\infty, 2));
-  a relation names its variable (x >= 5 != y >= 5); "(0, 1)" is read as an interval only against a
-  relation or a union, otherwise as an ordered pair.
-- Multiple choice: a gold letter A-J matches ``C``, ``(C)``, ``C)``, ``\\text{(C)}``, ``\\textbf{C}``,
-  ``(C) 12``; naming a second option is wrong.
+What counts as equal (numbers and tolerances, separators, percent, units, matrices, equations,
+inequalities and intervals, multiple choice) is stated rule by rule in docs/data.md, each rule with its
+tests in tests/test_verifier.py and cases in tests/verifier_cases.jsonl.
 
 Logic: reasoning-gym's knights-and-knaves answer ("A is a knight, B is a knave", any order, the
 puzzle's own two role words) and zebra answers (one name, case-insensitive); multiple choice by letter.
@@ -83,8 +50,9 @@ separate, resource-limited process that only answers calls, the test runs here o
 back, so a program cannot forge a pass (sandbox.py states the design and its limits).
 
 Public API:  extract_answer, is_equivalent, normalize, verify -> Verdict, reward, verify_batch,
-batch_reward, extract_code, MODES, DEFAULT_MODE; INTERNAL_ERRORS and RAISE_INTERNAL_ERRORS (an exception
-inside a never-raising entry point is counted, and re-raised under the tests: see below).
+batch_reward, extract_code, clean_response, last_boxed (benchmarks.py's graders read answers with them),
+MODES, DEFAULT_MODE; INTERNAL_ERRORS and RAISE_INTERNAL_ERRORS (an exception inside a never-raising entry
+point is counted, and re-raised under the tests: see below).
 """
 from __future__ import annotations
 import bisect
@@ -142,14 +110,15 @@ class Verdict:
 # Brace matching, JSON-escaped LaTeX (the escaped-LaTeX family: `\\frac` -> `\frac`), unicode math, and
 # the two tests of "is this prose or math" that extraction relies on.
 _BRACE_RE = re.compile(r"[{}]")
+_BRACKET_RE = re.compile(r"[([{)\]}]")      # intervals count as balanced: [0,1)
 
 
-def _match_brace(s: str, open_pos: int) -> int:
-    """Index of the '}' closing the '{' at open_pos, or -1. Linear time. Like MATH's
-    last_boxed_only_string, escaped \\{ \\} count too (they come in pairs in a set)."""
+def _match_brace(s: str, open_pos: int, brackets: re.Pattern = _BRACE_RE) -> int:
+    """Index of the bracket closing the one at open_pos, or -1; linear time. Braces by default (like MATH's
+    last_boxed_only_string, escaped \\{ \\} too: they come in pairs in a set), or _BRACKET_RE's three kinds."""
     depth = 0
-    for m in _BRACE_RE.finditer(s, open_pos):
-        depth += 1 if m.group() == "{" else -1
+    for m in brackets.finditer(s, open_pos):
+        depth += 1 if m.group() in "([{" else -1
         if depth == 0:
             return m.start()
     return -1
@@ -213,7 +182,7 @@ def _box_before(s: str, end: int):
     return idx, j, -1, -1
 
 
-def _last_boxed(s: str) -> tuple[str | None, bool]:
+def last_boxed(s: str) -> tuple[str | None, bool]:
     """(content of the last box, whether a box exists). An unclosed last box gives (None, True)."""
     b = _box_before(s, len(s))
     if b is None:
@@ -266,13 +235,14 @@ _TURN_RE = re.compile(r"<\|(?:im_end|im_start|endoftext|eot_id|start_header_id|e
                       r"user|assistant|system)\|>|</s>|<\uff5c(?:end\u2581of\u2581sentence|User|Assistant)\uff5c>")
 
 
-def _cut_chat_turn(s: str) -> str:
-    """The response up to the first chat-template turn marker after some content: what follows is a
-    turn the model invented (a fake user message, another answer), not its answer."""
-    for m in _TURN_RE.finditer(s):
-        if s[:m.start()].strip():
-            return s[:m.start()]
-    return s
+def clean_response(response: str) -> str:
+    """A response as every grader reads it: cut at the first chat-template turn marker after some content
+    (what follows is a turn the model invented: a fake user message, another answer), JSON-escaped LaTeX
+    undone."""
+    for m in _TURN_RE.finditer(response):
+        if response[:m.start()].strip():
+            return _unescape(response[:m.start()])
+    return _unescape(response)
 
 
 # --------------------------------------------------------------------------- answer extraction: lenient fallbacks
@@ -288,19 +258,16 @@ def _math_spans(t: str) -> list[tuple[int, int, int, int]]:
     (one line). A `$` before a number is a price sign unless plain math (no prose) follows it up to a
     closing `$` that is not itself a price sign: "9 * $2 = $18 every day" has no math span."""
     toks = [(m.start(), m.group()) for m in _MATH_TOK_RE.finditer(t)]
-    where: dict[str, list[int]] = {}
-    for i, (_, k) in enumerate(toks):
-        where.setdefault(k, []).append(i)
+    closing, seen = [None] * len(toks), {}              # closing[i]: the next token that closes toks[i]
+    for i in range(len(toks) - 1, -1, -1):
+        closing[i] = seen.get(_CLOSER.get(toks[i][1]))
+        seen[toks[i][1]] = i
     spans, i = [], 0
     while i < len(toks):
-        p, k = toks[i]
-        closer = _CLOSER.get(k)
-        idxs = where.get(closer, []) if closer else []
-        n = bisect.bisect_right(idxs, i)
-        if n == len(idxs):
+        (p, k), j = toks[i], closing[i]
+        if j is None:
             i += 1
             continue
-        j = idxs[n]
         q = toks[j][0]
         cs = p + len(k)
         if k == "$":
@@ -311,7 +278,7 @@ def _math_spans(t: str) -> list[tuple[int, int, int, int]]:
             if not ok:
                 i += 1
                 continue
-        spans.append((p, q + len(closer), cs, q))
+        spans.append((p, q + len(k), cs, q))         # (an opener and its closer have one length)
         i = j + 1
     return spans
 
@@ -425,7 +392,7 @@ def _answer_readings(response: str, mode: str) -> list[str]:
     union ("1, 2") and, as the classic last-box rule (the one MATH's own golds follow), as the last box."""
     if not isinstance(response, str) or not response.strip() or mode not in MODES:
         return []
-    t = _unescape(_cut_chat_turn(response))
+    t = clean_response(response)
     parts, has_box = _boxed_parts(t)
     if has_box:
         return [", ".join(parts), parts[-1]] if parts and len(parts) > 1 else parts or []
@@ -497,7 +464,7 @@ _RELATIONS_TO_CANON = {s: canon + (" " if canon[0] == "\\" and s[0] != "\\" else
 
 
 def _whole_box(m: re.Match) -> str:
-    b, _ = _last_boxed(m.group())
+    b, _ = last_boxed(m.group())
     return m.group() if b is None else b
 
 
@@ -760,6 +727,7 @@ class _Parser:
         self.depth = 0
         self.in_abs = 0
         self.exact = True           # no decimal literal anywhere (decides integer-exact comparison)
+        self.names = []             # the variables, in the order read
 
     def peek(self):
         return self.toks[self.i] if self.i < len(self.toks) else (None, None)
@@ -845,22 +813,26 @@ class _Parser:
         while self.peek()[1] in ("!", "'"):
             if self.take()[1] == "!":
                 node = ("fact", node)
-            elif node[0] == "var":
-                node = ("var", node[1] + "'")
+            elif node[0] == "var":                        # f'(x): the variable just read (a group such as
+                node = ("var", node[1] + "'")             # "(f)" returns its only variable) is renamed
+                self.names[-1] = node[1]
             else:
                 raise _Unsupported("prime on non-variable")
         return node
 
-    def group(self):
-        """{...}, (...) or [...] as a parenthesised expression."""
-        close = {"{": "}", "(": ")", "[": "]", "\\{": "\\}"}[self.take()[1]]
+    def enclosed(self, close: str, in_abs: int = 0):
+        """The expression up to `close` (a bracket, |, \\rfloor, \\rceil), one level deeper."""
         self.enter()
-        saved, self.in_abs = self.in_abs, 0
+        saved, self.in_abs = self.in_abs, in_abs
         node = self.expr()
         self.in_abs = saved
         self.take(close)
         self.depth -= 1
         return node
+
+    def group(self):
+        """{...}, (...) or [...] as a parenthesised expression."""
+        return self.enclosed({"{": "}", "(": ")", "[": "]", "\\{": "\\}"}[self.take()[1]])
 
     def arg(self):
         """One LaTeX macro argument: a {group}, or a single digit/letter/command (\\frac12, \\sqrt3)."""
@@ -876,20 +848,15 @@ class _Parser:
         return self.atom()
 
     def subscript(self) -> str:
+        """The raw text of a subscript: _1, _{12}, _\\alpha."""
         self.take("_")
-        kind, val = self.peek()
-        if val == "{":                                    # raw text of the group
-            self.take()
-            parts, depth = [], 1
-            while True:
-                k, v = self.take()
-                depth += (v == "{") - (v == "}")
-                if depth == 0:
-                    break
-                parts.append(v)
-            return "".join(parts)
+        if self.peek()[1] != "{":
+            return self.take()[1]
         self.take()
-        return val
+        start, depth = self.i, 1
+        while depth:
+            depth += {"{": 1, "}": -1}.get(self.take()[1], 0)
+        return "".join(v for _, v in self.toks[start:self.i - 1])
 
     def atom(self):
         kind, val = self.peek()
@@ -909,13 +876,7 @@ class _Parser:
             return self.group()
         if val == "|" and self.in_abs == 0:
             self.take()
-            self.enter()
-            self.in_abs += 1
-            node = self.expr()
-            self.in_abs -= 1
-            self.take("|")
-            self.depth -= 1
-            return ("abs", node)
+            return ("abs", self.enclosed("|", in_abs=1))
         if kind != "cmd":
             raise _Unsupported(f"unexpected {val!r}")
         self.take()
@@ -933,18 +894,12 @@ class _Parser:
                 self.take("]")
             return ("root", self.arg(), n)
         if val in ("\\lfloor", "\\lceil"):
-            self.enter()
-            node = self.expr()
-            self.take("\\rfloor" if val == "\\lfloor" else "\\rceil")
-            self.depth -= 1
-            return ("floor" if val == "\\lfloor" else "ceil", node)
+            op = val[2:]                                  # floor, ceil: closed by \rfloor, \rceil
+            return (op, self.enclosed("\\r" + op, self.in_abs))
         if val in _FUNCS:
             ln_base = None
-            if val == "\\log" and self.peek()[1] == "_":      # \log_2 8 = \ln 8 / \ln 2
-                try:
-                    ln_base = math.log(float(self.subscript()))
-                except ValueError:
-                    raise _Unsupported("symbolic log base")
+            if val == "\\log" and self.peek()[1] == "_":      # \log_2 8 = \ln 8 / \ln 2 (a symbolic base:
+                ln_base = math.log(float(self.subscript()))  # a ValueError, not arithmetic we read)
             exp = None
             if self.peek()[1] == "^":                     # \sin^2 x
                 self.take()
@@ -962,7 +917,10 @@ class _Parser:
         """A variable with its subscript (a_1, x_{12}, \\alpha_0); e and i are the constants."""
         if self.peek()[1] == "_":
             name += "_" + self.subscript()
-        return {"e": ("num", math.e), "i": ("num", 1j)}.get(name, ("var", name))
+        if name in ("e", "i"):
+            return ("num", math.e if name == "e" else 1j)
+        self.names.append(name)
+        return ("var", name)
 
 
 @lru_cache(maxsize=65536)
@@ -975,19 +933,7 @@ def _parse(s: str):
         ast = p.parse()
     except (_Unsupported, RecursionError, ValueError, KeyError, IndexError):
         return None
-    names = set()
-    stack = [ast]
-    while stack:
-        n = stack.pop()
-        if n[0] == "var":
-            names.add(n[1])
-        else:
-            for c in n[1:]:
-                if isinstance(c, tuple):
-                    stack.append(c)
-                elif isinstance(c, list):
-                    stack.extend(c)
-    return ast, frozenset(names), p.exact
+    return ast, frozenset(p.names), p.exact
 
 
 def _real(z: complex) -> float:
@@ -1097,17 +1043,9 @@ def _split_top(s: str, sep: str = ",") -> list[str]:
     return _split_at_top(s, lambda t, i: i + len(sep) if t.startswith(sep, i) else None)[0]
 
 
-def _wraps(s: str) -> bool:
-    """Whether the first bracket of s closes at its last character."""
-    depth = 0
-    for i, c in enumerate(s):
-        if c in _OPEN:
-            depth += 1
-        elif c in _CLOSE:
-            depth -= 1
-            if depth == 0:
-                return i == len(s) - 1
-    return False
+def _wrapped(s: str) -> bool:
+    """Whether s is one group in ( ) or [ ] (either end: "[0,1)"), its first bracket closing at its end."""
+    return len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _match_brace(s, 0, _BRACKET_RE) == len(s) - 1
 
 
 @lru_cache(maxsize=65536)
@@ -1161,7 +1099,7 @@ def _item(s: str, depth: int):
         if m:
             return _structure(inner[m.end():], depth + 1)
         return ("set", _flatten(_structure(x, depth + 1) for x in _split_top(inner) if x))
-    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _wraps(s):
+    if _wrapped(s):
         inner = _split_top(s[1:-1])
         if len(inner) == 1:
             inner = _split_top(s[1:-1], ";")         # "(0;-2;6)"
@@ -1170,7 +1108,6 @@ def _item(s: str, depth: int):
     if s.count("\\pm") == 1:
         return ("list", [("expr", x) for x in _expand_pm(s)])
     return ("expr", s)
-
 
 
 def _node_equal(a, b, ctx) -> bool:
@@ -1331,23 +1268,18 @@ def _equation_equal(l1: str, r1: str, l2: str, r2: str) -> bool:
     ps = [_parse(x) for x in (l1, r1, l2, r2)]
     if any(p is None for p in ps):
         return False
-    ratio, ok = None, 0
+    ratios, ok = [], 0
     for vals in _at_points(ps):
-        if any(v is None for v in vals):
+        if None in vals:
             continue
         f1, f2 = vals[0] - vals[1], vals[2] - vals[3]
-        if abs(f1) < 1e-12 and abs(f2) < 1e-12:
-            ok += 1
-            continue
-        if abs(f1) < 1e-12 or abs(f2) < 1e-12:
+        zero1, zero2 = abs(f1) < 1e-12, abs(f2) < 1e-12
+        if zero1 != zero2:                                  # one equation holds here, the other does not
             return False
-        r = f1 / f2
-        if ratio is None:
-            ratio = r
-        elif not _num_close(r, ratio):
-            return False
+        if not zero1:                                       # (not "abs(f1) >= 1e-12": f1 may be nan)
+            ratios.append(f1 / f2)
         ok += 1
-    return ok >= 2
+    return ok >= 2 and all(_num_close(r, ratios[0]) for r in ratios[1:])
 
 
 def _eq_node_equal(a, b, ctx) -> bool:
@@ -1403,7 +1335,8 @@ def _ray(op: str, v: float, vs: str | None) -> list:
 
 
 def _linear_relation(lhs: str, op: str, rhs: str):
-    """(variable, intervals) solving `lhs op rhs` when it is linear in one variable, else None."""
+    """(variable, intervals) solving `lhs op rhs` when it is linear in one variable (lhs - rhs at three
+    points lies on a line), else None."""
     if _NAME_RE.fullmatch(lhs) and (v := _real_value(rhs)) is not None:
         return lhs, _ray(op, v, rhs)
     if _NAME_RE.fullmatch(rhs) and (v := _real_value(lhs)) is not None:
@@ -1412,13 +1345,10 @@ def _linear_relation(lhs: str, op: str, rhs: str):
     if pl is None or pr is None or len(pl[1] | pr[1]) != 1:
         return None
     (name,) = pl[1] | pr[1]
-
-    def f(t):
-        x, y = _safe_eval(pl[0], {name: complex(t)}), _safe_eval(pr[0], {name: complex(t)})
-        return None if x is None or y is None else (x - y).real
-    f0, f1, f2 = f(0.5), f(1.5), f(2.75)
-    if f0 is None or f1 is None or f2 is None:
+    fs = [None if None in v else (v[0] - v[1]).real for v in _at_points([pl, pr], [[0.5], [1.5], [2.75]])]
+    if None in fs:
         return None
+    f0, f1, f2 = fs
     slope = f1 - f0
     if abs(slope) < 1e-12 or abs(f2 - (f0 + 2.25 * slope)) > 1e-9 * max(1.0, abs(f2)):
         return None                                           # constant or not linear
@@ -1496,8 +1426,6 @@ def _solution_set(node):
             name = name or sub[0]
             ivs += sub[1]
         return name, ivs
-    if k == "expr" and node[1].replace(" ", "") == "(-\\infty,\\infty)":
-        return None, [(-_INF, None, False, _INF, None, False)]
     return None
 
 
@@ -1556,16 +1484,15 @@ def _expand_pm(s: str) -> list[str]:
 
 
 def _unordered_equal(xs, ys, ctx) -> bool:
+    """Each x matches its own y (the first unused one that equals it)."""
     if len(xs) != len(ys):
         return False
-    used = [False] * len(ys)
+    left = list(ys)
     for x in xs:
-        for j, y in enumerate(ys):
-            if not used[j] and _node_equal(x, y, ctx):
-                used[j] = True
-                break
-        else:
+        j = next((j for j, y in enumerate(left) if _node_equal(x, y, ctx)), None)
+        if j is None:
             return False
+        del left[j]
     return True
 
 
@@ -1601,7 +1528,7 @@ def _matrix(s: str):
     if "\\begin" not in s:
         return None
     t = s
-    if len(t) > 2 and t[0] in "([" and t[-1] in ")]" and _wraps(t):
+    if _wrapped(t):
         t = t[1:-1].strip()
     m = _MATRIX_RE.fullmatch(t)
     if not m:
@@ -1733,7 +1660,7 @@ def _kk_roles(text: str, names, truth: str, lie: str) -> dict[str, bool]:
 
 def _verify_logic(response: str, answer: str, fields) -> Verdict:
     names = fields.get("names")
-    boxed, _ = _last_boxed(response)
+    boxed, _ = last_boxed(response)
     if names and (fields.get("solution") is not None or fields.get("terms")):
         truth, lie = _kk_role_words(fields)
         if fields.get("solution") is not None:
@@ -1837,7 +1764,7 @@ def verify(response: str, answer: str, task: str = "math", *, mode: str = DEFAUL
             return Verdict(0.0, None, f"unknown task {task!r}")
         readings = _answer_readings(response, mode)
         if not readings:
-            _, has_box = _last_boxed(response)
+            _, has_box = last_boxed(response)
             why = ("truncated inside \\boxed{}" if has_box else "no \\boxed{} answer" if mode == "strict"
                    else "no answer found")
             return Verdict(0.0, None, why)

@@ -88,7 +88,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules
 import casp  # noqa: E402
 import data  # noqa: E402
-from cli import write_atomic  # noqa: E402
+import cli  # noqa: E402
+from cli import UserError, write_atomic  # noqa: E402
 from eval import _pyplot, _save  # noqa: E402  (matplotlib optional: without it, no PNG)
 from experiments.theory import TreeShape, at_least_once, tree_sample, walk  # noqa: E402
 
@@ -152,7 +153,7 @@ def tree_methods(cfg: TreeConfig) -> dict[str, dict]:
         names = list(COMPARISON) if tuple(cfg.methods) == ("all",) else list(cfg.methods)
         unknown = [n for n in names if n not in COMPARISON]
         if unknown:
-            raise SystemExit(f"error: --methods: unknown {unknown} (all, ablations, or of {', '.join(COMPARISON)})")
+            raise UserError(f"--methods: unknown {unknown} (all, ablations, or of {', '.join(COMPARISON)})")
         m = {n: dict(COMPARISON[n]) for n in (["grpo"] if "grpo" not in names else []) + names}
         for v in m.values():
             if v["loss"] == "casp":
@@ -716,12 +717,12 @@ def parse_method(spec: str) -> dict:
     if name == "grpo":
         return {"loss": "grpo"}
     if name != "casp":
-        raise SystemExit(f"error: unknown method {spec!r} (grpo, casp or casp:alpha=..,neg_scale=..)")
+        raise UserError(f"unknown method {spec!r} (grpo, casp or casp:alpha=..,neg_scale=..)")
     m = {"loss": "casp", **PAPER, "top_n": 3}
     for kv in filter(None, rest.split(",")):
         k, _, v = kv.partition("=")
         if k not in ("alpha", "neg_scale", "entropy_quantile", "top_n"):
-            raise SystemExit(f"error: {spec!r}: unknown setting {k!r}")
+            raise UserError(f"{spec!r}: unknown setting {k!r}")
         m[k] = None if v.lower() == "none" else (int(v) if k == "top_n" else float(v))
     return m
 
@@ -1112,13 +1113,12 @@ def replot(folder: Path) -> list[Path]:
     if (folder / "lm.json").is_file():
         done += plot_lm(json.loads((folder / "lm.json").read_text()), folder)
     if not done:
-        raise SystemExit(f"error: {folder} holds neither tree.json nor lm.json")
+        raise UserError(f"{folder} holds neither tree.json nor lm.json")
     return [p for p in done if p]
 
 
 def main(argv=None):
-    p = data.ArgumentParser(description=__doc__.split("\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--replot", metavar="DIR", help="redraw the figures of DIR from its saved results")
     sub = p.add_subparsers(dest="cmd")
     t = sub.add_parser("tree", help="the exact token-tree experiment (about a minute)")
@@ -1140,6 +1140,11 @@ def main(argv=None):
     lm = sub.add_parser("lm", help="the tiny language model (<= 15 min; --full: longer)")
     add_lm_args(lm)
     args = p.parse_args(argv)
+    with cli.one_line_errors():
+        run(p, args)
+
+
+def run(p, args):
     if args.replot:
         for path in replot(Path(args.replot)):
             print(f"wrote {path}")

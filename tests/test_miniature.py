@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import casp
+from cli import UserError
 from experiments import miniature as mn
 from experiments import theory
 
@@ -296,7 +297,7 @@ def test_lm_valid_paths_and_method_specs():
     assert mn.parse_method("grpo") == {"loss": "grpo"}
     m = mn.parse_method("casp:alpha=0.1,neg_scale=1.5,entropy_quantile=none")
     assert m == {"loss": "casp", "alpha": 0.1, "neg_scale": 1.5, "entropy_quantile": None, "top_n": 3}
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="unknown setting 'beta'"):
         mn.parse_method("casp:beta=1")
 
 

@@ -889,6 +889,8 @@ def memory_check(config: ModelConfig, dist: Dist, longest_prompt: int, cfg: Step
         micro_batch_tokens=cfg.micro_batch_tokens, compute_bytes=2 if cfg.dtype == "bfloat16" else 4,
         sampling_bytes=0 if cfg.dtype == "float32" and not fsdp else (2 if cfg.dtype == "bfloat16" else 4),
         grad_checkpoint=grad_checkpoint, world=dist.world, top_n=cfg.loss.top_n)
+    if dist.device.type == "cpu":   # AdamW imports dynamo (~0.1 GB resident on the CPU): held before the step too
+        import torch._dynamo  # noqa: F401
     expected = (parts["peak"] + current_memory(dist.device)) / 1e9
     if force:
         return f"[memory] estimated peak {parts['peak'] / 1e9:.1f} GB (not checked: --force)", expected

@@ -58,13 +58,16 @@ for _var in ("CASP_DATA", "CASP_QWEN_TOKENIZER"):   # found above; the programs 
 
 
 def pytest_collection_modifyitems(config, items):
-    """gpu tests skip without CUDA; slow tests (minutes on 2 CPU cores) run only when `-m` names them."""
+    """gpu tests skip without CUDA; slow tests (minutes on 2 CPU cores) run only when `-m` or a
+    `FILE::TEST` argument names them."""
     no_gpu = pytest.mark.skip(reason="needs a CUDA device: python -m pytest -q -m gpu on a GPU machine")
     not_asked = pytest.mark.skip(reason="slow (minutes on 2 CPU cores): python -m pytest -q -m slow")
+    named = {arg.split("::")[1].split("[")[0] for arg in config.args if "::" in arg}
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(no_gpu)
-        elif "slow" in item.keywords and "slow" not in config.getoption("markexpr", ""):
+        elif ("slow" in item.keywords and "slow" not in config.getoption("markexpr", "")
+              and item.originalname not in named):
             item.add_marker(not_asked)
 
 
